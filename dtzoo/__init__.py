@@ -1,0 +1,31 @@
+"""dtzoo: a model zoo and checkpoint hub for Decision Transformers.
+
+    >>> import dtzoo
+    >>> model, config = dtzoo.load("pendulum-1L-seed0")          # from the local hub
+    >>> agent = dtzoo.Agent(model, config, target_return=-150)
+    >>> action = agent.act(obs)
+
+Heavy imports (torch, gymnasium) happen on first use, so `dtzoo --help` stays fast.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load", "Agent", "DecisionTransformer", "DTConfig"]
+
+
+def __getattr__(name: str):
+    if name == "load":
+        from dtzoo.api import load
+
+        return load
+    if name == "Agent":
+        from dtzoo.agent import Agent
+
+        return Agent
+    if name in ("DecisionTransformer", "DTConfig"):
+        from dtzoo import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'dtzoo' has no attribute {name!r}")

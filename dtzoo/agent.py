@@ -1,0 +1,83 @@
+"""A loaded DT as a policy: keeps its own context window and return-to-go across steps.
+
+    >>> agent = Agent(model, config, target_return=-150)        # one env
+    >>> obs, _ = env.reset(seed=0)
+    >>> while True:
+    ...     obs, reward, terminated, truncated, _ = env.step(agent.act(obs))
+    ...     agent.observe(reward)
+    ...     if terminated or truncated: break
+
+With `num_envs=N`, `act` takes (N, state_dim) observations and returns N actions: one batched
+forward per step for N episodes run in lockstep (as in a gymnasium vector env).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dtzoo.checkpoint import ModelConfig
+from dtzoo.data import ActionSpace
+
+
+class Agent:
+    def __init__(self, model, config: ModelConfig, target_return: float | None = None,
+                 num_envs: int = 1):
+        self.model, self.config, self.n = model, config, num_envs
+        self.device = next(model.parameters()).device
+        self.space = ActionSpace(**config.action_space)
+        self.K = config.architecture["context_len"]
+        self.max_t = config.architecture["max_ep_len"] - 1
+        self.mean = np.asarray(config.state_mean, dtype=np.float32)
+        self.std = np.asarray(config.state_std, dtype=np.float32)
+        self.target = config.target_returns[0] if target_return is None else target_return
+        self.reset()
+
+    def reset(self, target_return: float | None = None) -> None:
+        """Start new episodes (optionally at a new target return)."""
+        if target_return is not None:
+            self.target = target_return
+        n, K, c = self.n, self.K, self.config
+        # the context window, newest step last; `filled` real steps from the right
+        self.states = np.zeros((n, K, c.state_dim), np.float32)
+        self.actions = np.zeros((n, K, c.act_dim), np.float32)
+        self.rtg = np.zeros((n, K), np.float32)
+        self.timesteps = np.zeros((n, K), np.int64)
+        self.filled, self.t = 0, 0
+        self.next_rtg = np.full(n, self.target / c.reward_scale, np.float32)
+
+    def _push(self) -> None:
+        for a in (self.states, self.actions, self.rtg, self.timesteps):
+            a[:, :-1] = a[:, 1:].copy()
+        self.filled = min(self.filled + 1, self.K)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Add s_t (and R_t) to the context, predict a_t, remember it, return it for the env."""
+        single = np.ndim(obs) == 1
+        obs = np.asarray(obs, np.float32).reshape(self.n, -1)
+        self._push()
+        self.states[:, -1] = (obs - self.mean) / self.std
+        self.actions[:, -1] = 0.0  # a_t is not known yet; the model reads it from s_t
+        self.rtg[:, -1] = self.next_rtg
+        self.timesteps[:, -1] = min(self.t, self.max_t)
+        mask = np.zeros((self.n, self.K), bool)
+        mask[:, self.K - self.filled:] = True
+        dev = self.device
+        pred = self.model(
+            torch.from_numpy(self.states).to(dev), torch.from_numpy(self.actions).to(dev),
+            torch.from_numpy(self.rtg).to(dev)[..., None], torch.from_numpy(self.timesteps).to(dev),
+            torch.from_numpy(mask).to(dev),
+        )[:, -1].float().cpu().numpy()
+        if self.space.discrete:
+            env_action = pred.argmax(-1)
+            self.actions[:, -1] = np.eye(self.space.n, dtype=np.float32)[env_action]
+        else:
+            self.actions[:, -1] = pred
+            env_action = self.space.to_env(pred)
+        return env_action[0] if single else env_action
+
+    def observe(self, reward) -> None:
+        """Record r_t: the next return-to-go is R_t - r_t."""
+        self.next_rtg = self.rtg[:, -1] - np.asarray(reward, np.float32).reshape(self.n) / self.config.reward_scale
+        self.t += 1

@@ -1,0 +1,109 @@
+"""The model card (README.md), built with huggingface_hub's ModelCard / ModelCardData / EvalResult.
+
+    >>> card = build_card(config, eval_report, org="dtzoo", license="mit")
+    >>> card.save(run / "README.md")
+
+The YAML metadata carries numeric results in `model-index` (mean return and normalised score
+per target return), so the Hub and `dtzoo list --remote` can sort and compare them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dtzoo.checkpoint import ModelConfig
+
+TAGS = ["decision-transformer", "reinforcement-learning", "offline-rl", "interpretability", "dtzoo"]
+
+
+def eval_results(config: ModelConfig, report: dict | None) -> list:
+    from huggingface_hub import EvalResult
+
+    if not report:
+        return []
+    out = []
+    for r in report["results"]:
+        common = dict(
+            task_type="reinforcement-learning", task_name="Offline reinforcement learning",
+            dataset_type=config.dataset["id"], dataset_name=f"{config.env['gym_id']} ({config.dataset['id']})",
+            dataset_config=f"target_return={r['target_return']:g}",
+            metric_args={"episodes": report["episodes"], "target_return": r["target_return"]},
+        )
+        out.append(EvalResult(metric_type="mean_reward", metric_value=round(r["return_mean"], 2),
+                              metric_name=f"mean return (target {r['target_return']:g})", **common))
+        out.append(EvalResult(metric_type="normalized_score", metric_value=round(r["normalized_mean"], 2),
+                              metric_name=f"normalised score (target {r['target_return']:g})", **common))
+    return out
+
+
+def results_table(report: dict) -> str:
+    rows = ["| target return | mean return | std | normalised score | mean length | episodes |",
+            "|---:|---:|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        rows.append(f"| {r['target_return']:g} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
+                    f"{r['normalized_mean']:.1f} | {r['length_mean']:.0f} | {report['episodes']} |")
+    return "\n".join(rows)
+
+
+def build_card(config: ModelConfig, report: dict | None, org: str, license: str = "mit",
+               plots: list[str] = ()):
+    """A ModelCard for a model directory; `report` is eval.json (or None before evaluation)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    a = config.architecture
+    rec = config.recipe
+    data = ModelCardData(
+        library_name="dtzoo",
+        license=license,
+        tags=TAGS + [config.env["key"], config.env["gym_id"]],
+        datasets=[config.dataset["id"]],
+        model_name=config.model_id,
+        eval_results=eval_results(config, report) or None,
+        pipeline_tag="reinforcement-learning",
+    )
+    kind = "discrete" if config.action_space["kind"] == "discrete" else "continuous"
+    results = results_table(report) if report else "_Not evaluated yet: run `dtzoo eval`._"
+    figures = "\n".join(f"![{Path(p).stem}]({p})" for p in plots)
+    body = f"""
+# {config.model_id}
+
+A Decision Transformer (Chen et al. 2021) with {a['n_layers']} layer(s) trained on
+`{config.dataset['id']}` for `{config.env['gym_id']}` ({kind} actions), seed {config.seed},
+step {config.step} of {config.total_steps}. Part of the dtzoo grid of small, comparable DTs with
+training-time checkpoints (revisions `step<N>`) and TransformerLens-style hooks.
+
+## Use it
+
+```python
+import dtzoo
+model, config = dtzoo.load("{config.model_id}")
+agent = dtzoo.Agent(model, config, target_return={config.target_returns[0]:g})
+```
+
+`config.json` holds everything needed to act: state mean/std, reward scale, action bounds,
+the gym id with its version. The weights are `model.safetensors`.
+
+## Results
+
+{results}
+
+Normalised score = 100 x (return - {config.env['ref_scores']['random']:g}) /
+({config.env['ref_scores']['expert']:g} - {config.env['ref_scores']['random']:g}).
+
+## Training
+
+| setting | value |
+|---|---|
+| layers / d_model / heads / d_mlp | {a['n_layers']} / {a['d_model']} / {a['n_heads']} / {a['d_mlp']} |
+| context length / max episode length | {a['context_len']} / {a['max_ep_len']} |
+| activation / dropout | {a['activation']} / {a['dropout']} |
+| optimiser | AdamW, lr {rec['lr']:g}, weight decay {rec['weight_decay']:g}, warm-up {rec['warmup_steps']} steps, grad clip {rec['grad_clip']} |
+| batch / steps | {rec['batch_size']} / {rec['steps']} |
+| reward scale | {config.reward_scale:g} |
+| dataset | `{config.dataset['id']}` ({config.dataset['episodes']} episodes, {config.dataset['steps']} steps, minari {config.dataset['minari_version']}) |
+| dataset fingerprint | `{config.dataset['fingerprint']}` |
+| dtzoo version | {config.dtzoo_version} |
+
+{figures}
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -1,0 +1,192 @@
+"""The model directory format (docs/format.md): save, load, verify.
+
+One format everywhere (runs, hubs, caches): `model.safetensors` (weights only), `config.json`
+(everything inference needs), `manifest.json` (sha256 of every other file), and optional
+extras (README.md, eval.json, training_log.csv, plots).
+
+    >>> save_model(model, config, path)              # atomic: a reader never sees half of it
+    >>> model, config = load_model(path)             # verifies sha256 sums, strict weights
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dtzoo import __version__
+from dtzoo.errors import CheckpointError
+from dtzoo.fsutil import atomic_dir, atomic_write_json, read_json, sha256_file
+
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG, MANIFEST = "model.safetensors", "config.json", "manifest.json"
+REQUIRED_FILES = (WEIGHTS, CONFIG)
+
+
+@dataclass
+class ModelConfig:
+    """config.json: the architecture plus everything needed to act without the dataset."""
+
+    model_id: str
+    architecture: dict[str, Any]  # DTConfig fields minus state/act dims
+    state_dim: int
+    act_dim: int
+    action_space: dict[str, Any]  # {"kind": "box", "low", "high"} | {"kind": "discrete", "n"}
+    state_mean: list[float]
+    state_std: list[float]
+    reward_scale: float
+    target_returns: list[float]
+    env: dict[str, Any]  # {"key", "gym_id", "max_ep_len", "ref_scores"}
+    dataset: dict[str, Any]  # {"id", "minari_version", "fingerprint", "episodes", "steps"}
+    recipe: dict[str, Any]
+    seed: int
+    step: int
+    total_steps: int
+    dtzoo_version: str = __version__
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def dt_config(self):
+        from dtzoo.model import DTConfig
+
+        return DTConfig(state_dim=self.state_dim, act_dim=self.act_dim,
+                        discrete=self.action_space["kind"] == "discrete", **self.architecture)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> "ModelConfig":
+        if d.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError(f"{where}: format version {d['format_version']} is newer than "
+                                  f"this dtzoo understands ({FORMAT_VERSION}): upgrade dtzoo")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in d and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise CheckpointError(f"{where}: missing keys {', '.join(missing)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_manifest(path: Path) -> dict[str, Any]:
+    """Record size and sha256 of every file in the directory (but the manifest itself)."""
+    files = {
+        p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in sorted(Path(path).iterdir())
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+    manifest = {"format_version": FORMAT_VERSION, "files": files}
+    atomic_write_json(Path(path) / MANIFEST, manifest)
+    return manifest
+
+
+def write_weights(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={"format": "pt", "dtzoo_format_version": str(FORMAT_VERSION)})
+
+
+def save_model(model, config: ModelConfig, path: Path, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write a complete model directory atomically (replacing any previous one)."""
+    with atomic_dir(Path(path)) as tmp:
+        write_weights(model, tmp / WEIGHTS)
+        atomic_write_json(tmp / CONFIG, config.to_dict())
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+        write_manifest(tmp)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def verify(path: Path) -> None:
+    """Check every file the manifest lists: present, right size, right sha256."""
+    path = Path(path)
+    for name in REQUIRED_FILES:
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: missing {name}")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise CheckpointError(f"{path}: missing {MANIFEST} (cannot verify the files)")
+    try:
+        files = read_json(mpath)["files"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{mpath}: unreadable manifest") from None
+    for name, meta in files.items():
+        p = path / name
+        if "/" in name or name.startswith(".") or not p.is_file():
+            raise CheckpointError(f"{path}: {name} listed in the manifest is missing")
+        if p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
+            raise CheckpointError(f"{p}: sha256 mismatch (file is corrupt or was modified)")
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise CheckpointError(f"{path}: {name} is not covered by the manifest")
+
+
+def read_config(path: Path) -> ModelConfig:
+    p = Path(path) / CONFIG
+    try:
+        return ModelConfig.from_dict(read_json(p), where=str(p))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing {CONFIG}") from None
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{p}: invalid config: {e}") from None
+
+
+def read_weights(path: Path) -> dict:
+    """Load tensors with safetensors only (never pickle); a non-safetensors file is refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+def load_state_strict(model, tensors: dict, where: str) -> None:
+    """Copy tensors into the model; missing, extra or mis-shaped tensors are an error."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    bad = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if missing or extra or bad:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(missing[:4]))
+        if extra:
+            parts.append("unexpected " + ", ".join(extra[:4]))
+        if bad:
+            k = bad[0]
+            parts.append(f"{k} has shape {tuple(tensors[k].shape)}, expected {tuple(expected[k].shape)}")
+        raise CheckpointError(f"{where}: weights do not match config.json: " + "; ".join(parts))
+    model.load_state_dict(tensors, strict=True)
+
+
+def load_model(path: Path, verify_files: bool = True, device: str = "cpu"):
+    """Load a model directory: `model, config = load_model(path)`; the model is in eval mode."""
+    from dtzoo.model import DecisionTransformer
+
+    path = Path(path)
+    if verify_files:
+        verify(path)
+    config = read_config(path)
+    model = DecisionTransformer(config.dt_config())
+    load_state_strict(model, read_weights(path / WEIGHTS), str(path / WEIGHTS))
+    return model.to(device).eval(), config
+
+
+def is_model_dir(path: Path) -> bool:
+    return (Path(path) / CONFIG).is_file() and (Path(path) / WEIGHTS).is_file()
+
+
+def config_json_bytes(config: ModelConfig) -> bytes:
+    return (json.dumps(config.to_dict(), indent=2) + "\n").encode()

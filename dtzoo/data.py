@@ -1,0 +1,225 @@
+"""Minari datasets -> flat arrays, normalisation statistics and vectorised batch sampling.
+
+    >>> data = load_trajectories("dtzoo/pendulum/scripted-v0")
+    >>> sampler = SegmentSampler(data, context_len=20, max_ep_len=200, reward_scale=100, seed=0)
+    >>> batch = sampler.sample(64)        # dict of numpy arrays, left-padded, with a mask
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dtzoo.errors import DatasetError
+
+
+@dataclass
+class ActionSpace:
+    """Continuous (`low`/`high` bounds) or discrete (`n` actions), as stored in config.json."""
+
+    kind: str  # "box" | "discrete"
+    low: list[float] | None = None
+    high: list[float] | None = None
+    n: int | None = None
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind == "discrete"
+
+    @property
+    def dim(self) -> int:
+        return self.n if self.discrete else len(self.low)
+
+    @classmethod
+    def from_gym(cls, space: Any) -> "ActionSpace":
+        from gymnasium import spaces
+
+        if isinstance(space, spaces.Discrete):
+            return cls("discrete", n=int(space.n))
+        if isinstance(space, spaces.Box) and len(space.shape) == 1:
+            return cls("box", low=space.low.astype(float).tolist(), high=space.high.astype(float).tolist())
+        raise DatasetError(f"unsupported action space {space}: dtzoo handles Box(1-d) and Discrete")
+
+    def to_model(self, actions: np.ndarray) -> np.ndarray:
+        """Env actions -> model inputs: bounds mapped to [-1, 1], or one-hot."""
+        if self.discrete:
+            return np.eye(self.n, dtype=np.float32)[actions.astype(np.int64).reshape(-1)]
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        return (2.0 * (actions - low) / (high - low) - 1.0).astype(np.float32)
+
+    def to_env(self, outputs: np.ndarray) -> np.ndarray:
+        """Model outputs -> env actions: argmax of logits, or [-1, 1] mapped to the bounds."""
+        if self.discrete:
+            return outputs.argmax(axis=-1)
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        return (low + (outputs + 1.0) * 0.5 * (high - low)).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.discrete:
+            return {"kind": "discrete", "n": self.n}
+        return {"kind": "box", "low": self.low, "high": self.high}
+
+
+@dataclass
+class Trajectories:
+    """A dataset flattened: step arrays plus episode boundaries (`starts`, `lengths`)."""
+
+    observations: np.ndarray  # (N, state_dim) float32, the observation before each action
+    actions: np.ndarray  # (N, act_dim) float32 model-space actions
+    rewards: np.ndarray  # (N,) float32
+    starts: np.ndarray  # (E,) int64 index of each episode's first step
+    lengths: np.ndarray  # (E,) int64
+    action_space: ActionSpace
+    dataset_id: str
+    gym_id: str
+    minari_version: str
+    fingerprint: str
+
+    @property
+    def returns(self) -> np.ndarray:
+        return np.add.reduceat(self.rewards.astype(np.float64), self.starts)
+
+    @property
+    def state_dim(self) -> int:
+        return self.observations.shape[1]
+
+    def state_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std over all observations (std floored at 1e-6, as in the DT code)."""
+        obs = self.observations.astype(np.float64)
+        return obs.mean(axis=0).astype(np.float32), (obs.std(axis=0) + 1e-6).astype(np.float32)
+
+
+def datasets_root() -> Path:
+    """Where Minari keeps datasets: $MINARI_DATASETS_PATH or ~/.minari/datasets."""
+    env = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(env) if env else Path.home() / ".minari" / "datasets"
+
+
+def dataset_dir(dataset_id: str) -> Path:
+    return datasets_root() / dataset_id
+
+
+def dataset_exists(dataset_id: str) -> bool:
+    return (dataset_dir(dataset_id) / "data").is_dir()
+
+
+def fingerprint(dataset_id: str) -> str:
+    """sha256 over the dataset's data files (names and bytes), so any change is detected."""
+    root = dataset_dir(dataset_id) / "data"
+    h = hashlib.sha256()
+    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def load_trajectories(dataset_id: str) -> Trajectories:
+    """Read a local Minari dataset into flat arrays, validating shapes and values."""
+    import minari
+
+    if not dataset_exists(dataset_id):
+        raise DatasetError(
+            f"dataset {dataset_id!r} is not in {datasets_root()}: run `dtzoo data prepare ENV` "
+            "or set MINARI_DATASETS_PATH to the folder that holds it"
+        )
+    try:
+        ds = minari.load_dataset(dataset_id)
+    except Exception as e:  # minari raises a zoo of types for broken metadata
+        raise DatasetError(f"cannot open dataset {dataset_id!r}: {e}") from None
+    space = ActionSpace.from_gym(ds.action_space)
+    obs, acts, rews, lengths = [], [], [], []
+    for ep in ds.iterate_episodes():
+        o = np.asarray(ep.observations)
+        if o.ndim != 2:
+            raise DatasetError(f"dataset {dataset_id!r}: episode {ep.id} observations have shape "
+                               f"{o.shape}; dtzoo needs flat vector observations")
+        T = len(ep.actions)
+        obs.append(o[:T])
+        acts.append(np.asarray(ep.actions).reshape(T, -1))
+        rews.append(np.asarray(ep.rewards, dtype=np.float32))
+        lengths.append(T)
+    if not lengths or sum(lengths) == 0:
+        raise DatasetError(f"dataset {dataset_id!r} has no episodes")
+    observations = np.concatenate(obs).astype(np.float32)
+    raw_actions = np.concatenate(acts)
+    rewards = np.concatenate(rews)
+    for name, arr in (("observations", observations), ("actions", raw_actions), ("rewards", rewards)):
+        if not np.isfinite(arr).all():
+            raise DatasetError(f"dataset {dataset_id!r}: {name} contain NaN or inf")
+    lengths_arr = np.asarray(lengths, dtype=np.int64)
+    keep = lengths_arr > 0  # zero-length episodes carry nothing to learn from
+    starts = np.concatenate([[0], np.cumsum(lengths_arr)[:-1]])[keep]
+    spec = ds.spec.env_spec
+    return Trajectories(
+        observations=observations,
+        actions=space.to_model(raw_actions),
+        rewards=rewards,
+        starts=starts.astype(np.int64),
+        lengths=lengths_arr[keep],
+        action_space=space,
+        dataset_id=dataset_id,
+        gym_id=spec.id if spec is not None else "",
+        minari_version=str(getattr(ds.spec, "minari_version", "")),
+        fingerprint=fingerprint(dataset_id),
+    )
+
+
+class SegmentSampler:
+    """Samples DT training segments exactly as the DT paper's `get_batch`, but vectorised.
+
+    Episodes are drawn in proportion to their length, a start uniformly within the episode,
+    up to `context_len` steps are taken and left-padded; states are z-normalised and
+    returns-to-go divided by `reward_scale`. The RNG is a numpy Generator whose state can be
+    saved and restored (`state()` / `set_state()`), so resumed runs draw the same batches.
+    """
+
+    def __init__(self, data: Trajectories, context_len: int, max_ep_len: int,
+                 reward_scale: float, seed: int,
+                 state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None):
+        self.data, self.K, self.max_ep_len, self.scale = data, context_len, max_ep_len, reward_scale
+        mean, std = data.state_stats() if state_mean is None else (state_mean, state_std)
+        self.norm_obs = ((data.observations - mean) / std).astype(np.float32)
+        self.rtg = _returns_to_go(data.rewards, data.starts, data.lengths)
+        # per-step index of the step relative to its episode's start
+        self.t_in_ep = np.arange(len(data.rewards)) - np.repeat(data.starts, data.lengths)
+        self.p = data.lengths / data.lengths.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        K, d = self.K, self.data
+        ep = self.rng.choice(len(d.lengths), size=batch_size, p=self.p)
+        ep_len = d.lengths[ep]
+        si = (self.rng.random(batch_size) * ep_len).astype(np.int64)  # uniform in [0, len)
+        tlen = np.minimum(K, ep_len - si)  # real steps in the segment
+        offset = np.arange(K)[None, :] - (K - tlen)[:, None]  # <0 marks left padding
+        mask = offset >= 0
+        idx = d.starts[ep][:, None] + si[:, None] + np.maximum(offset, 0)
+        return {
+            "states": np.where(mask[..., None], self.norm_obs[idx], 0.0).astype(np.float32),
+            "actions": np.where(mask[..., None], d.actions[idx], -10.0 * (not d.action_space.discrete)).astype(np.float32),
+            "returns_to_go": np.where(mask, self.rtg[idx] / self.scale, 0.0).astype(np.float32)[..., None],
+            "timesteps": np.where(mask, np.minimum(self.t_in_ep[idx], self.max_ep_len - 1), 0),
+            "mask": mask,
+        }
+
+
+def _returns_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Undiscounted reward-to-go within each episode, for every step."""
+    r = rewards.astype(np.float64)
+    total = np.cumsum(r[::-1])[::-1]  # suffix sums over the whole array
+    ends = starts + lengths
+    after_episode = np.append(total, 0.0)[np.repeat(ends, lengths)]
+    return (total - after_episode).astype(np.float32)

@@ -1,0 +1,123 @@
+"""The local hub: a directory under $DTZOO_HOME/hub with the Hub's repo/revision semantics.
+
+    hub/<org>/<model id>/snapshots/<commit>/   immutable file sets, named by content hash
+    hub/<org>/<model id>/refs/<revision>       a file holding the commit a revision points to
+
+A snapshot is built in a temporary directory and renamed into place; only then is the ref
+replaced (atomically), so a reader sees the old revision or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from dtzoo import paths
+from dtzoo.checkpoint import verify, write_manifest
+from dtzoo.errors import CheckpointError, HubError
+from dtzoo.fsutil import atomic_write_text, file_lock
+from dtzoo.hub import PublishResult, check_revision
+
+
+def model_files(src: Path) -> list[Path]:
+    """The files of a model directory (sub-directories such as checkpoints/ are not part of it)."""
+    return sorted(p for p in Path(src).iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def _copy_verified(src: Path, dest: Path) -> None:
+    """Copy a model directory's files into `dest` via a temp dir, verify, then rename."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        for p in model_files(src):
+            shutil.copy2(p, tmp / p.name)
+        verify(tmp)
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if not dest.is_dir():  # else another process put the same content there first
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class LocalHub:
+    name = "local"
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root else paths.local_hub_dir()
+
+    def repo(self, repo_id: str) -> Path:
+        return self.root / repo_id
+
+    def url(self, repo_id: str, revision: str) -> str:
+        return f"file://{self.repo(repo_id)}@{revision}"
+
+    def publish(self, src: Path, repo_id: str, revision: str = "main") -> PublishResult:
+        """Publish the files of model directory `src` as `revision` of `repo_id`."""
+        check_revision(revision)
+        manifest = write_manifest(src)
+        verify(src)
+        commit = hashlib.sha1(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        repo = self.repo(repo_id)
+        (repo / "snapshots").mkdir(parents=True, exist_ok=True)
+        with file_lock(repo / ".lock"):
+            if self.revisions(repo_id).get(revision) == commit:
+                return PublishResult(repo_id, revision, commit, self.url(repo_id, revision), True)
+            snap = repo / "snapshots" / commit
+            if not snap.is_dir():
+                _copy_verified(src, snap)
+            atomic_write_text(repo / "refs" / revision, commit + "\n")
+        return PublishResult(repo_id, revision, commit, self.url(repo_id, revision), False)
+
+    def revisions(self, repo_id: str) -> dict[str, str]:
+        refs = self.repo(repo_id) / "refs"
+        if not refs.is_dir():
+            return {}
+        return {p.name: p.read_text().strip() for p in refs.iterdir() if not p.name.startswith(".")}
+
+    def resolve(self, repo_id: str, revision: str) -> str:
+        check_revision(revision)
+        revs = self.revisions(repo_id)
+        if not revs:
+            raise HubError(f"{repo_id} is not on the local hub ({self.root}): publish it first "
+                           "with `dtzoo publish`")
+        if revision in revs:
+            return revs[revision]
+        if (self.repo(repo_id) / "snapshots" / revision).is_dir():
+            return revision
+        raise HubError(f"{repo_id} has no revision {revision!r}; revisions: "
+                       + ", ".join(sorted(revs, key=_rev_order)))
+
+    def pull(self, repo_id: str, revision: str = "main") -> Path:
+        """Copy a revision into the cache (verified) and return its directory."""
+        commit = self.resolve(repo_id, revision)
+        dest = paths.cache_dir() / repo_id / commit
+        if dest.is_dir():
+            try:
+                verify(dest)
+                return dest
+            except CheckpointError:
+                shutil.rmtree(dest)  # corrupt cache entry: fetch a clean copy below
+        snap = self.repo(repo_id) / "snapshots" / commit
+        try:
+            verify(snap)
+        except CheckpointError as e:
+            raise HubError(f"the local hub's copy of {repo_id}@{revision} is corrupt: {e}") from None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _copy_verified(snap, dest)
+        return dest
+
+    def list_models(self, org: str) -> list[str]:
+        base = self.root / org
+        if not base.is_dir():
+            return []
+        return sorted(f"{org}/{p.name}" for p in base.iterdir() if (p / "refs" / "main").is_file())
+
+
+def _rev_order(rev: str) -> tuple[int, int]:
+    return (0, 0) if rev == "main" else (1, int(rev[4:]) if rev[4:].isdigit() else 0)

@@ -1,0 +1,261 @@
+"""The Decision Transformer (Chen et al. 2021), with TransformerLens-style hook points.
+
+Per timestep three tokens (R_t, s_t, a_t), each a linear embedding plus a learned timestep
+embedding; a LayerNorm over the stacked tokens; GPT-2 pre-LN blocks; a final LayerNorm; the
+action is read from the s_t token. Weights map one-to-one onto transformers'
+`DecisionTransformerModel` (see dtzoo.convert).
+
+    >>> model = DecisionTransformer(DTConfig(state_dim=3, act_dim=1))
+    >>> actions = model(states, actions, returns_to_go, timesteps, attention_mask)
+    >>> actions, cache = model.run_with_cache(states, actions, returns_to_go, timesteps)
+    >>> cache["blocks.0.attn.hook_pattern"].shape      # (batch, heads, 3*T, 3*T)
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TOKENS_PER_STEP = 3  # R_t, s_t, a_t
+TOKEN_KINDS = ("rtg", "state", "action")
+
+
+@dataclass
+class DTConfig:
+    """Architecture of one DT. `discrete=True` means act_dim logits and one-hot action inputs."""
+
+    state_dim: int
+    act_dim: int
+    discrete: bool = False
+    n_layers: int = 1
+    d_model: int = 128
+    n_heads: int = 1
+    d_mlp: int = 512
+    context_len: int = 20
+    max_ep_len: int = 1000
+    activation: str = "relu"
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+
+
+class HookPoint(nn.Module):
+    """An identity whose output hooks can read or replace (as in TransformerLens)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "gelu": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
+    "gelu_exact": F.gelu,
+    "tanh": torch.tanh,
+}
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DTConfig):
+        super().__init__()
+        self.n_heads, self.d_head = cfg.n_heads, cfg.d_model // cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.attn_drop = nn.Dropout(cfg.dropout)
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        # (B, L, D) -> three of (B, L, heads, d_head): TransformerLens's q/k/v layout
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.d_head).unbind(dim=2)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
+        # GPT-2 masks with the dtype's minimum, not -inf, so fully padded rows stay finite.
+        scores = self.hook_attn_scores(scores.masked_fill(~mask, torch.finfo(scores.dtype).min))
+        pattern = self.hook_pattern(scores.softmax(dim=-1))
+        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", self.attn_drop(pattern), v))
+        return self.out(z.reshape(B, L, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DTConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp)
+        self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model)
+        self.act = ACTIVATIONS[cfg.activation]
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.hook_post(self.act(self.hook_pre(self.fc_in(x)))))
+
+
+class Block(nn.Module):
+    """GPT-2 pre-LN block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, cfg: DTConfig):
+        super().__init__()
+        # registration order = forward order, so hook_names() reads top to bottom
+        self.hook_resid_pre = HookPoint()
+        self.ln1, self.attn = nn.LayerNorm(cfg.d_model), Attention(cfg)
+        self.hook_attn_out, self.hook_resid_mid = HookPoint(), HookPoint()
+        self.ln2, self.mlp = nn.LayerNorm(cfg.d_model), MLP(cfg)
+        self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.drop(self.attn(self.ln1(x), mask))))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.drop(self.mlp(self.ln2(x)))))
+
+
+class DecisionTransformer(nn.Module):
+    def __init__(self, cfg: DTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed_timestep = nn.Embedding(cfg.max_ep_len, d)
+        self.embed_return = nn.Linear(1, d)
+        self.embed_state = nn.Linear(cfg.state_dim, d)
+        self.embed_action = nn.Linear(cfg.act_dim, d)
+        self.hook_embed_time, self.hook_embed_rtg = HookPoint(), HookPoint()
+        self.hook_embed_state, self.hook_embed_action = HookPoint(), HookPoint()
+        self.embed_ln = nn.LayerNorm(d)
+        self.embed_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = nn.LayerNorm(d)
+        self.hook_final = HookPoint()
+        self.predict_action = nn.Linear(d, cfg.act_dim)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # GPT-2 initialisation, as in transformers' DecisionTransformerModel.
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        timesteps: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict a_t from tokens up to s_t.
+
+        states (B, T, state_dim), actions (B, T, act_dim) (one-hot if discrete), returns_to_go
+        (B, T, 1), timesteps (B, T) long, attention_mask (B, T) with 1 for real steps.
+        Returns (B, T, act_dim): tanh actions in [-1, 1], or logits if discrete.
+        """
+        B, T = states.shape[:2]
+        if attention_mask is None:
+            attention_mask = torch.ones(B, T, dtype=torch.bool, device=states.device)
+        if returns_to_go.dim() == 2:
+            returns_to_go = returns_to_go.unsqueeze(-1)
+        time = self.hook_embed_time(self.embed_timestep(timesteps))
+        r = self.hook_embed_rtg(self.embed_return(returns_to_go) + time)
+        s = self.hook_embed_state(self.embed_state(states) + time)
+        a = self.hook_embed_action(self.embed_action(actions) + time)
+        # interleave to (R_1, s_1, a_1, R_2, s_2, a_2, ...)
+        x = torch.stack((r, s, a), dim=2).reshape(B, TOKENS_PER_STEP * T, -1)
+        x = self.embed_drop(self.embed_ln(x))
+        mask = self._attention_mask(attention_mask.bool())
+        for block in self.blocks:
+            x = block(x, mask)
+        x = self.hook_final(self.ln_final(x))
+        state_tokens = x.view(B, T, TOKENS_PER_STEP, -1)[:, :, 1]
+        out = self.predict_action(state_tokens)
+        return out if self.cfg.discrete else torch.tanh(out)
+
+    @staticmethod
+    def _attention_mask(step_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) real-step mask -> (B, 1, 3T, 3T) causal mask over tokens, keys padded out."""
+        B, T = step_mask.shape
+        L = TOKENS_PER_STEP * T
+        keys = step_mask.repeat_interleave(TOKENS_PER_STEP, dim=1)  # (B, 3T)
+        causal = torch.ones(L, L, dtype=torch.bool, device=step_mask.device).tril()
+        return causal[None, None] & keys[:, None, None, :]
+
+    # ------------------------------------------------------------------ interpretability
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        return {n: m for n, m in self.named_modules() if isinstance(m, HookPoint)}
+
+    def hook_names(self) -> list[str]:
+        """Every hook point, in forward order: `model.hook_names()[:2]`."""
+        return list(self.hook_points())
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Callable]]) -> Iterator[None]:
+        """Attach `(name_or_filter, fn(activation, hook_name) -> activation | None)` hooks."""
+        points = self.hook_points()
+        handles = []
+        try:
+            for name, fn in fwd_hooks:
+                names = [n for n in points if name(n)] if callable(name) else [name]
+                for n in names:
+                    if n not in points:
+                        raise KeyError(f"no hook point {n!r}; see model.hook_names()")
+                    handles.append(points[n].register_forward_hook(
+                        lambda _m, _inp, out, fn=fn, n=n: fn(out, n)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def run_with_hooks(self, *args, fwd_hooks=(), **kwargs) -> torch.Tensor:
+        """Forward with hooks that may read or replace activations (ablation, patching).
+
+        >>> zero = lambda act, name: torch.zeros_like(act)
+        >>> model.run_with_hooks(s, a, R, t, fwd_hooks=[("hook_embed_rtg", zero)])
+        """
+        with self.hooks(fwd_hooks):
+            return self(*args, **kwargs)
+
+    def run_with_cache(
+        self, *args, names_filter: str | list[str] | Callable[[str], bool] | None = None, **kwargs
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward and return (predictions, {hook name: activation}).
+
+        >>> preds, cache = model.run_with_cache(s, a, R, t, names_filter=lambda n: "pattern" in n)
+        """
+        if names_filter is None:
+            keep = lambda n: True  # noqa: E731
+        elif isinstance(names_filter, str):
+            keep = lambda n: n == names_filter  # noqa: E731
+        elif callable(names_filter):
+            keep = names_filter
+        else:
+            wanted = set(names_filter)
+            keep = wanted.__contains__
+        cache: dict[str, torch.Tensor] = {}
+
+        def save(act: torch.Tensor, name: str) -> None:
+            cache[name] = act.detach()
+
+        with self.hooks([(keep, save)]):
+            out = self(*args, **kwargs)
+        return out, cache
+
+
+def token_position(t: int, kind: str) -> int:
+    """Index of a token in the interleaved sequence: `token_position(2, "state")` -> 7."""
+    return TOKENS_PER_STEP * t + TOKEN_KINDS.index(kind)
+
+
+def position_token(pos: int) -> tuple[int, str]:
+    """Inverse of token_position: `position_token(7)` -> (2, "state")."""
+    return pos // TOKENS_PER_STEP, TOKEN_KINDS[pos % TOKENS_PER_STEP]

@@ -1,0 +1,31 @@
+"""Where dtzoo keeps things: everything lives under $DTZOO_HOME (default ~/.cache/dtzoo).
+
+    runs/<model id>/                 training runs: the final model directory, checkpoints/step<N>/
+    hub/<org>/<model id>/            the local hub (snapshots and refs)
+    cache/<org>/<model id>/<commit>/ models pulled from a hub
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    return Path(os.environ.get("DTZOO_HOME") or Path.home() / ".cache" / "dtzoo")
+
+
+def run_dir(model_id: str) -> Path:
+    return home() / "runs" / model_id
+
+
+def checkpoint_dir(model_id: str, step: int) -> Path:
+    return run_dir(model_id) / "checkpoints" / f"step{step}"
+
+
+def local_hub_dir() -> Path:
+    return home() / "hub"
+
+
+def cache_dir() -> Path:
+    return home() / "cache"

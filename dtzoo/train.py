@@ -1,0 +1,262 @@
+"""Training one DT: the DT paper's recipe, resumable, with checkpoints on a fixed schedule.
+
+    >>> result = train_model(registry.resolve("pendulum-1L-seed0"), registry.checkpoints)
+
+The loop (AdamW, linear warm-up, gradient clipping, MSE or cross-entropy on the action
+predicted from each state token) is `Trainer.run`. Resume state (weights, optimiser moments,
+RNG and sampler state) lives in `runs/<id>/resume/state-<step>.safetensors` without pickle, so
+a killed run continues bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dtzoo import paths
+from dtzoo.checkpoint import ModelConfig, save_model, write_manifest, write_weights
+from dtzoo.data import SegmentSampler, Trajectories, load_trajectories
+from dtzoo.errors import TrainingError
+from dtzoo.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from dtzoo.model import DecisionTransformer
+from dtzoo.registry import CheckpointSchedule, ModelSpec
+
+LOG_FIELDS = ["step", "loss", "lr", "elapsed_s"]
+ProgressFn = Callable[[int, int, float], None]  # (step, total, loss)
+
+
+@dataclass
+class TrainResult:
+    model_id: str
+    path: Path
+    steps: int
+    resumed_from: int | None
+    final_loss: float
+    seconds: float
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: no CUDA device is available (use --device cpu)")
+    return torch.device(device)
+
+
+def is_trained(model_id: str) -> bool:
+    return (paths.run_dir(model_id) / "config.json").is_file()
+
+
+def make_config(spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.ndarray,
+                steps: int, step: int) -> ModelConfig:
+    r = spec.recipe
+    arch = dict(n_layers=spec.n_layers, d_model=r.d_model, n_heads=r.n_heads, d_mlp=r.d_mlp,
+                context_len=r.context_len, max_ep_len=spec.env.max_ep_len,
+                activation=r.activation, dropout=r.dropout)
+    return ModelConfig(
+        model_id=spec.model_id,
+        architecture=arch,
+        state_dim=data.state_dim,
+        act_dim=data.action_space.dim,
+        action_space=data.action_space.to_dict(),
+        state_mean=mean.tolist(),
+        state_std=std.tolist(),
+        reward_scale=spec.env.reward_scale,
+        target_returns=list(spec.env.target_returns),
+        env={"key": spec.env.key, "gym_id": spec.env.gym_id, "max_ep_len": spec.env.max_ep_len,
+             "ref_scores": dict(spec.env.ref_scores)},
+        dataset={"id": data.dataset_id, "minari_version": data.minari_version,
+                 "fingerprint": data.fingerprint, "episodes": int(len(data.lengths)),
+                 "steps": int(data.lengths.sum())},
+        recipe={**dataclasses.asdict(r), "steps": steps},
+        seed=spec.seed,
+        step=step,
+        total_steps=steps,
+    )
+
+
+class Trainer:
+    """One run: model, optimiser, schedule and sampler, plus save/restore of all their state."""
+
+    def __init__(self, spec: ModelSpec, data: Trajectories, steps: int,
+                 schedule: CheckpointSchedule, device: torch.device):
+        self.spec, self.data, self.steps, self.device = spec, data, steps, device
+        self.run = paths.run_dir(spec.model_id)
+        r = spec.recipe
+        self.mean, self.std = data.state_stats()
+        self.config = make_config(spec, data, self.mean, self.std, steps, step=0)
+        torch.manual_seed(spec.seed)  # fixes the initialisation and then dropout
+        self.model = DecisionTransformer(self.config.dt_config()).to(device)
+        self.optim = torch.optim.AdamW(self.model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.optim, lambda s: min((s + 1) / max(r.warmup_steps, 1), 1.0))
+        self.sampler = SegmentSampler(data, r.context_len, spec.env.max_ep_len,
+                                      spec.env.reward_scale, seed=spec.seed,
+                                      state_mean=self.mean, state_std=self.std)
+        self.checkpoint_steps = set(schedule.steps(steps))
+        self.log: list[dict] = []
+        self.step = 0
+
+    # -------------------------------------------------------------- the recipe
+
+    def loss(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        b = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+        pred = self.model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+        mask = b["mask"]
+        if self.config.action_space["kind"] == "discrete":
+            return F.cross_entropy(pred[mask], b["actions"][mask].argmax(-1))
+        return F.mse_loss(pred[mask], b["actions"][mask])
+
+    def run_steps(self, progress: ProgressFn | None = None) -> float:
+        """Train from self.step to self.steps, checkpointing on the schedule."""
+        r = self.spec.recipe
+        t0, losses = time.time(), []
+        log_every = max(1, self.steps // 100)
+        if self.step == 0 and 0 in self.checkpoint_steps:
+            self.save_checkpoint()
+        self.model.train()
+        while self.step < self.steps:
+            loss = self.loss(self.sampler.sample(r.batch_size))
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{self.spec.model_id}: loss is {loss.item()} at step "
+                                    f"{self.step + 1}; the last good checkpoint is kept")
+            self.optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+            self.optim.step()
+            self.sched.step()
+            self.step += 1
+            losses.append(loss.item())
+            if self.step % log_every == 0 or self.step == self.steps:
+                self.log.append({"step": self.step, "loss": float(np.mean(losses)),
+                                 "lr": self.sched.get_last_lr()[0],
+                                 "elapsed_s": round(time.time() - t0, 3)})
+                losses = []
+            if self.step in self.checkpoint_steps:
+                self.save_checkpoint()
+            if progress:
+                progress(self.step, self.steps, self.log[-1]["loss"] if self.log else float("nan"))
+        return self.log[-1]["loss"] if self.log else float("nan")
+
+    # -------------------------------------------------------------- state
+
+    def save_checkpoint(self) -> None:
+        """A full model directory for this step, the training log, and the resume state."""
+        self.model.eval()
+        config = dataclasses.replace(self.config, step=self.step)
+        save_model(self.model, config, paths.checkpoint_dir(self.spec.model_id, self.step))
+        atomic_write_text(self.run / "training_log.csv", log_csv(self.log))
+        self.save_resume_state()
+        self.model.train()
+
+    def save_resume_state(self) -> None:
+        from safetensors.torch import save as save_tensors
+
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        opt = self.optim.state_dict()
+        for pid, state in opt["state"].items():
+            for k, v in state.items():
+                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {"step": self.step, "sampler": self.sampler.state(),
+                "scheduler": self.sched.state_dict()["last_epoch"],
+                "dataset_fingerprint": self.data.fingerprint, "total_steps": self.steps}
+        data = save_tensors(tensors, metadata={"resume": json.dumps(meta)})
+        resume = self.run / "resume"
+        atomic_write_bytes(resume / f"state-{self.step}.safetensors", data)
+        for old in resume.glob("state-*.safetensors"):
+            if old.name != f"state-{self.step}.safetensors":
+                old.unlink(missing_ok=True)
+
+    def restore(self) -> int | None:
+        """Load the newest resume state, if any; returns the step resumed from."""
+        from safetensors import safe_open
+
+        states = sorted((self.run / "resume").glob("state-*.safetensors"),
+                        key=lambda p: int(p.stem.split("-")[1]), reverse=True)
+        if not states:
+            return None
+        with safe_open(str(states[0]), framework="pt") as f:
+            meta = json.loads(f.metadata()["resume"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta["dataset_fingerprint"] != self.data.fingerprint:
+            raise TrainingError(
+                f"{self.spec.model_id}: the dataset {self.data.dataset_id!r} changed since this run "
+                f"started (fingerprint differs); delete {self.run} to train from scratch")
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        opt = self.optim.state_dict()
+        for pid in range(len(opt["param_groups"][0]["params"])):
+            opt["state"][pid] = {k.split(".", 2)[2]: v.to(self.device) for k, v in tensors.items()
+                                 if k.startswith(f"optim.{pid}.")}
+        self.optim.load_state_dict(opt)
+        self.sched.last_epoch = meta["scheduler"]
+        for group, lr in zip(self.optim.param_groups, self.sched.get_lr()):
+            group["lr"] = lr
+        self.sampler.set_state(meta["sampler"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.step = meta["step"]
+        log_path = self.run / "training_log.csv"
+        if log_path.is_file():
+            self.log = [row for row in read_log(log_path) if row["step"] <= self.step]
+        return self.step
+
+    def finish(self) -> None:
+        """Write the final model directory at the top of the run (config.json last = trained)."""
+        from dtzoo.plots import learning_curve
+
+        self.model.eval()
+        config = dataclasses.replace(self.config, step=self.step)
+        write_weights(self.model, self.run / "model.safetensors")
+        atomic_write_text(self.run / "training_log.csv", log_csv(self.log))
+        learning_curve(self.log, self.run / "learning_curve.png", title=self.spec.model_id)
+        atomic_write_json(self.run / "config.json", config.to_dict())
+        write_manifest(self.run)
+
+
+def log_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def read_log(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [{"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"]),
+                 "elapsed_s": float(r["elapsed_s"])} for r in csv.DictReader(f)]
+
+
+def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None = None,
+                device: str = "auto", progress: ProgressFn | None = None) -> TrainResult:
+    """Train (or resume) one model; a finished run is returned as is."""
+    run = paths.run_dir(spec.model_id)
+    steps = steps or spec.recipe.steps
+    t0 = time.time()
+    data = load_trajectories(spec.env.dataset)
+    trainer = Trainer(spec, data, steps, schedule, pick_device(device))
+    resumed = trainer.restore()
+    if resumed is not None and resumed > steps:
+        raise TrainingError(f"{spec.model_id}: the run is already at step {resumed} > --steps {steps}")
+    final_loss = trainer.run_steps(progress)
+    trainer.finish()
+    return TrainResult(spec.model_id, run, steps, resumed, final_loss, time.time() - t0)
+
+
+def trained_steps(model_id: str) -> int | None:
+    p = paths.run_dir(model_id) / "config.json"
+    return read_json(p)["step"] if p.is_file() else None
