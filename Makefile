@@ -1,0 +1,35 @@
+# dtzoo: `make demo` runs the tiny grid end to end, offline; `make test` runs the test suite.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DTZOO := $(BIN)/dtzoo
+
+.PHONY: demo test bench clean-demo
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, pinned: that version is a CPU wheel; an open range can pull a multi-GB CUDA build
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(DTZOO) data prepare pendulum cartpole
+	$(DTZOO) train --grid tiny
+	$(DTZOO) eval --grid tiny
+	$(DTZOO) publish --grid tiny --hub local
+	$(DTZOO) pull pendulum-1L-seed0 --hub local
+	$(DTZOO) leaderboard --grid tiny
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks

@@ -1,0 +1,85 @@
+"""Shared fixtures: an isolated DTZOO_HOME, a fast test registry, and tiny real datasets.
+
+The test registry is the bundled registry.yaml with smaller numbers (fewer episodes, steps and
+eval episodes), so everything runs the real code paths in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_STEPS = 40
+
+
+def make_test_registry(path: Path, steps: int = TEST_STEPS, episodes: int = 20) -> Path:
+    """Write the bundled registry with test-sized numbers to `path`."""
+    reg = yaml.safe_load((ROOT / "registry.yaml").read_text())
+    reg["checkpoints"] = {"log_until": 16, "every": 20}
+    for key in ("pendulum", "cartpole"):
+        env = reg["envs"][key]
+        env["prepare"]["episodes"] = episodes
+        env["recipe"].update(steps=steps, warmup_steps=10, d_model=32, d_mlp=64, batch_size=32)
+        env["eval"] = {"episodes": 2}
+    path.write_text(yaml.safe_dump(reg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def minari_store(tmp_path_factory) -> Path:
+    """A session-wide Minari store holding the tiny grid's datasets (prepared once)."""
+    from dtzoo.registry import load_registry
+    from dtzoo.zoo import prepare_env
+
+    store = tmp_path_factory.mktemp("minari")
+    reg_path = make_test_registry(tmp_path_factory.mktemp("reg") / "registry.yaml")
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(store)
+    try:
+        reg = load_registry(reg_path)
+        for key in ("pendulum", "cartpole"):
+            prepare_env(reg.env(key))
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH")
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+    return store
+
+
+@pytest.fixture
+def zoo_env(tmp_path, monkeypatch, minari_store) -> dict[str, str]:
+    """Isolated DTZOO_HOME + test registry + the shared tiny datasets; returns the env vars."""
+    home = tmp_path / "home"
+    reg = make_test_registry(tmp_path / "registry.yaml")
+    env = {"DTZOO_HOME": str(home), "DTZOO_REGISTRY": str(reg),
+           "MINARI_DATASETS_PATH": str(minari_store), "DTZOO_HUB": "local"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("DTZOO_ORG", raising=False)
+    return env
+
+
+@pytest.fixture
+def registry(zoo_env):
+    from dtzoo.registry import load_registry
+
+    return load_registry()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real `dtzoo` command in a subprocess (as a user would)."""
+    full_env = {**os.environ, **(env or {}), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "dtzoo.cli", *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dtzoo {' '.join(args)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
