@@ -254,7 +254,7 @@ def main() -> None:
     try:
         app()
     except DtzooError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        print(f"error: {e}", file=sys.stderr)  # one plain line: rich would wrap it
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted: run the same command again to resume")
