@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytest_plugins = ["tests.hub_fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 TEST_STEPS = 40
 
