@@ -81,3 +81,26 @@ class Agent:
         """Record r_t: the next return-to-go is R_t - r_t."""
         self.next_rtg = self.rtg[:, -1] - np.asarray(reward, np.float32).reshape(self.n) / self.config.reward_scale
         self.t += 1
+
+
+class AgentPolicy:
+    """An Agent as a batched data-collection policy (see dtzoo.collect): one context per row.
+
+    >>> prepare_dataset("me/pendulum/dt-v0", "Pendulum-v1", policy=AgentPolicy(model, config))
+    """
+
+    def __init__(self, model, config: ModelConfig, target_return: float | None = None):
+        self.model, self.config, self.target = model, config, target_return
+        self.__name__ = f"dtzoo:{config.model_id}"
+        self.agent: Agent | None = None
+
+    def reset(self, n: int) -> None:
+        self.agent = Agent(self.model, self.config, self.target, num_envs=n)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if self.agent is None or self.agent.n != len(obs):
+            self.reset(len(obs))
+        return self.agent.act(np.asarray(obs).reshape(len(obs), -1))
+
+    def observe(self, rewards: np.ndarray, done: np.ndarray) -> None:
+        self.agent.observe(rewards)

@@ -36,6 +36,14 @@ def eval_results(config: ModelConfig, report: dict | None) -> list:
     return out
 
 
+def sweep_table(sweep: dict) -> str:
+    rows = ["| target return | achieved return | std | normalised score |", "|---:|---:|---:|---:|"]
+    for r in sweep["results"]:
+        rows.append(f"| {r['target_return']:.1f} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
+                    f"{r['normalized_mean']:.1f} |")
+    return "\n".join(rows)
+
+
 def results_table(report: dict) -> str:
     rows = ["| target return | mean return | std | normalised score | mean length | episodes |",
             "|---:|---:|---:|---:|---:|---:|"]
@@ -46,8 +54,9 @@ def results_table(report: dict) -> str:
 
 
 def build_card(config: ModelConfig, report: dict | None, org: str, license: str = "mit",
-               plots: list[str] = ()):
-    """A ModelCard for a model directory; `report` is eval.json (or None before evaluation)."""
+               plots: list[str] = (), sweep: dict | None = None):
+    """A ModelCard for a model directory; `report` is eval.json (or None before evaluation),
+    `sweep` is rtg_sweep.json (or None)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     a = config.architecture
@@ -64,6 +73,14 @@ def build_card(config: ModelConfig, report: dict | None, org: str, license: str 
     kind = "discrete" if config.action_space["kind"] == "discrete" else "continuous"
     results = results_table(report) if report else "_Not evaluated yet: run `dtzoo eval`._"
     figures = "\n".join(f"![{Path(p).stem}]({p})" for p in plots)
+    sweep_section = "" if not sweep else f"""
+## Return conditioning
+
+Achieved return when the model is asked for each target return ({sweep['episodes']} episodes
+each). Where the achieved return stops following the target is where return conditioning ends.
+
+{sweep_table(sweep)}
+"""
     body = f"""
 # {config.model_id}
 
@@ -89,7 +106,7 @@ the gym id with its version. The weights are `model.safetensors`.
 
 Normalised score = 100 x (return - {config.env['ref_scores']['random']:g}) /
 ({config.env['ref_scores']['expert']:g} - {config.env['ref_scores']['random']:g}).
-
+{sweep_section}
 ## Training
 
 | setting | value |

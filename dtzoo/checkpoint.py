@@ -18,7 +18,7 @@ from typing import Any
 
 from dtzoo import __version__
 from dtzoo.errors import CheckpointError
-from dtzoo.fsutil import atomic_dir, atomic_write_json, read_json, sha256_file
+from dtzoo.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, MANIFEST = "model.safetensors", "config.json", "manifest.json"
@@ -86,11 +86,30 @@ def write_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def write_weights(model, path: Path) -> None:
-    from safetensors.torch import save_file
+def safetensors_bytes(tensors: dict, metadata: dict[str, str]) -> bytes:
+    """safetensors bytes that depend only on the tensors and metadata.
 
+    safetensors writes its metadata map in a random (hash) order, so saving the same weights
+    twice could give different bytes, different sha256 sums and a new hub commit; here the
+    header is re-written with the metadata keys sorted (tensor entries keep their order).
+    """
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    canon = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
+    canon.update(header)
+    head = json.dumps(canon, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head + data[8 + n:]
+
+
+def write_weights(model, path: Path) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": "pt", "dtzoo_format_version": str(FORMAT_VERSION)})
+    metadata = {"format": "pt", "dtzoo_format_version": str(FORMAT_VERSION)}
+    atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata))
 
 
 def save_model(model, config: ModelConfig, path: Path, extra_files: dict[str, bytes] | None = None) -> Path:

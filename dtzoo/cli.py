@@ -68,13 +68,19 @@ def main_options(
 
 
 @app.command("list")
-def list_cmd(grid: GridOpt = None, hub: HubOpt = None, org: OrgOpt = None,
+def list_cmd(model_id: Annotated[Optional[str], typer.Argument(help="One model (with --revisions).")] = None,
+             grid: GridOpt = None, hub: HubOpt = None, org: OrgOpt = None,
+             show_revisions: Annotated[bool, typer.Option("--revisions", help="List the model's revisions (step<N>, main).")] = False,
              as_json: JsonOpt = False) -> None:
     """The registry's model ids and their state (prepared / trained / evaluated / published)."""
     from dtzoo import zoo
 
     reg = registry()
-    ids = reg.grid(grid) if grid else reg.all_model_ids()
+    if show_revisions:
+        if not model_id:
+            raise typer.BadParameter("--revisions needs a MODEL_ID", param_hint="--revisions")
+        return _print_revisions(zoo.revisions(model_id, reg, hub, org), model_id, as_json)
+    ids = [reg.resolve(model_id).model_id] if model_id else reg.grid(grid) if grid else reg.all_model_ids()
     published = zoo.published_ids(reg, hub, org)
     states = [zoo.model_state(reg.resolve(m), published) for m in ids]
     if as_json:
@@ -85,6 +91,16 @@ def list_cmd(grid: GridOpt = None, hub: HubOpt = None, org: OrgOpt = None,
     for s in states:
         table.add_row(s.model_id, mark(s.prepared), mark(s.trained), mark(s.evaluated),
                       mark(s.published), str(s.step if s.step is not None else ""))
+    out.print(table)
+
+
+def _print_revisions(revs: dict[str, dict], model_id: str, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(revs))
+        return
+    table = Table("revision", "local", "hub commit", title=f"{model_id}: revisions")
+    for rev, info in revs.items():
+        table.add_row(rev, info.get("local") or "-", (info.get("hub_commit") or "-")[:12])
     out.print(table)
 
 
@@ -103,6 +119,54 @@ def data_prepare(envs: Annotated[list[str], typer.Argument(help="Env keys, e.g. 
         with err.status(f"preparing {env.dataset} ..."):
             path = zoo.prepare_env(env, overwrite=overwrite)
         out.print(f"{env.key}: {env.dataset} -> {path}")
+
+
+@data_app.command("info")
+def data_info(name: Annotated[str, typer.Argument(help="An env key or a Minari dataset id.")],
+              as_json: JsonOpt = False) -> None:
+    """Episodes, steps, return distribution (with a histogram) and reference scores."""
+    from dtzoo.data import dataset_summary
+
+    reg = registry()
+    env = reg.envs.get(name)
+    info = dataset_summary(env.dataset if env else name)
+    if env:  # the registry's reference scores are the ones the leaderboard uses
+        info["ref_scores"] = {**env.ref_scores, "source": f"registry env {env.key}"}
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    r, ref = info["return"], info["ref_scores"]
+    out.print(f"[bold]{info['dataset']}[/] ({info['gym_id']}, minari {info['minari_version']})")
+    out.print(f"episodes {info['episodes']}, steps {info['steps']}, episode length "
+              f"{info['episode_length']['min']}..{info['episode_length']['max']}")
+    out.print(f"return min {r['min']:.1f} / mean {r['mean']:.1f} / max {r['max']:.1f} (std {r['std']:.1f})")
+    out.print(f"reference scores: random {ref.get('random')}, expert {ref.get('expert')}")
+    counts, edges = info["histogram"]["counts"], info["histogram"]["edges"]
+    width = max(counts) or 1
+    for c, lo, hi in zip(counts, edges, edges[1:]):
+        out.print(f"  {lo:10.1f} .. {hi:10.1f} | {'#' * round(40 * c / width):<40} {c}")
+
+
+@data_app.command("collect")
+def data_collect(
+    env: Annotated[str, typer.Argument(help="Env key from the registry (fixes the gym task).")],
+    policy: Annotated[str, typer.Option(help="random, scripted, or a model id / model directory.")],
+    episodes: Annotated[int, typer.Option(help="Number of episodes.", min=1)],
+    out_id: Annotated[str, typer.Option("--out", help="New Minari dataset id, e.g. me/pendulum/dt-v0.")],
+    noise: Annotated[Optional[list[str]], typer.Option(help="Noise levels (repeat or comma-separate).")] = None,
+    target_return: Annotated[Optional[float], typer.Option(help="Target return for a model policy.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for env resets and noise.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
+) -> None:
+    """Make a Minari dataset from any policy (a zoo checkpoint included)."""
+    from dtzoo import zoo
+
+    levels = [float(x) for v in (noise or ["0"]) for x in v.split(",") if x.strip()]
+    with err.status(f"collecting {episodes} episodes of {env} ..."):
+        info = zoo.collect(registry(), env, policy, episodes, levels, out_id, seed=seed,
+                           target_return=target_return, overwrite=overwrite)
+    out.print(f"{out_id}: {info['episodes']} episodes, {info['steps']} steps, return mean "
+              f"{info['return']['mean']:.1f} (min {info['return']['min']:.1f}, max {info['return']['max']:.1f})")
 
 
 # ----------------------------------------------------------------------------- train / eval
@@ -136,6 +200,8 @@ def train(ids: IdsArg = None, grid: GridOpt = None,
 @app.command("eval")
 def eval_cmd(ids: IdsArg = None, grid: GridOpt = None,
              episodes: Annotated[Optional[int], typer.Option(help="Episodes per target return.", min=1)] = None,
+             rtg_sweep: Annotated[bool, typer.Option("--rtg-sweep", help="Sweep target returns; writes rtg_sweep.json/.png.")] = False,
+             targets: Annotated[Optional[str], typer.Option(help="Sweep targets LO:HI:N (default: random score to 1.5x expert).")] = None,
              as_json: JsonOpt = False) -> None:
     """Roll the trained models out; write eval.json and print their leaderboard."""
     from dtzoo import grid as executor
@@ -144,6 +210,8 @@ def eval_cmd(ids: IdsArg = None, grid: GridOpt = None,
 
     reg = registry()
     specs = reg.select(grid, ids or [])
+    if rtg_sweep or targets:
+        return _sweep(specs, reg, targets, episodes, as_json)
     with progress_bar() as bar:
         task = bar.add_task("evaluating", total=len(specs), info="")
 
@@ -160,6 +228,32 @@ def eval_cmd(ids: IdsArg = None, grid: GridOpt = None,
     else:
         _print_leaderboard(leaderboard_rows(reports))
     _report(results, "evaluated", quiet=True)
+
+
+def _sweep(specs, reg, targets: str | None, episodes: int | None, as_json: bool) -> None:
+    from dtzoo import grid as executor
+    from dtzoo import zoo
+    from dtzoo.evaluate import parse_targets
+
+    target_list = parse_targets(targets) if targets else None
+    with progress_bar() as bar:
+        def cell(spec):
+            task = bar.add_task(f"{spec.model_id} rtg sweep", total=None, info="")
+            return zoo.sweep_cell(spec, reg, target_list, episodes,
+                                  progress=lambda i, n: bar.update(task, completed=i, total=n))
+
+        results = executor.run_cells(specs, cell)
+    reports = [r.value for r in results if r.ok]
+    if as_json:
+        out.print_json(json.dumps(reports))
+    for rep in [] if as_json else reports:
+        table = Table("target", "achieved", "± (episodes)", "norm. score",
+                      title=f"{rep['model_id']}: achieved vs target return")
+        for r in rep["results"]:
+            table.add_row(f"{r['target_return']:.1f}", f"{r['return_mean']:.1f}",
+                          f"{r['return_std']:.1f}", f"{r['normalized_mean']:.1f}")
+        out.print(table)
+    _report(results, "swept", quiet=True)
 
 
 @app.command()
@@ -230,6 +324,34 @@ def pull_cmd(model_id: Annotated[str, typer.Argument(help="e.g. pendulum-1L-seed
 
     path = zoo.pull(model_id, registry(), revision=revision, hub=hub, org=org)
     print(path)
+
+
+@app.command("export")
+def export_cmd(model: Annotated[str, typer.Argument(help="Model id or model directory.")],
+               out_dir: Annotated[str, typer.Option("--out", help="Directory to write.")],
+               fmt: Annotated[str, typer.Option("--format", help="transformers")] = "transformers",
+               revision: Annotated[str, typer.Option(help="main or step<N>.")] = "main") -> None:
+    """Write a transformers DecisionTransformerModel directory (from_pretrained loads it)."""
+    from dtzoo import zoo
+
+    if fmt != "transformers":
+        raise typer.BadParameter("only 'transformers' is supported", param_hint="--format")
+    print(zoo.export_model(model, out_dir, registry(), revision=revision))
+
+
+@app.command("import")
+def import_cmd(src: Annotated[str, typer.Argument(help="A transformers DT checkpoint directory.")],
+               env: Annotated[str, typer.Option(help="Registry env the model acts in.")],
+               name: Annotated[str, typer.Option(help="Model id to give it, e.g. hopper-3L-seed0.")]) -> None:
+    """Turn a transformers DecisionTransformerModel checkpoint into a dtzoo model."""
+    from pathlib import Path
+
+    from dtzoo import zoo
+
+    if not Path(src).is_dir():
+        raise typer.BadParameter(f"{src} is not a directory (download it first, e.g. with "
+                                 "`hf download REPO --local-dir DIR`)", param_hint="SRC")
+    print(zoo.import_model(Path(src), env, name, registry()))
 
 
 # ----------------------------------------------------------------------------- shared

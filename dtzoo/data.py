@@ -199,11 +199,20 @@ class SegmentSampler:
         self.rng.bit_generator.state = state
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A batch of `batch_size` segments: `segments(*draw(batch_size))`."""
+        return self.segments(*self.draw(batch_size))
+
+    def draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Random (episode index, start index) pairs: episodes in proportion to their length."""
+        ep = self.rng.choice(len(self.data.lengths), size=batch_size, p=self.p)
+        si = (self.rng.random(batch_size) * self.data.lengths[ep]).astype(np.int64)  # in [0, len)
+        return ep, np.minimum(si, self.data.lengths[ep] - 1)
+
+    def segments(self, ep: np.ndarray, si: np.ndarray) -> dict[str, np.ndarray]:
+        """The segments starting at step `si[b]` of episode `ep[b]`, left-padded to context_len."""
         K, d = self.K, self.data
-        ep = self.rng.choice(len(d.lengths), size=batch_size, p=self.p)
-        ep_len = d.lengths[ep]
-        si = (self.rng.random(batch_size) * ep_len).astype(np.int64)  # uniform in [0, len)
-        tlen = np.minimum(K, ep_len - si)  # real steps in the segment
+        ep, si = np.asarray(ep, np.int64), np.asarray(si, np.int64)
+        tlen = np.minimum(K, d.lengths[ep] - si)  # real steps in the segment
         offset = np.arange(K)[None, :] - (K - tlen)[:, None]  # <0 marks left padding
         mask = offset >= 0
         idx = d.starts[ep][:, None] + si[:, None] + np.maximum(offset, 0)
@@ -223,3 +232,29 @@ def _returns_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray)
     ends = starts + lengths
     after_episode = np.append(total, 0.0)[np.repeat(ends, lengths)]
     return (total - after_episode).astype(np.float32)
+
+
+def dataset_summary(dataset_id: str, bins: int = 10) -> dict[str, Any]:
+    """Episodes, steps, the return distribution (with a histogram) and the reference scores."""
+    import minari
+
+    data = load_trajectories(dataset_id)
+    rets = data.returns
+    counts, edges = np.histogram(rets, bins=bins)
+    meta = minari.load_dataset(dataset_id).storage.metadata
+    return {
+        "dataset": dataset_id,
+        "gym_id": data.gym_id,
+        "episodes": int(len(data.lengths)),
+        "steps": int(data.lengths.sum()),
+        "episode_length": {"min": int(data.lengths.min()), "mean": float(data.lengths.mean()),
+                           "max": int(data.lengths.max())},
+        "return": {"min": float(rets.min()), "mean": float(rets.mean()),
+                   "std": float(rets.std()), "max": float(rets.max())},
+        "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
+        "ref_scores": {"random": meta.get("ref_min_score"), "expert": meta.get("ref_max_score")},
+        "state_dim": data.state_dim,
+        "action_space": data.action_space.to_dict(),
+        "minari_version": data.minari_version,
+        "fingerprint": data.fingerprint,
+    }

@@ -15,7 +15,7 @@ from dtzoo import __version__
 from dtzoo.agent import Agent
 from dtzoo.checkpoint import ModelConfig
 
-ProgressFn = Callable[[int, int], None]  # (done env-steps, expected env-steps)
+ProgressFn = Callable[[int, int], None]  # (targets done, targets)
 
 
 def episode_seeds(model_seed: int, episodes: int, base: int = 0) -> list[int]:
@@ -23,8 +23,8 @@ def episode_seeds(model_seed: int, episodes: int, base: int = 0) -> list[int]:
     return [base * 1_000_000 + model_seed * 10_000 + i for i in range(episodes)]
 
 
-def rollout(model, config: ModelConfig, target_return: float, seeds: list[int],
-            progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+def rollout(model, config: ModelConfig, target_return: float,
+            seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Run len(seeds) episodes in lockstep; returns (returns, lengths) per episode."""
     import gymnasium as gym
 
@@ -41,8 +41,6 @@ def rollout(model, config: ModelConfig, target_return: float, seeds: list[int],
             returns += np.where(alive, reward, 0.0)
             lengths += alive
             alive &= ~(terminated | truncated)
-            if progress:
-                progress(int(alive.sum()), n)
         return returns, lengths
     finally:
         envs.close()
@@ -64,7 +62,7 @@ def summarize(config: ModelConfig, target: float, returns: np.ndarray, lengths: 
 
 
 def evaluate(model, config: ModelConfig, episodes: int = 10, targets: list[float] | None = None,
-             seed_base: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
+             seed_base: int = 0, progress: ProgressFn | None = None) -> dict:
     """Roll out at every target return; the dict is what eval.json holds."""
     t0 = time.time()
     targets = list(config.target_returns if targets is None else targets)
@@ -87,3 +85,36 @@ def evaluate(model, config: ModelConfig, episodes: int = 10, targets: list[float
         "dtzoo_version": __version__,
         "seconds": round(time.time() - t0, 2),
     }
+
+
+# ----------------------------------------------------------------------------- RTG sweep
+
+
+def parse_targets(spec: str) -> list[float]:
+    """"LO:HI:N" -> N evenly spaced target returns: `parse_targets("0:100:3")` -> [0, 50, 100]."""
+    from dtzoo.errors import UsageError
+
+    try:
+        lo, hi, n = spec.split(":")
+        lo_f, hi_f, n_i = float(lo), float(hi), int(n)
+    except ValueError:
+        raise UsageError(f"--targets {spec!r}: expected LO:HI:N, e.g. -1200:0:7") from None
+    if n_i < 2 or hi_f <= lo_f:
+        raise UsageError(f"--targets {spec!r}: need LO < HI and N >= 2")
+    return [float(x) for x in np.linspace(lo_f, hi_f, n_i)]
+
+
+def default_sweep_targets(config: ModelConfig, n: int = 8) -> list[float]:
+    """From the random score to 50% beyond the expert score: past what the data holds."""
+    lo, hi = config.env["ref_scores"]["random"], config.env["ref_scores"]["expert"]
+    return [float(x) for x in np.linspace(lo, hi + 0.5 * (hi - lo), n)]
+
+
+def rtg_sweep(model, config: ModelConfig, targets: list[float], episodes: int = 10,
+              seed_base: int = 0, progress: ProgressFn | None = None) -> dict:
+    """Achieved vs target return over a range of targets (rtg_sweep.json holds the result)."""
+    report = evaluate(model, config, episodes=episodes, targets=targets, seed_base=seed_base,
+                      progress=progress)
+    report["kind"] = "rtg_sweep"
+    report["data_returns"] = {k: config.dataset.get(f"return_{k}") for k in ("min", "mean", "max")}
+    return report

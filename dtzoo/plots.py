@@ -36,3 +36,26 @@ def learning_curve(log: list[dict], path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     _save(fig, path)
     plt.close(fig)
+
+
+def rtg_sweep_plot(report: dict, path: Path) -> None:
+    """Achieved return (mean ± std over episodes) against target return, with y = x."""
+    plt = _figure()
+    res = report["results"]
+    x = [r["target_return"] for r in res]
+    y = [r["return_mean"] for r in res]
+    e = [r["return_std"] for r in res]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color="tab:blue", label="achieved")
+    lo, hi = min(x + y), max(x + y)
+    ax.plot([lo, hi], [lo, hi], ls="--", color="grey", label="achieved = target")
+    data = report.get("data_returns") or {}
+    if data.get("min") is not None and data.get("max") is not None:
+        ax.axvspan(data["min"], data["max"], color="tab:green", alpha=0.12, label="returns in the data")
+    ax.set_xlabel("target return")
+    ax.set_ylabel("achieved return")
+    ax.set_title(f"{report['model_id']}: return conditioning")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)

@@ -141,7 +141,8 @@ class Registry:
     def grid(self, name: str) -> list[str]:
         """The model ids of a named grid."""
         if name not in self.grids:
-            raise UsageError(f"unknown grid {name!r}; grids: {', '.join(sorted(self.grids))}")
+            raise UsageError(f"unknown grid {name!r}: {closest(name, sorted(self.grids))} "
+                             f"(grids: {', '.join(sorted(self.grids))})")
         return self.grids[name].model_ids()
 
     def all_model_ids(self) -> list[str]:
@@ -236,6 +237,17 @@ class _Parser:
             raise self.fail(parent, key, f"{what} must be a mapping")
         return node if isinstance(node, _Map) else _Map(node)
 
+    def check_keys(self, node: _Map, allowed: list[str], what: str) -> None:
+        for k in node:
+            if k not in allowed:
+                raise self.fail(node, k, f"unknown key {k!r} in {what}; {closest(str(k), allowed)}")
+
+    def integer(self, node: _Map, key: str, what: str, default: int, minimum: int) -> int:
+        v = node.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise self.fail(node, key, f"{what}.{key} must be an integer >= {minimum}, got {v!r}")
+        return v
+
     def dataclass_fields(self, node: _Map, cls: type, what: str) -> dict[str, Any]:
         names = {f.name: f for f in dataclasses.fields(cls)}
         for k in node:
@@ -259,13 +271,20 @@ class _Parser:
             if k not in {"hub", "recipe", "checkpoints", "eval", "envs", "grids"}:
                 raise self.fail(root, k, f"unknown top-level key {k!r}")
         hub = self.mapping(root.get("hub"), "hub", root, "hub")
-        recipe = Recipe(**self.dataclass_fields(self.mapping(root.get("recipe"), "recipe"), Recipe, "recipe"))
+        self.check_keys(hub, ["org", "license"], "hub")
+        for k in hub:
+            if not isinstance(hub[k], str):
+                raise self.fail(hub, k, f"hub.{k} must be a string, got {hub[k]!r}")
+        recipe_node = self.mapping(root.get("recipe"), "recipe", root, "recipe")
+        recipe = Recipe(**self.dataclass_fields(recipe_node, Recipe, "recipe"))
         ckpt_node = self.mapping(root.get("checkpoints"), "checkpoints", root, "checkpoints")
         ckpt = CheckpointSchedule(**self.dataclass_fields(ckpt_node, CheckpointSchedule, "checkpoints"))
         if ckpt.every < 1:
             raise self.fail(ckpt_node, "every", "checkpoints.every must be >= 1")
         evaln = self.mapping(root.get("eval"), "eval", root, "eval")
-        default_episodes = int(evaln.get("episodes", 10))
+        self.check_keys(evaln, ["episodes", "seed"], "eval")
+        default_episodes = self.integer(evaln, "episodes", "eval", 10, 1)
+        eval_seed = self.integer(evaln, "seed", "eval", 0, 0)
         envs_node = self.mapping(root.get("envs"), "envs", root, "envs")
         envs = {k: self.env(k, v, envs_node, default_episodes) for k, v in envs_node.items()}
         grids_node = self.mapping(root.get("grids"), "grids", root, "grids")
@@ -276,7 +295,7 @@ class _Parser:
             license=str(hub.get("license", "mit")),
             recipe=recipe,
             checkpoints=ckpt,
-            eval_seed=int(evaln.get("seed", 0)),
+            eval_seed=eval_seed,
             envs=envs,
             grids=grids,
         )
@@ -297,14 +316,22 @@ class _Parser:
         if not isinstance(tr, list) or not tr or not all(isinstance(x, (int, float)) for x in tr):
             raise self.fail(node, "target_returns", f"envs.{key}.target_returns must be a list of numbers")
         refs = self.mapping(node["ref_scores"], f"envs.{key}.ref_scores", node, "ref_scores")
-        if set(refs) != {"random", "expert"} or refs["random"] == refs["expert"]:
-            raise self.fail(node, "ref_scores", f"envs.{key}.ref_scores needs distinct 'random' and 'expert'")
+        if (set(refs) != {"random", "expert"}
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in refs.values())
+                or refs["random"] == refs["expert"]):
+            raise self.fail(node, "ref_scores",
+                            f"envs.{key}.ref_scores needs distinct numbers 'random' and 'expert'")
         for k in ("max_ep_len", "reward_scale"):
-            if not isinstance(node[k], (int, float)) or node[k] <= 0:
+            if isinstance(node[k], bool) or not isinstance(node[k], (int, float)) or node[k] <= 0:
                 raise self.fail(node, k, f"envs.{key}.{k} must be a positive number")
         recipe_node = self.mapping(node.get("recipe"), f"envs.{key}.recipe", node, "recipe")
         recipe = self.dataclass_fields(recipe_node, Recipe, f"envs.{key}.recipe")
         evaln = self.mapping(node.get("eval"), f"envs.{key}.eval", node, "eval")
+        self.check_keys(evaln, ["episodes"], f"envs.{key}.eval")
+        episodes = self.integer(evaln, "episodes", f"envs.{key}.eval", default_episodes, 1)
+        prepare = node.get("prepare")
+        if prepare is not None and not isinstance(prepare, dict):
+            raise self.fail(node, "prepare", f"envs.{key}.prepare must be a mapping")
         return EnvSpec(
             key=key,
             gym_id=str(node["gym_id"]),
@@ -313,13 +340,14 @@ class _Parser:
             reward_scale=float(node["reward_scale"]),
             target_returns=[float(x) for x in tr],
             ref_scores={k: float(v) for k, v in refs.items()},
-            prepare=dict(node["prepare"]) if node.get("prepare") else None,
+            prepare=dict(prepare) if prepare else None,
             recipe=recipe,
-            eval_episodes=int(evaln.get("episodes", default_episodes)),
+            eval_episodes=episodes,
         )
 
     def grid(self, name: str, node: Any, parent: _Map, envs: dict[str, EnvSpec]) -> Grid:
         node = self.mapping(node, f"grids.{name}", parent, name)
+        self.check_keys(node, ["envs", "layers", "seeds", "description"], f"grids.{name}")
         for r in ("envs", "layers", "seeds"):
             if not isinstance(node.get(r), list) or not node[r]:
                 raise self.fail(node if r in node else parent, r if r in node else name,

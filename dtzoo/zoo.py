@@ -130,14 +130,34 @@ def eval_cell(spec: ModelSpec, registry: Registry, episodes: int | None = None,
     return report
 
 
+def sweep_cell(spec: ModelSpec, registry: Registry, targets: list[float] | None = None,
+               episodes: int | None = None, progress=None) -> dict:
+    """Roll out over a range of target returns; writes rtg_sweep.json/.png and the card."""
+    from dtzoo.evaluate import default_sweep_targets, rtg_sweep
+    from dtzoo.plots import rtg_sweep_plot
+
+    run = require_trained(spec.model_id)
+    model, config = load_model(run)
+    report = rtg_sweep(model, config, targets or default_sweep_targets(config),
+                       episodes=episodes or spec.env.eval_episodes, seed_base=registry.eval_seed,
+                       progress=progress)
+    atomic_write_json(run / "rtg_sweep.json", report)
+    rtg_sweep_plot(report, run / "rtg_sweep.png")
+    write_card(run, registry)
+    return report
+
+
 def write_card(model_dir: Path, registry: Registry, org: str | None = None) -> None:
     """(Re)write README.md from config.json and eval.json, then refresh the manifest."""
     from dtzoo.card import build_card
 
+    def optional_json(name: str) -> dict | None:
+        return read_json(model_dir / name) if (model_dir / name).is_file() else None
+
     config = read_config(model_dir)
-    report = read_json(model_dir / "eval.json") if (model_dir / "eval.json").is_file() else None
     plots = [p for p in PLOTS if (model_dir / p).is_file()]
-    card = build_card(config, report, org=org_for(registry, org), license=registry.license, plots=plots)
+    card = build_card(config, optional_json("eval.json"), org=org_for(registry, org),
+                      license=registry.license, plots=plots, sweep=optional_json("rtg_sweep.json"))
     atomic_write_text(model_dir / "README.md", str(card))
     write_manifest(model_dir)
 
@@ -176,3 +196,121 @@ def pull(model_id: str, registry: Registry, revision: str = "main", hub: str | N
          org: str | None = None) -> Path:
     registry.resolve(model_id)
     return get_hub(hub).pull(repo_id(org_for(registry, org), model_id), revision)
+
+
+def revisions(model_id: str, registry: Registry, hub: str | None = None,
+              org: str | None = None) -> dict[str, dict]:
+    """Every revision of a model: local checkpoints (`step<N>`, `main`) and what the hub holds."""
+    registry.resolve(model_id)
+    run = paths.run_dir(model_id)
+    out: dict[str, dict] = {}
+    for ckpt in (run / "checkpoints").glob("step*"):
+        out[ckpt.name] = {"local": str(ckpt), "hub_commit": None}
+    if (run / "config.json").is_file():
+        out["main"] = {"local": str(run), "hub_commit": None}
+    for rev, commit in get_hub(hub).revisions(repo_id(org_for(registry, org), model_id)).items():
+        out.setdefault(rev, {"local": None})["hub_commit"] = commit
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] != "main", int(kv[0][4:] or 0)
+                                                    if kv[0].startswith("step") else 0)))
+
+
+# ----------------------------------------------------------------------------- interop
+
+
+def resolve_model_dir(model: str, registry: Registry, revision: str = "main") -> Path:
+    """A path to a model directory, a trained run, or (failing both) a pull from the hub."""
+    p = Path(model).expanduser()
+    if p.is_dir():
+        return p
+    registry.resolve(model)
+    run = paths.run_dir(model)
+    if revision == "main" and (run / "config.json").is_file():
+        return run
+    if revision.startswith("step") and paths.checkpoint_dir(model, int(revision[4:])).is_dir():
+        return paths.checkpoint_dir(model, int(revision[4:]))
+    return pull(model, registry, revision=revision)
+
+
+def export_model(model: str, out: Path, registry: Registry, revision: str = "main") -> Path:
+    """Write a transformers `DecisionTransformerModel` directory (plus our config under "dtzoo")."""
+    from dtzoo.convert import export_transformers
+
+    net, config = load_model(resolve_model_dir(model, registry, revision))
+    export_transformers(net, Path(out))
+    hf_config = read_json(Path(out) / "config.json")
+    hf_config["dtzoo"] = config.to_dict()  # state stats etc., so the round trip is lossless
+    atomic_write_json(Path(out) / "config.json", hf_config)
+    return Path(out)
+
+
+def import_model(src: Path, env_key: str, name: str, registry: Registry) -> Path:
+    """Turn a transformers DT checkpoint into a dtzoo run directory `runs/<name>/`."""
+    import dataclasses
+
+    from dtzoo.checkpoint import ModelConfig, save_model
+    from dtzoo.convert import from_transformers
+    from dtzoo.model import DecisionTransformer
+
+    spec = registry.resolve(name)
+    if spec.env.key != env_key:
+        raise UsageError(f"--name {name!r} belongs to env {spec.env.key!r}, not {env_key!r}")
+    hf_config = read_json(Path(src) / "config.json")
+    dt_config, state = from_transformers(src)
+    if dt_config.n_layers != spec.n_layers:
+        raise UsageError(f"{src} has {dt_config.n_layers} layers but --name says {spec.n_layers}L")
+    if "dtzoo" in hf_config:
+        config = dataclasses.replace(ModelConfig.from_dict(hf_config["dtzoo"]), model_id=name)
+    else:
+        config = _config_for_import(spec, dt_config, src)
+    net = DecisionTransformer(config.dt_config())
+    net.load_state_dict(state, strict=True)
+    run = paths.run_dir(name)
+    if (run / "config.json").exists():
+        raise UsageError(f"{run} already holds a model; delete it or pick another --name")
+    save_model(net, config, run)
+    return run
+
+
+def _config_for_import(spec: ModelSpec, dt_config, src: Path):
+    """A ModelConfig for a foreign checkpoint: env settings from the registry, state statistics
+    from the env's dataset (foreign DT checkpoints do not ship them)."""
+    import dataclasses
+
+    from dtzoo.data import load_trajectories
+    from dtzoo.train import make_config
+
+    if not dataset_exists(spec.env.dataset):
+        raise DatasetError(f"importing needs the state statistics of {spec.env.dataset!r}: run "
+                           f"`dtzoo data prepare {spec.env.key}` first")
+    data = load_trajectories(spec.env.dataset)
+    if data.state_dim != dt_config.state_dim or data.action_space.dim != dt_config.act_dim:
+        raise UsageError(f"{src} expects state/action dims {dt_config.state_dim}/{dt_config.act_dim}, "
+                         f"env {spec.env.key!r} has {data.state_dim}/{data.action_space.dim}")
+    mean, std = data.state_stats()
+    recipe = dataclasses.replace(spec.recipe, d_model=dt_config.d_model, n_heads=dt_config.n_heads,
+                                 d_mlp=dt_config.d_mlp, context_len=dt_config.context_len,
+                                 activation=dt_config.activation, dropout=dt_config.dropout)
+    config = make_config(dataclasses.replace(spec, recipe=recipe), data, mean, std, steps=0, step=0)
+    config.architecture["max_ep_len"] = dt_config.max_ep_len
+    config.extra["imported_from"] = str(src)
+    return config
+
+
+def collect(registry: Registry, env_key: str, policy: str, episodes: int, noise: list[float],
+            dataset_id: str, seed: int = 0, target_return: float | None = None,
+            overwrite: bool = False) -> dict:
+    """`dtzoo data collect`: a Minari dataset from random, scripted or zoo-model actions."""
+    from dtzoo.collect import prepare_dataset
+    from dtzoo.data import dataset_summary
+
+    env = registry.env(env_key)
+    if policy not in ("random", "scripted"):
+        from dtzoo.agent import AgentPolicy
+
+        net, config = load_model(resolve_model_dir(policy, registry))
+        if config.env["gym_id"] != env.gym_id:
+            raise UsageError(f"{policy} acts in {config.env['gym_id']}, not {env.gym_id}")
+        policy = AgentPolicy(net, config, target_return)
+    prepare_dataset(dataset_id, env.gym_id, policy=policy, episodes=episodes, noise=noise,
+                    seed=seed, overwrite=overwrite)
+    return dataset_summary(dataset_id)

@@ -16,15 +16,35 @@ import tempfile
 from pathlib import Path
 
 from dtzoo import paths
-from dtzoo.checkpoint import verify, write_manifest
+from dtzoo.checkpoint import MANIFEST, REQUIRED_FILES, verify, write_manifest
 from dtzoo.errors import CheckpointError, HubError
-from dtzoo.fsutil import atomic_write_text, file_lock
+from dtzoo.fsutil import atomic_write_text, file_lock, read_json, sha256_file
 from dtzoo.hub import PublishResult, check_revision
 
 
 def model_files(src: Path) -> list[Path]:
     """The files of a model directory (sub-directories such as checkpoints/ are not part of it)."""
     return sorted(p for p in Path(src).iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def check_required_files(src: Path) -> None:
+    """Before re-writing a manifest: the weights and config must still match the old one.
+
+    Extras (README.md, eval.json, plots) may be edited by hand and are re-hashed on publish,
+    but model.safetensors and config.json are only ever written together with the manifest,
+    so a mismatch there means corruption, which must not be published under a fresh hash.
+    """
+    mpath = Path(src) / MANIFEST
+    if not mpath.is_file():
+        return
+    try:
+        files = read_json(mpath)["files"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{mpath}: unreadable manifest") from None
+    for name in REQUIRED_FILES:
+        p, meta = Path(src) / name, files.get(name)
+        if meta and p.is_file() and (p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]):
+            raise CheckpointError(f"{p}: sha256 mismatch (file is corrupt or was modified)")
 
 
 def _copy_verified(src: Path, dest: Path) -> None:
@@ -60,6 +80,7 @@ class LocalHub:
     def publish(self, src: Path, repo_id: str, revision: str = "main") -> PublishResult:
         """Publish the files of model directory `src` as `revision` of `repo_id`."""
         check_revision(revision)
+        check_required_files(src)
         manifest = write_manifest(src)
         verify(src)
         commit = hashlib.sha1(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
