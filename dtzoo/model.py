@@ -77,9 +77,11 @@ class Attention(nn.Module):
         # (B, L, D) -> three of (B, L, heads, d_head): TransformerLens's q/k/v layout
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.d_head).unbind(dim=2)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        # Explicit attention, not F.scaled_dot_product_attention: scores and pattern are hook
+        # points, and a hooked run must give bit-identical outputs to a plain one. (SDPA was
+        # measured no faster on CPU at these sizes once dropout is on.)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.d_head)
-        # GPT-2 masks with the dtype's minimum, not -inf, so fully padded rows stay finite.
-        scores = self.hook_attn_scores(scores.masked_fill(~mask, torch.finfo(scores.dtype).min))
+        scores = self.hook_attn_scores(scores.masked_fill(~mask, float("-inf")))
         pattern = self.hook_pattern(scores.softmax(dim=-1))
         z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", self.attn_drop(pattern), v))
         return self.out(z.reshape(B, L, D))
@@ -182,12 +184,17 @@ class DecisionTransformer(nn.Module):
 
     @staticmethod
     def _attention_mask(step_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) real-step mask -> (B, 1, 3T, 3T) causal mask over tokens, keys padded out."""
+        """(B, T) real-step mask -> (B, 1, 3T, 3T) causal mask over tokens, keys padded out.
+
+        Every token may attend to itself, so a padded token (whose keys are all padded) attends
+        only to itself instead of producing NaN; real tokens never see padding.
+        """
         B, T = step_mask.shape
         L = TOKENS_PER_STEP * T
         keys = step_mask.repeat_interleave(TOKENS_PER_STEP, dim=1)  # (B, 3T)
         causal = torch.ones(L, L, dtype=torch.bool, device=step_mask.device).tril()
-        return causal[None, None] & keys[:, None, None, :]
+        self_only = torch.eye(L, dtype=torch.bool, device=step_mask.device)
+        return (causal[None, None] & keys[:, None, None, :]) | self_only
 
     # ------------------------------------------------------------------ interpretability
 
