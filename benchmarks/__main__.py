@@ -1,0 +1,101 @@
+"""`python -m benchmarks [--quick] [--out docs/benchmarks.md]`: print and record the figures."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from pathlib import Path
+
+from benchmarks import suite
+
+QUICK = dict(sample_calls=5, train_steps=4, eval_episodes=2, reps=2, memory_steps=5)
+FULL = dict(sample_calls=50, train_steps=30, eval_episodes=10, reps=5, memory_steps=200)
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {device}, Python {platform.python_version()}")
+
+
+def fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def table(rows: list[suite.Row]) -> str:
+    lines = ["| figure | dtzoo | reference | unit | ratio | goal | note |",
+             "|---|---:|---:|---|---:|---|---|"]
+    for r in rows:
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
+        lines.append(f"| {r.figure} | {fmt(r.dtzoo)} | {fmt(r.reference)} | {r.unit} | {ratio} | "
+                     f"{r.goal} | {r.note} |")
+    return "\n".join(lines)
+
+
+def run(quick: bool, dataset: str, gym_id: str) -> list[suite.Row]:
+    sizes = QUICK if quick else FULL
+    suite.seed_everything()
+    data = suite.load_data(dataset)
+    rows = []
+    row, _ = suite.bench_sampling(data, sizes["reps"], sizes["sample_calls"])
+    rows.append(row)
+    train_rows, _ = suite.bench_training(data, sizes["train_steps"], sizes["reps"])
+    rows += train_rows
+    row, _ = suite.bench_eval(data, gym_id, sizes["eval_episodes"], max(1, sizes["reps"] // 2))
+    rows.append(row)
+    cli_rows, _ = suite.bench_cli(sizes["reps"])
+    rows += cli_rows
+    rows.append(suite.bench_memory(dataset, sizes["memory_steps"]))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes; does not write the doc")
+    ap.add_argument("--dataset", default=suite.REFERENCE_DATASET)
+    ap.add_argument("--gym-id", default="HalfCheetah-v5")
+    ap.add_argument("--out", default=str(suite.ROOT / "docs" / "benchmarks.md"))
+    args = ap.parse_args()
+    if "MINARI_DATASETS_PATH" not in os.environ and suite.REFERENCE_STORE.is_dir():
+        os.environ["MINARI_DATASETS_PATH"] = str(suite.REFERENCE_STORE)
+    rows = run(args.quick, args.dataset, args.gym_id)
+    text = table(rows)
+    print(text)
+    if args.quick:
+        return
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    doc = f"""# Benchmarks
+
+Written by `make bench` (`python -m benchmarks`) on {now}.
+
+Machine: {machine()}.
+
+Each comparison runs both sides in the same process on the same data, after a warm-up, and
+reports the median of several repetitions. References: transformers'
+`DecisionTransformerModel` (training), and faithful re-statements of the DT paper's
+`get_batch` and `evaluate_episode_rtg` in `benchmarks/reference.py`. Ratio > 1 means dtzoo is
+better. Dataset: `{args.dataset}`.
+
+{text}
+"""
+    Path(args.out).write_text(doc)
+    print(f"\nwrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
