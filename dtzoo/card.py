@@ -93,7 +93,7 @@ training-time checkpoints (revisions `step<N>`) and TransformerLens-style hooks.
 
 ```python
 import dtzoo
-model, config = dtzoo.load("{config.model_id}")
+model, config = dtzoo.load("{config.model_id}", hub="hf", org="{org}")
 agent = dtzoo.Agent(model, config, target_return={config.target_returns[0]:g})
 ```
 
@@ -104,8 +104,8 @@ the gym id with its version. The weights are `model.safetensors`.
 
 {results}
 
-Normalised score = 100 x (return - {config.env['ref_scores']['random']:g}) /
-({config.env['ref_scores']['expert']:g} - {config.env['ref_scores']['random']:g}).
+Normalised score = 100 x (return - random) / (expert - random), with reference returns
+random = {config.env['ref_scores']['random']:g} and expert = {config.env['ref_scores']['expert']:g}.
 {sweep_section}
 ## Training
 

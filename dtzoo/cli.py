@@ -312,7 +312,10 @@ def publish(ids: IdsArg = None, grid: GridOpt = None, hub: HubOpt = None, org: O
             table.add_row(p.repo_id, p.revision, p.commit[:12], p.url,
                           "unchanged (skipped)" if p.skipped else "published")
     out.print(table)
-    _report(results, "published", quiet=True)
+    pushed = [p for r in results for p in (r.value or [])]
+    err.print(f"{sum(not p.skipped for p in pushed)} revisions published, "
+              f"{sum(p.skipped for p in pushed)} unchanged")
+    _report(results, "models processed", quiet=True)
 
 
 @app.command("pull")

@@ -32,7 +32,7 @@ SkipFn = Callable[[ModelSpec], "str | None"]  # a reason to skip, or None
 
 
 def already_trained(spec: ModelSpec) -> str | None:
-    return "already trained" if (paths.run_dir(spec.model_id) / "config.json").is_file() else None
+    return "already trained" if paths.is_trained(spec.model_id) else None
 
 
 def _run_one(spec: ModelSpec, fn: Callable[[ModelSpec], Any], skip: SkipFn | None) -> CellResult:

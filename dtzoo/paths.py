@@ -23,6 +23,13 @@ def checkpoint_dir(model_id: str, step: int) -> Path:
     return run_dir(model_id) / "checkpoints" / f"step{step}"
 
 
+def is_trained(model_id: str) -> bool:
+    """A run is trained once its final config.json and manifest.json are both written (in
+    that order), so a run killed between the two is resumed, not mistaken for finished."""
+    run = run_dir(model_id)
+    return (run / "config.json").is_file() and (run / "manifest.json").is_file()
+
+
 def local_hub_dir() -> Path:
     return home() / "hub"
 

@@ -53,10 +53,6 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def is_trained(model_id: str) -> bool:
-    return (paths.run_dir(model_id) / "config.json").is_file()
-
-
 def make_config(spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.ndarray,
                 steps: int, step: int) -> ModelConfig:
     r = spec.recipe
@@ -183,15 +179,10 @@ class Trainer:
 
     def restore(self) -> int | None:
         """Load the newest resume state, if any; returns the step resumed from."""
-        from safetensors import safe_open
-
-        states = sorted((self.run / "resume").glob("state-*.safetensors"),
-                        key=lambda p: int(p.stem.split("-")[1]), reverse=True)
-        if not states:
+        state = newest_resume_state(self.run)
+        if state is None:
             return None
-        with safe_open(str(states[0]), framework="pt") as f:
-            meta = json.loads(f.metadata()["resume"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta, tensors = read_resume_state(state)
         if meta["dataset_fingerprint"] != self.data.fingerprint:
             raise TrainingError(
                 f"{self.spec.model_id}: the dataset {self.data.dataset_id!r} changed since this run "
@@ -228,6 +219,21 @@ class Trainer:
         write_manifest(self.run)
 
 
+def newest_resume_state(run: Path) -> Path | None:
+    states = sorted((run / "resume").glob("state-*.safetensors"),
+                    key=lambda p: int(p.stem.split("-")[1]), reverse=True)
+    return states[0] if states else None
+
+
+def read_resume_state(path: Path, tensors: bool = True) -> tuple[dict, dict]:
+    """(metadata, tensors) of a resume state file; safetensors only, never pickle."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["resume"])
+        return meta, ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
+
+
 def log_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
@@ -246,13 +252,18 @@ def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None
                 device: str = "auto", progress: ProgressFn | None = None) -> TrainResult:
     """Train (or resume) one model; a finished run is returned as is."""
     run = paths.run_dir(spec.model_id)
-    steps = steps or spec.recipe.steps
     t0 = time.time()
+    state = newest_resume_state(run)
+    if state is not None:  # an unfinished run keeps the length it was started with
+        started = read_resume_state(state, tensors=False)[0]["total_steps"]
+        if steps and steps != started:
+            raise TrainingError(f"{spec.model_id}: this run was started with {started} steps; "
+                                f"resume it with --steps {started}, or delete {run} to start over")
+        steps = started
+    steps = steps or spec.recipe.steps
     data = load_trajectories(spec.env.dataset)
     trainer = Trainer(spec, data, steps, schedule, pick_device(device))
     resumed = trainer.restore()
-    if resumed is not None and resumed > steps:
-        raise TrainingError(f"{spec.model_id}: the run is already at step {resumed} > --steps {steps}")
     final_loss = trainer.run_steps(progress)
     trainer.finish()
     return TrainResult(spec.model_id, run, steps, resumed, final_loss, time.time() - t0)

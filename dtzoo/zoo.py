@@ -27,15 +27,15 @@ PLOTS = ("learning_curve.png", "rtg_sweep.png")
 
 def prepare_env(env: EnvSpec, overwrite: bool = False) -> Path:
     """Make the env's dataset available locally: prepare it (envs with `prepare:`) or download."""
-    if dataset_exists(env.dataset) and not overwrite:
-        return dataset_dir(env.dataset)
-    if env.prepare:
+    if env.prepare:  # prepare_dataset returns an existing one at once (and warns if it differs)
         from dtzoo.collect import prepare_dataset
 
         p = env.prepare
         prepare_dataset(env.dataset, env.gym_id, policy=p.get("policy", "scripted"),
                         episodes=int(p.get("episodes", 100)), noise=p.get("noise", [0.0]),
                         seed=int(p.get("seed", 0)), overwrite=overwrite)
+        return dataset_dir(env.dataset)
+    if dataset_exists(env.dataset) and not overwrite:
         return dataset_dir(env.dataset)
     return download_dataset(env.dataset)
 
@@ -81,7 +81,7 @@ class ModelState:
 
 def model_state(spec: ModelSpec, published: set[str] | None = None) -> ModelState:
     run = paths.run_dir(spec.model_id)
-    trained = (run / "config.json").is_file()
+    trained = paths.is_trained(spec.model_id)
     step = read_json(run / "config.json")["step"] if trained else None
     return ModelState(
         model_id=spec.model_id,
@@ -111,7 +111,7 @@ def train_cell(spec: ModelSpec, registry: Registry, steps: int | None = None,
 
 def require_trained(model_id: str) -> Path:
     run = paths.run_dir(model_id)
-    if not (run / "config.json").is_file():
+    if not paths.is_trained(model_id):
         raise UsageError(f"{model_id} is not trained yet: run `dtzoo train {model_id}`")
     return run
 
@@ -206,7 +206,7 @@ def revisions(model_id: str, registry: Registry, hub: str | None = None,
     out: dict[str, dict] = {}
     for ckpt in (run / "checkpoints").glob("step*"):
         out[ckpt.name] = {"local": str(ckpt), "hub_commit": None}
-    if (run / "config.json").is_file():
+    if paths.is_trained(model_id):
         out["main"] = {"local": str(run), "hub_commit": None}
     for rev, commit in get_hub(hub).revisions(repo_id(org_for(registry, org), model_id)).items():
         out.setdefault(rev, {"local": None})["hub_commit"] = commit
@@ -224,7 +224,7 @@ def resolve_model_dir(model: str, registry: Registry, revision: str = "main") ->
         return p
     registry.resolve(model)
     run = paths.run_dir(model)
-    if revision == "main" and (run / "config.json").is_file():
+    if revision == "main" and paths.is_trained(model):
         return run
     if revision.startswith("step") and paths.checkpoint_dir(model, int(revision[4:])).is_dir():
         return paths.checkpoint_dir(model, int(revision[4:]))
