@@ -43,15 +43,31 @@ def prepare_env(env: EnvSpec, overwrite: bool = False) -> Path:
 def download_dataset(dataset_id: str) -> Path:
     """Download through Minari (respects MINARI_REMOTE and MINARI_DATASETS_PATH)."""
     import minari
+    from huggingface_hub.utils import logging as hf_logging
 
+    def fail(reason: str) -> DatasetError:
+        return DatasetError(
+            f"dataset {dataset_id!r} is not in {datasets_root()} and could not be downloaded "
+            f"({reason}); on a machine with network run `minari download {dataset_id}` and copy "
+            "the folder, or point MINARI_DATASETS_PATH at a store that has it")
+
+    if os.environ.get("MINARI_REMOTE", "hf://").startswith("hf://"):
+        # huggingface_hub retries a refused connection for ~30 s; ask once, quickly, first
+        import httpx
+        from huggingface_hub import constants
+
+        try:
+            httpx.head(constants.ENDPOINT, timeout=5)
+        except httpx.TransportError as e:
+            raise fail(f"{constants.ENDPOINT} unreachable: {type(e).__name__}") from None
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # no retry chatter on stderr
     try:
         minari.download_dataset(dataset_id)
     except Exception as e:  # minari surfaces network failures as many exception types
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise DatasetError(
-            f"dataset {dataset_id!r} is not in {datasets_root()} and could not be downloaded "
-            f"({reason}); on a machine with network run `minari download {dataset_id}` and copy "
-            "the folder, or point MINARI_DATASETS_PATH at a store that has it") from None
+        raise fail(str(e).splitlines()[0][:160] if str(e) else type(e).__name__) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return dataset_dir(dataset_id)
 
 
