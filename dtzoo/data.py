@@ -42,6 +42,9 @@ class ActionSpace:
         if isinstance(space, spaces.Discrete):
             return cls("discrete", n=int(space.n))
         if isinstance(space, spaces.Box) and len(space.shape) == 1:
+            if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+                # actions are mapped onto the model's tanh range [-1, 1]: bounds are required
+                raise DatasetError(f"unsupported action space {space}: a Box needs finite bounds")
             return cls("box", low=space.low.astype(float).tolist(), high=space.high.astype(float).tolist())
         raise DatasetError(f"unsupported action space {space}: dtzoo handles Box(1-d) and Discrete")
 

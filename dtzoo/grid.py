@@ -46,8 +46,9 @@ def _run_one(spec: ModelSpec, fn: Callable[[ModelSpec], Any], skip: SkipFn | Non
     except Exception as e:  # a bug in one cell must not cost the rest of the grid
         return CellResult(spec.model_id, "failed", f"{type(e).__name__}: {e}")
     resumed = getattr(value, "resumed_from", None)
-    return CellResult(spec.model_id, "resumed" if resumed else "done",
-                      f"from step {resumed}" if resumed else "", value)
+    if resumed is None:  # (step 0 is a real resume point: a run killed before step 1)
+        return CellResult(spec.model_id, "done", "", value)
+    return CellResult(spec.model_id, "resumed", f"from step {resumed}", value)
 
 
 def run_cells(specs: list[ModelSpec], fn: Callable[[ModelSpec], Any], skip: SkipFn | None = None,

@@ -1,6 +1,6 @@
 """Leaderboards: mean ± std over seeds per env x layers x target return, never a single run.
 
-    >>> rows = leaderboard_rows(reports, registry)
+    >>> rows = leaderboard_rows(reports)              # eval.json dicts
     >>> print(render(rows, "markdown"))
 """
 

@@ -22,7 +22,9 @@ import yaml
 from dtzoo.errors import RegistryError, UsageError, closest
 
 ENV_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-MODEL_ID_RE = re.compile(r"^(?P<env>[a-z0-9][a-z0-9-]*)-(?P<layers>\d+)L-seed(?P<seed>\d+)$")
+# no leading zeros: "hopper-01L-seed0" would be a second name (and run, and repo) for hopper-1L-seed0
+MODEL_ID_RE = re.compile(
+    r"^(?P<env>[a-z0-9][a-z0-9-]*)-(?P<layers>0|[1-9]\d*)L-seed(?P<seed>0|[1-9]\d*)$")
 
 
 @dataclass

@@ -12,9 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
 pytest_plugins = ["tests.hub_fixtures"]
+
+# One intra-op thread per process: the suite's models are tiny, and several torch processes
+# (the CLI subprocesses) spinning two OpenMP threads each on a 2-core machine run 10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_STEPS = 40
