@@ -130,8 +130,10 @@ def data_info(name: Annotated[str, typer.Argument(help="An env key or a Minari d
     reg = registry()
     env = reg.envs.get(name)
     info = dataset_summary(env.dataset if env else name)
-    if env:  # the registry's reference scores are the ones the leaderboard uses
+    if env and env.ref_scores:  # the registry's reference scores are the ones models use
         info["ref_scores"] = {**env.ref_scores, "source": f"registry env {env.key}"}
+    else:
+        info["ref_scores"]["source"] = "dataset metadata"
     if as_json:
         out.print_json(json.dumps(info))
         return

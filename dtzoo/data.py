@@ -82,6 +82,7 @@ class Trajectories:
     gym_id: str
     minari_version: str
     fingerprint: str
+    ref_scores: dict[str, float] | None = None  # the dataset's own ref_min_score / ref_max_score
 
     @property
     def returns(self) -> np.ndarray:
@@ -171,7 +172,14 @@ def load_trajectories(dataset_id: str) -> Trajectories:
         gym_id=spec.id if spec is not None else "",
         minari_version=str(getattr(ds.spec, "minari_version", "")),
         fingerprint=fingerprint(dataset_id),
+        ref_scores=_dataset_ref_scores(ds),
     )
+
+
+def _dataset_ref_scores(ds) -> dict[str, float] | None:
+    meta = ds.storage.metadata
+    lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
+    return None if lo is None or hi is None else {"random": float(lo), "expert": float(hi)}
 
 
 class SegmentSampler:

@@ -73,7 +73,7 @@ class EnvSpec:
     max_ep_len: int
     reward_scale: float
     target_returns: list[float]
-    ref_scores: dict[str, float]
+    ref_scores: dict[str, float] | None  # None: read from the dataset's metadata
     prepare: dict[str, Any] | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     eval_episodes: int = 10
@@ -317,12 +317,15 @@ class _Parser:
         tr = node["target_returns"]
         if not isinstance(tr, list) or not tr or not all(isinstance(x, (int, float)) for x in tr):
             raise self.fail(node, "target_returns", f"envs.{key}.target_returns must be a list of numbers")
-        refs = self.mapping(node["ref_scores"], f"envs.{key}.ref_scores", node, "ref_scores")
-        if (set(refs) != {"random", "expert"}
+        refs = node["ref_scores"]
+        if refs == "dataset":  # the Minari dataset's ref_min_score / ref_max_score
+            refs = None
+        elif (not isinstance(refs, dict) or set(refs) != {"random", "expert"}
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in refs.values())
                 or refs["random"] == refs["expert"]):
             raise self.fail(node, "ref_scores",
-                            f"envs.{key}.ref_scores needs distinct numbers 'random' and 'expert'")
+                            f"envs.{key}.ref_scores needs distinct numbers 'random' and 'expert', "
+                            "or the word 'dataset'")
         for k in ("max_ep_len", "reward_scale"):
             if isinstance(node[k], bool) or not isinstance(node[k], (int, float)) or node[k] <= 0:
                 raise self.fail(node, k, f"envs.{key}.{k} must be a positive number")
@@ -341,7 +344,7 @@ class _Parser:
             max_ep_len=int(node["max_ep_len"]),
             reward_scale=float(node["reward_scale"]),
             target_returns=[float(x) for x in tr],
-            ref_scores={k: float(v) for k, v in refs.items()},
+            ref_scores=None if refs is None else {k: float(v) for k, v in refs.items()},
             prepare=dict(prepare) if prepare else None,
             recipe=recipe,
             eval_episodes=episodes,

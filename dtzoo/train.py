@@ -56,6 +56,10 @@ def pick_device(device: str) -> torch.device:
 def make_config(spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.ndarray,
                 steps: int, step: int) -> ModelConfig:
     r = spec.recipe
+    refs = spec.env.ref_scores or data.ref_scores
+    if not refs:
+        raise TrainingError(f"env {spec.env.key!r} takes its reference scores from dataset "
+                            f"{data.dataset_id!r}, which has none: set ref_scores in the registry")
     arch = dict(n_layers=spec.n_layers, d_model=r.d_model, n_heads=r.n_heads, d_mlp=r.d_mlp,
                 context_len=r.context_len, max_ep_len=spec.env.max_ep_len,
                 activation=r.activation, dropout=r.dropout)
@@ -70,7 +74,7 @@ def make_config(spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.n
         reward_scale=spec.env.reward_scale,
         target_returns=list(spec.env.target_returns),
         env={"key": spec.env.key, "gym_id": spec.env.gym_id, "max_ep_len": spec.env.max_ep_len,
-             "ref_scores": dict(spec.env.ref_scores)},
+             "ref_scores": dict(refs)},
         dataset={"id": data.dataset_id, "minari_version": data.minari_version,
                  "fingerprint": data.fingerprint, "episodes": int(len(data.lengths)),
                  "steps": int(data.lengths.sum()), "return_min": float(data.returns.min()),

@@ -138,3 +138,18 @@ def test_collect_random_and_train_on_it(zoo_env, tmp_path):
     config = json.loads((Path(zoo_env["DTZOO_HOME"]) / "runs" / "pendulum-random-1L-seed0"
                          / "config.json").read_text())
     assert config["dataset"]["id"] == "me/pendulum/random-v0" and config["dataset"]["episodes"] == 6
+
+
+def test_ref_scores_from_dataset_metadata(zoo_env, tmp_path):
+    """`ref_scores: dataset` takes the reference returns from the Minari dataset's metadata."""
+    reg = yaml.safe_load(Path(zoo_env["DTZOO_REGISTRY"]).read_text())
+    reg["envs"]["pendulum"]["ref_scores"] = "dataset"
+    user_reg = tmp_path / "user.yaml"
+    user_reg.write_text(yaml.safe_dump(reg))
+    env = {**zoo_env, "DTZOO_REGISTRY": str(user_reg)}
+    run_cli("train", "pendulum-1L-seed0", "--steps", "3", env=env)
+    meta = minari.load_dataset("dtzoo/pendulum/scripted-v0").storage.metadata
+    config = json.loads((Path(zoo_env["DTZOO_HOME"]) / "runs" / "pendulum-1L-seed0" / "config.json").read_text())
+    assert config["env"]["ref_scores"] == {"random": meta["ref_min_score"], "expert": meta["ref_max_score"]}
+    info = json.loads(run_cli("data", "info", "pendulum", "--json", env=env).stdout)
+    assert info["ref_scores"]["source"] == "dataset metadata"

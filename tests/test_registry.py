@@ -318,7 +318,7 @@ def test_missing_required_key_reports_the_env_line(tmp_path):
     ("    ref_scores: {random: -20.3, expert: 3234.3}", "    ref_scores: {random: low, expert: 3234.3}",
      "ref_scores: {random: low", "envs.hopper.ref_scores needs distinct numbers"),
     ("    ref_scores: {random: -20.3, expert: 3234.3}", "    ref_scores: [1, 2]",
-     "ref_scores: [1, 2]", "envs.hopper.ref_scores must be a mapping"),
+     "ref_scores: [1, 2]", "envs.hopper.ref_scores needs distinct numbers"),
     ("    prepare:\n      policy: scripted\n      episodes: 100\n", "    prepare: scripted\n", "prepare: scripted",
      "envs.pendulum.prepare must be a mapping"),
     ("    layers: [1, 2, 3]", "    layers: [1, two, 3]", "layers: [1, two", "grids.small.layers must be a list"),

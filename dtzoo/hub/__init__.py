@@ -44,6 +44,12 @@ class Hub(Protocol):
 
     def list_models(self, org: str) -> list[str]: ...
 
+    def list_remote(self, org: str) -> list[dict]:
+        """The org's models with their card metadata: one dict per model with `repo_id`,
+        `model_id`, `sha`, `last_modified`, `library_name` and `results` (the card's numeric
+        model-index values, see `dtzoo.hub.hf.card_results`)."""
+        ...
+
 
 def check_revision(revision: str) -> str:
     if not REVISION_RE.match(revision):
