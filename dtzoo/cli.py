@@ -260,7 +260,8 @@ def _sweep(specs, reg, targets: str | None, episodes: int | None, as_json: bool)
 
 @app.command()
 def leaderboard(grid: GridOpt = None,
-                fmt: Annotated[str, typer.Option("--format", "-f", help="table, markdown, csv or json.")] = "table") -> None:
+                fmt: Annotated[str, typer.Option("--format", "-f", help="table, markdown, csv or json.")] = "table",
+                plot: Annotated[Optional[str], typer.Option(help="Also write a PNG: score vs layers per env.")] = None) -> None:
     """Mean ± std over seeds for every env x layers x target return."""
     from dtzoo import zoo
     from dtzoo.leaderboard import leaderboard_rows, render
@@ -275,14 +276,19 @@ def leaderboard(grid: GridOpt = None,
         _print_leaderboard(rows)
     else:
         out.print(render(rows, fmt), markup=False, highlight=False)
+    if plot and rows:
+        from dtzoo.plots import leaderboard_plot
+
+        leaderboard_plot(rows, plot)
+        err.print(f"wrote {plot}")
 
 
 def _print_leaderboard(rows: list[dict]) -> None:
-    from dtzoo.leaderboard import COLUMNS, HEADERS, _cell
+    from dtzoo.leaderboard import COLUMNS, HEADERS, format_cell
 
     table = Table(*(HEADERS[c] for c in COLUMNS), title="leaderboard (mean ± std over seeds)")
     for r in rows:
-        table.add_row(*(_cell(r, c) for c in COLUMNS))
+        table.add_row(*(format_cell(r, c) for c in COLUMNS))
     out.print(table)
 
 

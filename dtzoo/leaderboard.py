@@ -43,7 +43,7 @@ def leaderboard_rows(reports: list[dict]) -> list[dict]:
     return rows
 
 
-def _cell(row: dict, col: str) -> str:
+def format_cell(row: dict, col: str) -> str:
     v = row[col]
     if isinstance(v, float):
         return f"{v:g}" if col == "target_return" else f"{v:.1f}"
@@ -63,6 +63,6 @@ def render(rows: list[dict], fmt: str = "markdown") -> str:
     if fmt == "markdown":
         lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |",
                  "|" + "|".join("---" if c in ("env", "data") else "---:" for c in COLUMNS) + "|"]
-        lines += ["| " + " | ".join(_cell(r, c) for c in COLUMNS) + " |" for r in rows]
+        lines += ["| " + " | ".join(format_cell(r, c) for c in COLUMNS) + " |" for r in rows]
         return "\n".join(lines)
     raise ValueError(f"unknown format {fmt!r}")

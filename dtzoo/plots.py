@@ -59,3 +59,26 @@ def rtg_sweep_plot(report: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     _save(fig, path)
     plt.close(fig)
+
+
+def leaderboard_plot(rows: list[dict], path: Path) -> None:
+    """Normalised score (mean ± std over seeds) against layers: one panel per env, one line per
+    target return."""
+    plt = _figure()
+    envs = sorted({r["env"] for r in rows})
+    fig, axes = plt.subplots(1, max(1, len(envs)), figsize=(4 * max(1, len(envs)), 3.4), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        env_rows = [r for r in rows if r["env"] == env]
+        for target in sorted({r["target_return"] for r in env_rows}, reverse=True):
+            line = sorted((r for r in env_rows if r["target_return"] == target), key=lambda r: r["layers"])
+            ax.errorbar([r["layers"] for r in line], [r["score_mean"] for r in line],
+                        yerr=[r["score_std"] for r in line], marker="o", capsize=3,
+                        label=f"target {target:g}")
+        ax.set_title(env)
+        ax.set_xlabel("layers")
+        ax.set_xticks(sorted({r["layers"] for r in env_rows}))
+        ax.set_ylabel("normalised score")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)

@@ -65,8 +65,10 @@ def test_tiny_grid_end_to_end(zoo_env):
 
     md = run_cli("leaderboard", "--grid", "tiny", "--format", "markdown", env=zoo_env).stdout
     assert md.count("\n| pendulum |") + md.count("\n| cartpole |") == 8
-    csv_rows = run_cli("leaderboard", "--format", "csv", env=zoo_env).stdout.strip().splitlines()
+    png = home / "leaderboard.png"
+    csv_rows = run_cli("leaderboard", "--format", "csv", "--plot", str(png), env=zoo_env).stdout.strip().splitlines()
     assert csv_rows[0].startswith("env,layers,target_return") and len(csv_rows) == 9
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_python_api_loads_published_model(zoo_env, registry):
