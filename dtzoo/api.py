@@ -19,7 +19,13 @@ def load(model: str | os.PathLike, revision: str = "main", hub: str | None = Non
     >>> model, config = dtzoo.load("~/.cache/dtzoo/runs/pendulum-1L-seed0")  # a directory
     """
     path = Path(os.path.expanduser(str(model)))
-    if not path.is_dir():
+    if path.is_dir() and revision != "main":  # a run directory: its training-time checkpoints
+        if not (path / "checkpoints" / revision).is_dir():
+            from dtzoo.errors import UsageError
+
+            raise UsageError(f"{path} has no checkpoint {revision!r} (looked in {path / 'checkpoints'})")
+        path = path / "checkpoints" / revision
+    elif not path.is_dir():
         from dtzoo import zoo
         from dtzoo.registry import load_registry
 
