@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from dtzoo import paths
 from dtzoo.checkpoint import MANIFEST, REQUIRED_FILES, verify, write_manifest
 from dtzoo.errors import CheckpointError, HubError
-from dtzoo.fsutil import atomic_write_text, file_lock, read_json, sha256_file
+from dtzoo.fsutil import atomic_write_text, file_lock, make_temp_dir, read_json, sha256_file
 from dtzoo.hub import PublishResult, check_revision
 
 
@@ -49,7 +48,7 @@ def check_required_files(src: Path) -> None:
 
 def _copy_verified(src: Path, dest: Path) -> None:
     """Copy a model directory's files into `dest` via a temp dir, verify, then rename."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = make_temp_dir(dest)
     try:
         for p in model_files(src):
             shutil.copy2(p, tmp / p.name)
