@@ -21,8 +21,8 @@ from dtzoo.data import ActionSpace
 
 
 class Agent:
-    def __init__(self, model, config: ModelConfig, target_return: float | None = None,
-                 num_envs: int = 1):
+    def __init__(self, model, config: ModelConfig, target_return=None, num_envs: int = 1):
+        """`target_return`: a number, one number per env, or None for the config's first."""
         self.model, self.config, self.n = model, config, num_envs
         self.device = next(model.parameters()).device
         self.space = ActionSpace(**config.action_space)
@@ -33,7 +33,7 @@ class Agent:
         self.target = config.target_returns[0] if target_return is None else target_return
         self.reset()
 
-    def reset(self, target_return: float | None = None) -> None:
+    def reset(self, target_return=None) -> None:
         """Start new episodes (optionally at a new target return)."""
         if target_return is not None:
             self.target = target_return
@@ -44,7 +44,8 @@ class Agent:
         self.rtg = np.zeros((n, K), np.float32)
         self.timesteps = np.zeros((n, K), np.int64)
         self.filled, self.t = 0, 0
-        self.next_rtg = np.full(n, self.target / c.reward_scale, np.float32)
+        target = np.broadcast_to(np.asarray(self.target, np.float64), (n,))
+        self.next_rtg = (target / c.reward_scale).astype(np.float32)
 
     def _push(self) -> None:
         for a in (self.states, self.actions, self.rtg, self.timesteps):

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -15,7 +15,8 @@ from dtzoo import __version__
 from dtzoo.agent import Agent
 from dtzoo.checkpoint import ModelConfig
 
-ProgressFn = Callable[[int, int], None]  # (targets done, targets)
+ProgressFn = Callable[[int, int], None]  # (episodes done, episodes)
+MAX_ENVS = 64  # envs stepped together in one vector env
 
 
 def episode_seeds(model_seed: int, episodes: int, base: int = 0) -> list[int]:
@@ -23,9 +24,10 @@ def episode_seeds(model_seed: int, episodes: int, base: int = 0) -> list[int]:
     return [base * 1_000_000 + model_seed * 10_000 + i for i in range(episodes)]
 
 
-def rollout(model, config: ModelConfig, target_return: float,
+def rollout(model, config: ModelConfig, target_return: float | Sequence[float],
             seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Run len(seeds) episodes in lockstep; returns (returns, lengths) per episode."""
+    """Run len(seeds) episodes in lockstep, one batched forward per step; `target_return` is
+    one number or one per episode. Returns (returns, lengths) per episode."""
     import gymnasium as gym
 
     n = len(seeds)
@@ -67,12 +69,18 @@ def evaluate(model, config: ModelConfig, episodes: int = 10, targets: list[float
     t0 = time.time()
     targets = list(config.target_returns if targets is None else targets)
     seeds = episode_seeds(config.seed, episodes, seed_base)
-    results = []
-    for i, target in enumerate(targets):
-        returns, lengths = rollout(model, config, target, seeds)
-        results.append(summarize(config, target, returns, lengths))
+    # every (target, episode) pair is one row; rows run in batches of up to MAX_ENVS envs, so
+    # a sweep over 8 targets costs about as many forwards as one target
+    rows = [(t, s) for t in targets for s in seeds]
+    returns, lengths = np.zeros(len(rows)), np.zeros(len(rows), np.int64)
+    for start in range(0, len(rows), MAX_ENVS):
+        chunk = rows[start:start + MAX_ENVS]
+        r, n = rollout(model, config, [t for t, _ in chunk], [s for _, s in chunk])
+        returns[start:start + len(chunk)], lengths[start:start + len(chunk)] = r, n
         if progress:
-            progress(i + 1, len(targets))
+            progress(start + len(chunk), len(rows))
+    results = [summarize(config, t, returns[i * episodes:(i + 1) * episodes],
+                         lengths[i * episodes:(i + 1) * episodes]) for i, t in enumerate(targets)]
     return {
         "model_id": config.model_id,
         "step": config.step,
