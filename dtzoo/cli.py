@@ -71,11 +71,14 @@ def main_options(
 def list_cmd(model_id: Annotated[Optional[str], typer.Argument(help="One model (with --revisions).")] = None,
              grid: GridOpt = None, hub: HubOpt = None, org: OrgOpt = None,
              show_revisions: Annotated[bool, typer.Option("--revisions", help="List the model's revisions (step<N>, main).")] = False,
+             remote: Annotated[bool, typer.Option("--remote", help="What the hub's org holds: eval results from the model cards, missing / stale models.")] = False,
              as_json: JsonOpt = False) -> None:
     """The registry's model ids and their state (prepared / trained / evaluated / published)."""
     from dtzoo import zoo
 
     reg = registry()
+    if remote:
+        return _print_remote(zoo.remote_status(reg, grid=grid, hub=hub, org=org), as_json)
     if show_revisions:
         if not model_id:
             raise typer.BadParameter("--revisions needs a MODEL_ID", param_hint="--revisions")
@@ -91,6 +94,23 @@ def list_cmd(model_id: Annotated[Optional[str], typer.Argument(help="One model (
     for s in states:
         table.add_row(s.model_id, mark(s.prepared), mark(s.trained), mark(s.evaluated),
                       mark(s.published), str(s.step if s.step is not None else ""))
+    out.print(table)
+
+
+def _print_remote(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    style = {"missing": "yellow", "stale": "red", "published": "green"}
+    table = Table("model", "status", "hub commit", "last modified", "target", "mean return",
+                  "norm. score", title="published models (eval results from their model cards)")
+    num = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
+    for r in rows:
+        status = f"[{style.get(r['status'], 'dim')}]{r['status']}[/]"
+        head = [r["model_id"], status, (r["sha"] or "")[:12], (r["last_modified"] or "")[:19]]
+        for i, res in enumerate(r["results"] or [{}]):
+            table.add_row(*(head if i == 0 else [""] * 4), num(res.get("target_return")),
+                          num(res.get("mean_reward")), num(res.get("normalized_score")))
     out.print(table)
 
 
@@ -374,8 +394,8 @@ def _report(results, verb: str, quiet: bool = False) -> None:
     if not quiet:
         for r in results:
             err.print(f"{r.model_id}: {r.status}" + (f" ({r.detail})" if r.detail else ""))
-    for r in failed:
-        err.print(f"[red]{r.model_id} failed:[/] {r.detail}", markup=True)
+    for r in failed:  # plain print: one line each, however narrow the terminal
+        print(f"{r.model_id} failed: {r.detail}", file=sys.stderr)
     done = sum(r.status in ("done", "resumed") for r in results)
     err.print(f"{done} {verb}, {sum(r.status == 'skipped' for r in results)} skipped, {len(failed)} failed")
     if failed:

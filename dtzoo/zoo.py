@@ -208,6 +208,46 @@ def publish_cell(spec: ModelSpec, registry: Registry, hub: str | None = None,
     return results
 
 
+def remote_status(registry: Registry, grid: str | None = None, hub: str | None = None,
+                  org: str | None = None) -> list[dict]:
+    """The org's published zoo next to the registry's grid, one row per model id:
+    `{"model_id", "repo_id", "status", "sha", "last_modified", "results"}`, `results` being the
+    card's numeric eval results (`[{"target_return", "mean_reward", "normalized_score",
+    "episodes"}]`). Status: `missing` (in the grid, not on the hub), `stale` (the local run's
+    eval.json differs from the published card), `published` (the card matches, or there is no
+    local eval to compare with), `not in registry` (on the hub, not in this registry)."""
+    h = get_hub(hub)
+    org = org_for(registry, org)
+    remote = {r["model_id"]: r for r in h.list_remote(org)}
+    ids = registry.grid(grid) if grid else registry.all_model_ids()
+    extra = [] if grid else sorted(m for m in remote if m not in ids)
+    rows = []
+    for mid in ids + extra:
+        r = remote.get(mid)
+        if r is None:
+            rows.append({"model_id": mid, "repo_id": f"{org}/{mid}", "status": "missing",
+                         "sha": None, "last_modified": None, "results": []})
+            continue
+        status = "published" if mid in ids else "not in registry"
+        local = paths.run_dir(mid) / "eval.json"
+        if mid in ids and local.is_file() and _local_results(read_json(local)) != _card_key(r["results"]):
+            status = "stale"
+        rows.append({"model_id": mid, "repo_id": r["repo_id"], "status": status, "sha": r["sha"],
+                     "last_modified": r["last_modified"], "results": r["results"]})
+    return rows
+
+
+def _local_results(report: dict) -> list[tuple]:
+    """eval.json as the card rounds it (card.eval_results: 2 decimals)."""
+    return sorted((float(x["target_return"]), round(x["return_mean"], 2), round(x["normalized_mean"], 2))
+                  for x in report.get("results", []))
+
+
+def _card_key(results: list[dict]) -> list[tuple]:
+    return sorted((r["target_return"], r.get("mean_reward"), r.get("normalized_score"))
+                  for r in results if r.get("target_return") is not None)
+
+
 def pull(model_id: str, registry: Registry, revision: str = "main", hub: str | None = None,
          org: str | None = None) -> Path:
     registry.resolve(model_id)

@@ -132,6 +132,26 @@ class LocalHub:
         _copy_verified(snap, dest)
         return dest
 
+    def list_remote(self, org: str) -> list[dict]:
+        """Like HFHub.list_remote: the org's models with the numeric eval results of their cards."""
+        from datetime import datetime, timezone
+
+        from huggingface_hub import metadata_load
+
+        from dtzoo.hub.hf import card_results
+
+        rows = []
+        for rid in self.list_models(org):
+            commit = self.revisions(rid)["main"]
+            readme = self.repo(rid) / "snapshots" / commit / "README.md"
+            meta = (metadata_load(readme) if readme.is_file() else None) or {}
+            mtime = (self.repo(rid) / "refs" / "main").stat().st_mtime
+            rows.append({"repo_id": rid, "model_id": rid.split("/", 1)[1], "sha": commit,
+                         "last_modified": datetime.fromtimestamp(mtime, timezone.utc).isoformat(),
+                         "library_name": meta.get("library_name"),
+                         "results": card_results(meta.get("model-index"))})
+        return rows
+
     def list_models(self, org: str) -> list[str]:
         base = self.root / org
         if not base.is_dir():
