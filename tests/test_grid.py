@@ -52,17 +52,6 @@ def lock_is_free(model_id: str) -> bool:
     return out == "free"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models train ~10x faster on one thread when the CPU is shared (and no slower alone)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def grid_registry(zoo_env, tmp_path, monkeypatch):
     """The test registry plus two broken envs: a dataset nobody prepared, and a recipe with a

@@ -52,17 +52,6 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), f"{k} differs between {a} and {b}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models train ~10x faster on one thread when the CPU is shared (and no slower alone)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, minari_store):
     """pendulum-1L-seed0 and -seed1 trained for the test registry's 40 steps, in their own home."""
