@@ -202,8 +202,7 @@ def publish_cell(spec: ModelSpec, registry: Registry, hub: str | None = None,
         for ckpt in sorted((run / "checkpoints").glob("step*"), key=lambda p: int(p.name[4:])):
             write_card(ckpt, registry, org)
             results.append(h.publish(ckpt, rid, revision=ckpt.name))
-    if not (run / "README.md").is_file():
-        write_card(run, registry, org)
+    write_card(run, registry, org)  # deterministic: unchanged inputs give unchanged bytes
     results.append(h.publish(run, rid, revision="main"))
     return results
 
