@@ -197,13 +197,16 @@ def data_collect(
 @app.command()
 def train(ids: IdsArg = None, grid: GridOpt = None,
           steps: Annotated[Optional[int], typer.Option(help="Override the recipe's step count.", min=1)] = None,
-          device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto") -> None:
+          device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+          precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast); default: the recipe's.")] = None) -> None:
     """Train what is not trained yet; unfinished runs resume from their last checkpoint."""
     from dtzoo import grid as executor
     from dtzoo import zoo
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter("use auto, cpu or cuda", param_hint="--device")
+    if precision not in (None, "fp32", "bf16"):
+        raise typer.BadParameter("use fp32 or bf16", param_hint="--precision")
     reg = registry()
     specs = reg.select(grid, ids or [])
     with progress_bar() as bar:
@@ -213,7 +216,8 @@ def train(ids: IdsArg = None, grid: GridOpt = None,
             def tick(step: int, total: int, loss: float) -> None:
                 bar.update(task, completed=step, info=f"loss {loss:.4f}")
 
-            return zoo.train_cell(spec, reg, steps=steps, device=device, progress=tick)
+            return zoo.train_cell(spec, reg, steps=steps, device=device, progress=tick,
+                                  precision=precision)
 
         results = executor.run_cells(specs, cell, skip=executor.already_trained, lock=True)
     _report(results, "trained")

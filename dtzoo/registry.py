@@ -43,6 +43,7 @@ class Recipe:
     grad_clip: float = 0.25
     batch_size: int = 64
     steps: int = 100_000
+    precision: str = "fp32"  # or "bf16": bfloat16 autocast for the forward pass
 
 
 @dataclass
@@ -163,6 +164,9 @@ class Registry:
             raise UsageError(f"model id {mid!r}: layers must be >= 1")
         env = self.envs[env_key]
         recipe = dataclasses.replace(self.recipe, **env.recipe)
+        if recipe.d_model % recipe.n_heads:
+            raise RegistryError(f"{self.path}: env {env_key!r}: recipe d_model {recipe.d_model} is "
+                                f"not divisible by n_heads {recipe.n_heads}")
         return ModelSpec(model_id=mid, env=env, n_layers=n_layers, seed=seed, recipe=recipe)
 
     def select(self, grid: str | None, ids: list[str]) -> list[ModelSpec]:
@@ -267,6 +271,23 @@ class _Parser:
                 raise self.fail(node, k, f"{what}.{k} must be an integer, got {v!r}")
         return out
 
+    def recipe_fields(self, node: _Map, what: str) -> dict[str, Any]:
+        """Recipe keys, with their values checked here rather than failing hours into training."""
+        out = self.dataclass_fields(node, Recipe, what)
+        choices = {"activation": ("relu", "gelu", "gelu_exact", "tanh"), "precision": ("fp32", "bf16")}
+        for k, allowed in choices.items():
+            if k in out and out[k] not in allowed:
+                raise self.fail(node, k, f"{what}.{k} must be one of {', '.join(allowed)}, got {out[k]!r}")
+        for k in ("context_len", "d_model", "n_heads", "d_mlp", "batch_size", "steps", "lr"):
+            if k in out and out[k] <= 0:
+                raise self.fail(node, k, f"{what}.{k} must be positive, got {out[k]!r}")
+        for k in ("dropout", "weight_decay", "warmup_steps", "grad_clip"):
+            if k in out and out[k] < 0:
+                raise self.fail(node, k, f"{what}.{k} must be >= 0, got {out[k]!r}")
+        if "dropout" in out and out["dropout"] >= 1:
+            raise self.fail(node, "dropout", f"{what}.dropout must be below 1, got {out['dropout']!r}")
+        return out
+
     def registry(self, raw: Any) -> Registry:
         root = self.mapping(raw, "the registry")
         for k in root:
@@ -278,7 +299,7 @@ class _Parser:
             if not isinstance(hub[k], str):
                 raise self.fail(hub, k, f"hub.{k} must be a string, got {hub[k]!r}")
         recipe_node = self.mapping(root.get("recipe"), "recipe", root, "recipe")
-        recipe = Recipe(**self.dataclass_fields(recipe_node, Recipe, "recipe"))
+        recipe = Recipe(**self.recipe_fields(recipe_node, "recipe"))
         ckpt_node = self.mapping(root.get("checkpoints"), "checkpoints", root, "checkpoints")
         ckpt = CheckpointSchedule(**self.dataclass_fields(ckpt_node, CheckpointSchedule, "checkpoints"))
         if ckpt.every < 1:
@@ -330,7 +351,7 @@ class _Parser:
             if isinstance(node[k], bool) or not isinstance(node[k], (int, float)) or node[k] <= 0:
                 raise self.fail(node, k, f"envs.{key}.{k} must be a positive number")
         recipe_node = self.mapping(node.get("recipe"), f"envs.{key}.recipe", node, "recipe")
-        recipe = self.dataclass_fields(recipe_node, Recipe, f"envs.{key}.recipe")
+        recipe = self.recipe_fields(recipe_node, f"envs.{key}.recipe")
         evaln = self.mapping(node.get("eval"), f"envs.{key}.eval", node, "eval")
         self.check_keys(evaln, ["episodes"], f"envs.{key}.eval")
         episodes = self.integer(evaln, "episodes", f"envs.{key}.eval", default_episodes, 1)

@@ -32,6 +32,7 @@ from dtzoo.model import DecisionTransformer
 from dtzoo.registry import CheckpointSchedule, ModelSpec
 
 LOG_FIELDS = ["step", "loss", "lr", "elapsed_s"]
+PRECISIONS = ("fp32", "bf16")
 ProgressFn = Callable[[int, int, float], None]  # (step, total, loss)
 
 
@@ -106,14 +107,17 @@ class Trainer:
                                       state_mean=self.mean, state_std=self.std)
         self.checkpoint_steps = set(schedule.steps(steps))
         self.log: list[dict] = []
+        self.pending: list[float] = []  # losses since the last log row (saved with the resume state)
         self.step = 0
 
     # -------------------------------------------------------------- the recipe
 
     def loss(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
         b = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
-        pred = self.model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
-        mask = b["mask"]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.spec.recipe.precision == "bf16"):
+            pred = self.model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+        pred, mask = pred.float(), b["mask"]
         if self.config.action_space["kind"] == "discrete":
             return F.cross_entropy(pred[mask], b["actions"][mask].argmax(-1))
         return F.mse_loss(pred[mask], b["actions"][mask])
@@ -121,7 +125,7 @@ class Trainer:
     def run_steps(self, progress: ProgressFn | None = None) -> float:
         """Train from self.step to self.steps, checkpointing on the schedule."""
         r = self.spec.recipe
-        t0, losses = time.time(), []
+        t0 = time.time()
         log_every = max(1, self.steps // 100)
         if self.step == 0 and 0 in self.checkpoint_steps:
             self.save_checkpoint()
@@ -133,16 +137,19 @@ class Trainer:
                                     f"{self.step + 1}; the last good checkpoint is kept")
             self.optim.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+            if not torch.isfinite(norm):  # the step would turn every weight into NaN
+                raise TrainingError(f"{self.spec.model_id}: gradient norm is {norm.item()} at step "
+                                    f"{self.step + 1}; the last good checkpoint is kept")
             self.optim.step()
             self.sched.step()
             self.step += 1
-            losses.append(loss.item())
+            self.pending.append(loss.item())
             if self.step % log_every == 0 or self.step == self.steps:
-                self.log.append({"step": self.step, "loss": float(np.mean(losses)),
+                self.log.append({"step": self.step, "loss": float(np.mean(self.pending)),
                                  "lr": self.sched.get_last_lr()[0],
                                  "elapsed_s": round(time.time() - t0, 3)})
-                losses = []
+                self.pending = []
             if self.step in self.checkpoint_steps:
                 self.save_checkpoint()
             if progress:
@@ -153,6 +160,10 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """A full model directory for this step, the training log, and the resume state."""
+        bad = [k for k, v in self.model.state_dict().items() if not torch.isfinite(v).all()]
+        if bad:  # never write (or resume from) weights that are NaN or inf
+            raise TrainingError(f"{self.spec.model_id}: weights are not finite after step "
+                                f"{self.step} ({', '.join(bad[:3])}); the last good checkpoint is kept")
         self.model.eval()
         config = dataclasses.replace(self.config, step=self.step)
         save_model(self.model, config, paths.checkpoint_dir(self.spec.model_id, self.step))
@@ -173,7 +184,8 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"step": self.step, "sampler": self.sampler.state(),
                 "scheduler": self.sched.state_dict()["last_epoch"],
-                "dataset_fingerprint": self.data.fingerprint, "total_steps": self.steps}
+                "dataset_fingerprint": self.data.fingerprint, "total_steps": self.steps,
+                "pending_losses": self.pending}
         data = save_tensors(tensors, metadata={"resume": json.dumps(meta)})
         resume = self.run / "resume"
         atomic_write_bytes(resume / f"state-{self.step}.safetensors", data)
@@ -205,6 +217,7 @@ class Trainer:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.step = meta["step"]
+        self.pending = list(meta.get("pending_losses", []))
         log_path = self.run / "training_log.csv"
         if log_path.is_file():
             self.log = [row for row in read_log(log_path) if row["step"] <= self.step]
@@ -253,8 +266,13 @@ def read_log(path: Path) -> list[dict]:
 
 
 def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None = None,
-                device: str = "auto", progress: ProgressFn | None = None) -> TrainResult:
-    """Train (or resume) one model; a finished run is returned as is."""
+                device: str = "auto", progress: ProgressFn | None = None,
+                precision: str | None = None) -> TrainResult:
+    """Train (or resume) one model. `precision` ("fp32" or "bf16") overrides the recipe's."""
+    if precision:
+        if precision not in PRECISIONS:
+            raise TrainingError(f"unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
+        spec = dataclasses.replace(spec, recipe=dataclasses.replace(spec.recipe, precision=precision))
     run = paths.run_dir(spec.model_id)
     t0 = time.time()
     state = newest_resume_state(run)

@@ -118,11 +118,12 @@ def published_ids(registry: Registry, hub: str | None = None, org: str | None = 
 
 
 def train_cell(spec: ModelSpec, registry: Registry, steps: int | None = None,
-               device: str = "auto", progress=None):
+               device: str = "auto", progress=None, precision: str | None = None):
     from dtzoo.train import train_model
 
     prepare_env(spec.env)
-    return train_model(spec, registry.checkpoints, steps=steps, device=device, progress=progress)
+    return train_model(spec, registry.checkpoints, steps=steps, device=device, progress=progress,
+                       precision=precision)
 
 
 def require_trained(model_id: str) -> Path:

@@ -421,3 +421,26 @@ def test_user_registry_adds_an_env_and_a_grid_with_no_code(tmp_path, monkeypatch
     assert config.dataset["id"] == "user/pendulum/random-v0"
     assert config.architecture["n_layers"] == 2 and config.architecture["n_heads"] == 2
     assert config.env["key"] == "pendulum-random" and config.step == 3
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ("{activation: swish}", "recipe.activation must be one of relu, gelu, gelu_exact, tanh"),
+    ("{precision: fp8}", "recipe.precision must be one of fp32, bf16"),
+    ("{steps: 0}", "recipe.steps must be positive"),
+    ("{dropout: 1.5}", "recipe.dropout must be below 1"),
+])
+def test_recipe_values_are_checked_at_load(tmp_path, recipe, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(_base(tmp_path).read_text().replace(
+        "envs:\n", f"recipe: {recipe}\nenvs:\n", 1))
+    with pytest.raises(RegistryError, match=message) as e:
+        load_registry(path)
+    assert str(e.value).startswith(f"{path}:")
+
+
+def test_heads_must_divide_width(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(_base(tmp_path).read_text().replace(
+        "envs:\n", "recipe: {d_model: 30, n_heads: 4}\nenvs:\n", 1))
+    with pytest.raises(RegistryError, match="not divisible by n_heads 4"):
+        load_registry(path).resolve("hopper-1L-seed0")

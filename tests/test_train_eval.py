@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import csv
 import io
 import json
@@ -334,3 +335,23 @@ def test_leaderboard_aggregates_seeds_and_renders_consistently(trained):
         assert line[5] == f"{row['score_mean']:.1f}" and line[7] == "2" and line[9] == row["data"]
     with pytest.raises(ValueError, match="unknown format"):
         render(rows, "html")
+
+
+def test_bf16_precision_trains_and_is_recorded(zoo_env, registry):
+    """bf16 autocast: finite losses close to fp32's, and the recipe says which precision ran."""
+    import json
+
+    from dtzoo import paths
+    from dtzoo.train import read_log, train_model
+
+    spec = registry.resolve("pendulum-1L-seed0")
+    train_model(spec, registry.checkpoints, device="cpu", precision="bf16")
+    run = paths.run_dir(spec.model_id)
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"]["precision"] == "bf16"
+    bf16 = read_log(run / "training_log.csv")
+    spec_fp32 = registry.resolve("pendulum-1L-seed1")
+    train_model(spec_fp32, registry.checkpoints, device="cpu")
+    fp32 = read_log(paths.run_dir(spec_fp32.model_id) / "training_log.csv")
+    assert all(math.isfinite(r["loss"]) for r in bf16)
+    assert bf16[-1]["loss"] < bf16[0]["loss"] and abs(bf16[-1]["loss"] - fp32[-1]["loss"]) < 0.5 * fp32[0]["loss"]
