@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from tests.conftest import TEST_STEPS, run_cli
 
 pytestmark = pytest.mark.slow
