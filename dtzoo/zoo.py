@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dtzoo import paths
 from dtzoo.checkpoint import load_model, read_config, write_manifest
-from dtzoo.data import dataset_exists, dataset_dir, datasets_root
+from dtzoo.data import dataset_dir, dataset_exists, datasets_root
 from dtzoo.errors import DatasetError, UsageError
 from dtzoo.fsutil import atomic_write_json, atomic_write_text, read_json
 from dtzoo.hub import PublishResult, get_hub, repo_id
