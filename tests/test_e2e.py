@@ -147,7 +147,7 @@ def test_interrupted_training_resumes(zoo_env):
 
 @pytest.mark.parametrize("args, needle", [
     (["train", "pendulm-1L-seed0"], "did you mean pendulum-1L-seed0"),
-    (["train", "--grid", "huge"], "grids: small, tiny"),
+    (["train", "--grid", "huge"], "unknown grid 'huge'; grids: "),
     (["pull", "not-a-model"], "malformed model id"),
     (["data", "prepare", "pendulm"], "did you mean pendulum"),
     (["pull", "pendulum-1L-seed0", "--revision", "../x"], "invalid revision"),
