@@ -11,8 +11,8 @@ from pathlib import Path
 
 from benchmarks import suite
 
-QUICK = dict(sample_calls=5, train_steps=4, eval_episodes=2, reps=2, memory_steps=5)
-FULL = dict(sample_calls=50, train_steps=30, eval_episodes=10, reps=5, memory_steps=200)
+QUICK = dict(sample_calls=5, train_steps=4, curve_steps=4, eval_episodes=2, reps=2, memory_steps=5)
+FULL = dict(sample_calls=50, train_steps=30, curve_steps=400, eval_episodes=10, reps=5, memory_steps=200)
 
 
 def machine() -> str:
@@ -54,7 +54,7 @@ def run(quick: bool, dataset: str, gym_id: str) -> list[suite.Row]:
     rows = []
     row, _ = suite.bench_sampling(data, sizes["reps"], sizes["sample_calls"])
     rows.append(row)
-    train_rows, _ = suite.bench_training(data, sizes["train_steps"], sizes["reps"])
+    train_rows, _ = suite.bench_training(data, sizes["train_steps"], sizes["reps"], sizes["curve_steps"])
     rows += train_rows
     row, _ = suite.bench_eval(data, gym_id, sizes["eval_episodes"], max(1, sizes["reps"] // 2))
     rows.append(row)

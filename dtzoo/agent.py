@@ -9,6 +9,10 @@
 
 With `num_envs=N`, `act` takes (N, state_dim) observations and returns N actions: one batched
 forward per step for N episodes run in lockstep (as in a gymnasium vector env).
+
+For image models (config.architecture["state_encoder"] == "nature_cnn") `act` takes (N, H, W)
+uint8 frames (as dtzoo.observations.make_env emits them) and stacks the last `frame_stack`
+frames itself, repeating the first frame of an episode as the sampler does in training.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ class Agent:
         self.max_t = config.architecture["max_ep_len"] - 1
         self.mean = np.asarray(config.state_mean, dtype=np.float32)
         self.std = np.asarray(config.state_std, dtype=np.float32)
+        obs_shape = config.architecture.get("obs_shape")
+        self.image = config.architecture.get("state_encoder", "linear") == "nature_cnn"
+        self.state_shape = tuple(obs_shape) if self.image else (config.state_dim,)
         self.target = config.target_returns[0] if target_return is None else target_return
         self.reset()
 
@@ -39,11 +46,12 @@ class Agent:
             self.target = target_return
         n, K, c = self.n, self.K, self.config
         # the context window, newest step last; `filled` real steps from the right
-        self.states = np.zeros((n, K, c.state_dim), np.float32)
+        self.states = np.zeros((n, K, *self.state_shape), np.uint8 if self.image else np.float32)
         self.actions = np.zeros((n, K, c.act_dim), np.float32)
         self.rtg = np.zeros((n, K), np.float32)
         self.timesteps = np.zeros((n, K), np.int64)
         self.filled, self.t = 0, 0
+        self.frames: np.ndarray | None = None  # image models: the current frame stack
         target = np.broadcast_to(np.asarray(self.target, np.float64), (n,))
         self.next_rtg = (target / c.reward_scale).astype(np.float32)
 
@@ -55,10 +63,15 @@ class Agent:
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Add s_t (and R_t) to the context, predict a_t, remember it, return it for the env."""
-        single = np.ndim(obs) == 1
-        obs = np.asarray(obs, np.float32).reshape(self.n, -1)
-        self._push()
-        self.states[:, -1] = (obs - self.mean) / self.std
+        if self.image:
+            single = np.ndim(obs) == len(self.state_shape) - 1
+            self._push()
+            self.states[:, -1] = self._stack(np.asarray(obs, np.uint8).reshape(self.n, *self.state_shape[1:]))
+        else:
+            single = np.ndim(obs) == 1
+            obs = np.asarray(obs, np.float32).reshape(self.n, -1)
+            self._push()
+            self.states[:, -1] = (obs - self.mean) / self.std
         self.actions[:, -1] = 0.0  # a_t is not known yet; the model reads it from s_t
         self.rtg[:, -1] = self.next_rtg
         self.timesteps[:, -1] = min(self.t, self.max_t)
@@ -77,6 +90,15 @@ class Agent:
             self.actions[:, -1] = pred
             env_action = self.space.to_env(pred)
         return env_action[0] if single else env_action
+
+    def _stack(self, frame: np.ndarray) -> np.ndarray:
+        """(n, H, W) newest frames -> (n, S, H, W): the previous stack shifted, or the first
+        frame repeated at an episode's start (as SegmentSampler clamps at the start)."""
+        if self.t == 0 or self.frames is None:
+            self.frames = np.repeat(frame[:, None], self.state_shape[0], axis=1)
+        else:
+            self.frames = np.concatenate([self.frames[:, 1:], frame[:, None]], axis=1)
+        return self.frames
 
     def observe(self, reward) -> None:
         """Record r_t: the next return-to-go is R_t - r_t."""
@@ -101,7 +123,8 @@ class AgentPolicy:
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         if self.agent is None or self.agent.n != len(obs):
             self.reset(len(obs))
-        return self.agent.act(np.asarray(obs).reshape(len(obs), -1))
+        obs = np.asarray(obs)
+        return self.agent.act(obs if self.agent.image else obs.reshape(len(obs), -1))
 
     def observe(self, rewards: np.ndarray, done: np.ndarray) -> None:
         self.agent.observe(rewards)

@@ -139,15 +139,29 @@ def verify(path: Path) -> None:
         files = read_json(mpath)["files"]
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{mpath}: unreadable manifest") from None
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{mpath}: unreadable manifest")
     for name, meta in files.items():
+        if not _plain_name(name):  # "../x", "/etc/passwd", "a/b": never looked at
+            raise CheckpointError(f"{path}: {name!r} listed in the manifest is not a file name "
+                                  "inside the directory")
+        if not (isinstance(meta, dict) and isinstance(meta.get("size"), int)
+                and isinstance(meta.get("sha256"), str)):
+            raise CheckpointError(f"{mpath}: unreadable manifest entry for {name}")
         p = path / name
-        if "/" in name or name.startswith(".") or not p.is_file():
+        if not p.is_file():
             raise CheckpointError(f"{path}: {name} listed in the manifest is missing")
         if p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
             raise CheckpointError(f"{p}: sha256 mismatch (file is corrupt or was modified)")
     for name in REQUIRED_FILES:
         if name not in files:
             raise CheckpointError(f"{path}: {name} is not covered by the manifest")
+
+
+def _plain_name(name: object) -> bool:
+    """A file name that stays inside the model directory: no separators, not hidden, not empty."""
+    return (isinstance(name, str) and bool(name) and not name.startswith(".")
+            and not any(c in name for c in "/\\\0"))
 
 
 def read_config(path: Path) -> ModelConfig:
@@ -167,6 +181,18 @@ def read_weights(path: Path) -> dict:
 
     try:
         return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+def check_safetensors(path: Path) -> None:
+    """A header-only format check (no tensor is read, torch is not needed): a pickle or any
+    other file in place of the weights is refused, e.g. before it is published."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            f.keys()
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
 

@@ -149,7 +149,7 @@ def data_info(name: Annotated[str, typer.Argument(help="An env key or a Minari d
 
     reg = registry()
     env = reg.envs.get(name)
-    info = dataset_summary(env.dataset if env else name)
+    info = dataset_summary(env.dataset if env else name, obs_kind=env.obs if env else "vector")
     if env and env.ref_scores:  # the registry's reference scores are the ones models use
         info["ref_scores"] = {**env.ref_scores, "source": f"registry env {env.key}"}
     else:
@@ -207,6 +207,10 @@ def train(ids: IdsArg = None, grid: GridOpt = None,
         raise typer.BadParameter("use auto, cpu or cuda", param_hint="--device")
     if precision not in (None, "fp32", "bf16"):
         raise typer.BadParameter("use fp32 or bf16", param_hint="--precision")
+    if device == "cuda":  # once, up front, rather than once per cell
+        from dtzoo.train import pick_device
+
+        pick_device(device)
     reg = registry()
     specs = reg.select(grid, ids or [])
     with progress_bar() as bar:
@@ -326,8 +330,11 @@ def publish(ids: IdsArg = None, grid: GridOpt = None, hub: HubOpt = None, org: O
     from dtzoo import grid as executor
     from dtzoo import zoo
 
+    from dtzoo.hub import get_hub, repo_id
+
     reg = registry()
     specs = reg.select(grid, ids or [])
+    get_hub(hub), repo_id(zoo.org_for(reg, org), specs[0].model_id)  # bad hub / org: fail up front
     with progress_bar() as bar:
         task = bar.add_task("publishing", total=len(specs), info="")
 
@@ -409,13 +416,18 @@ def _report(results, verb: str, quiet: bool = False) -> None:
 def main() -> None:
     """Console entry point: user errors become one line and a non-zero exit, not a traceback."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except DtzooError as e:
         print(f"error: {e}", file=sys.stderr)  # one plain line: rich would wrap it
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except typer.TyperException as e:  # option errors: one line, not typer's box
+        if type(e).__name__ != "NoArgsIsHelpError":
+            print(f"error: {e.format_message()}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted: run the same command again to resume")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,13 @@ waves of up to ``num_envs``; row ``i`` of the batch belongs to the same episode 
 wave (a finished episode keeps feeding its last observation and its action is ignored), so a
 stateful policy (a Decision Transformer, later) can keep per-row history. Such a policy may also
 define ``reset(n)`` (called before each wave of ``n`` episodes) and ``observe(rewards, done)``
-(called after each step with ``(n,)`` arrays; finished rows get reward 0).
+(called after each step with ``(n,)`` arrays; finished rows get reward 0). A policy that plans
+on the env's state (the BabyAI bot) may define ``bind(envs)`` (called after each wave's resets
+with that wave's envs) and ``observe_actions(actions)`` (the actions actually taken, after
+noise; finished rows repeat their last one).
+
+``obs`` (an observation kind, see dtzoo.observations) builds envs with ``make_env``: the stored
+observations are the preprocessed ones (84x84 greyscale frames, flattened MiniGrid views).
 
 Noise is applied outside the policy, per episode: a continuous action gets Gaussian noise with
 std ``level * (high - low) / 2`` and is clipped to the bounds; a discrete action is replaced by
@@ -140,9 +146,46 @@ def cartpole_expert(obs: np.ndarray) -> np.ndarray:
     return (obs @ _CARTPOLE_W > 0.0).astype(np.int64)
 
 
+class BabyAIBotPolicy:
+    """MiniGrid's BabyAI bot (minigrid.utils.baby_ai_bot) as a batched policy.
+
+    It plans on each env's full state, so it is bound to the envs of a wave (``bind``) and told
+    the actions actually taken (``observe_actions``), which keeps it on track under noise.
+    """
+
+    __name__ = "babyai-bot"
+
+    def __init__(self) -> None:
+        self.bots: list = []
+        self.taken: list = []
+
+    def bind(self, envs: Sequence[gym.Env]) -> None:
+        from minigrid.utils.baby_ai_bot import BabyAIBot
+
+        self.bots = [BabyAIBot(env.unwrapped) for env in envs]
+        self.taken = [None] * len(envs)
+        self.done = [False] * len(envs)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(obs), np.int64)
+        for j, bot in enumerate(self.bots):
+            if not self.done[j]:
+                out[j] = int(bot.replan(self.taken[j]))
+        return out
+
+    def observe_actions(self, actions: np.ndarray) -> None:
+        self.taken = [int(a) for a in actions]
+
+    def observe(self, rewards: np.ndarray, done: np.ndarray) -> None:
+        self.done = [bool(d) for d in done]
+
+
 SCRIPTED: dict[str, Policy] = {
     "Pendulum-v1": pendulum_expert,
     "CartPole-v1": cartpole_expert,
+    "BabyAI-GoToRedBallNoDists-v0": BabyAIBotPolicy(),
+    "BabyAI-GoToRedBall-v0": BabyAIBotPolicy(),
+    "BabyAI-GoToObj-v0": BabyAIBotPolicy(),
 }
 """Scripted expert policies by gym id; add an entry to support a new env."""
 
@@ -226,17 +269,11 @@ def _noise_levels(episodes: int, noise: Sequence[float]) -> np.ndarray:
     return np.repeat(np.asarray(levels, dtype=np.float64), counts)
 
 
-def _make_env(gym_id: str, **kwargs: Any) -> gym.Env:
-    """gym.make, with an unknown id reported as a UsageError."""
-    try:
-        return gym.make(gym_id, **kwargs)
-    except (
-        gym.error.NameNotFound,
-        gym.error.NamespaceNotFound,
-        gym.error.VersionNotFound,
-        gym.error.DeprecatedEnv,
-    ) as e:
-        raise UsageError(f"unknown gym id {gym_id!r}: {e}") from None
+def _make_env(gym_id: str, obs: str = "vector", **kwargs: Any) -> gym.Env:
+    """dtzoo.observations.make_env (the one env factory), an unknown id a UsageError."""
+    from dtzoo.observations import make_env
+
+    return make_env(gym_id, obs, **kwargs)
 
 
 def _reset_seed(seed: int, i: int) -> int:
@@ -294,6 +331,7 @@ def collect_episodes(
     max_episode_steps: int | None = None,
     *,
     num_envs: int = 64,
+    obs: str = "vector",
 ) -> list[EpisodeBuffer]:
     """Roll out ``episodes`` episodes of ``policy`` in ``gym_id`` with a noise ladder.
 
@@ -316,7 +354,7 @@ def collect_episodes(
         raise UsageError(f"num_envs must be >= 1, got {num_envs}")
     levels = _noise_levels(episodes, noise)
     make_kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    envs = [_make_env(gym_id, **make_kwargs) for _ in range(max(1, min(num_envs, episodes)))]
+    envs = [_make_env(gym_id, obs, **make_kwargs) for _ in range(max(1, min(num_envs, episodes)))]
     space = envs[0].action_space
     if isinstance(policy, str):
         policy, _ = _resolve_policy(policy, gym_id, space, seed)
@@ -381,6 +419,8 @@ def _run_wave(envs: list, wave: list[_Episode], policy: Policy) -> None:
     active = np.ones(n, dtype=bool)
     if hasattr(policy, "reset"):
         policy.reset(n)
+    if hasattr(policy, "bind"):
+        policy.bind(envs[:n])
     while active.any():
         actions = np.asarray(policy(batch))
         if actions.shape[:1] != (n,):
@@ -388,9 +428,11 @@ def _run_wave(envs: list, wave: list[_Episode], policy: Policy) -> None:
                 f"policy returned actions of shape {actions.shape} for a batch of {n} observations"
             )
         rewards = np.zeros(n)
+        taken = actions.copy()
         for j in np.flatnonzero(active):
             ep = wave[j]
             a = ep.noise(actions[j])
+            taken[j] = a
             obs, reward, terminated, truncated, _ = envs[j].step(a)
             ep.observations.append(obs)
             ep.actions.append(a)
@@ -401,6 +443,8 @@ def _run_wave(envs: list, wave: list[_Episode], policy: Policy) -> None:
             rewards[j] = reward
             if terminated or truncated:
                 active[j] = False
+        if hasattr(policy, "observe_actions"):
+            policy.observe_actions(taken)
         if hasattr(policy, "observe"):
             policy.observe(rewards, ~active)
 
@@ -429,7 +473,8 @@ def returns_by_noise(episodes: Sequence) -> dict[float, float]:
     return {float(x): float(rets[lv == x].mean()) for x in order}
 
 
-def measure_reference_scores(gym_id: str, episodes: int = 20, seed: int = 0) -> dict[str, float]:
+def measure_reference_scores(gym_id: str, episodes: int = 20, seed: int = 0,
+                             obs: str = "vector", max_episode_steps: int | None = None) -> dict[str, float]:
     """Mean return of a uniform random policy and of the noiseless scripted expert.
 
         >>> measure_reference_scores("CartPole-v1", episodes=20)
@@ -438,8 +483,9 @@ def measure_reference_scores(gym_id: str, episodes: int = 20, seed: int = 0) -> 
     Raises UsageError when ``gym_id`` has no scripted expert.
     """
     expert = scripted_policy(gym_id)
-    random_eps = collect_episodes(gym_id, "random", episodes, seed=seed)
-    expert_eps = collect_episodes(gym_id, expert, episodes, seed=seed)
+    kw = {"obs": obs, "max_episode_steps": max_episode_steps}
+    random_eps = collect_episodes(gym_id, "random", episodes, seed=seed, **kw)
+    expert_eps = collect_episodes(gym_id, expert, episodes, seed=seed, **kw)
     return {
         "random": float(episode_returns(random_eps).mean()),
         "expert": float(episode_returns(expert_eps).mean()),
@@ -471,6 +517,9 @@ def prepare_dataset(
     seed: int = 0,
     overwrite: bool = False,
     description: str | None = None,
+    obs: str = "vector",
+    max_episode_steps: int | None = None,
+    ref_episodes: int | None = None,
 ) -> minari.MinariDataset:
     """Collect episodes and write them as a local Minari dataset (arrow format).
 
@@ -480,7 +529,9 @@ def prepare_dataset(
         100
 
     If the dataset already exists it is returned as is (a warning says so when it was made
-    with other arguments) unless ``overwrite=True``. ``policy`` is "scripted", "random" or a
+    with other arguments) unless ``overwrite=True``. ``obs`` picks the observation kind (the
+    env comes from dtzoo.observations.make_env and the dataset stores its preprocessed
+    observations; the recorded env spec is the unwrapped one). ``policy`` is "scripted", "random" or a
     batched callable. Reference scores (random and noiseless-expert mean returns over 100
     episodes) are stored as ``ref_min_score`` / ``ref_max_score`` when the env has a scripted
     expert; the collection arguments are stored under the metadata key ``dtzoo_collect``.
@@ -505,6 +556,10 @@ def prepare_dataset(
         "noise": [float(x) for x in noise],
         "seed": int(seed),
     }
+    if obs != "vector":  # vector datasets keep their metadata exactly as before
+        params["obs"] = obs
+    if max_episode_steps is not None:
+        params["max_episode_steps"] = int(max_episode_steps)
     target = _dataset_path(dataset_id)
     if target.exists() and not overwrite:
         try:
@@ -517,13 +572,15 @@ def prepare_dataset(
         _warn_if_different(ds, dataset_id, params)
         return ds
 
-    env = _make_env(gym_id)
-    env_spec, obs_space, act_space = env.spec, env.observation_space, env.action_space
+    env = _make_env(gym_id, obs)
+    env_spec = env.spec if obs == "vector" else env.unwrapped.spec  # no lambda wrappers in a spec
+    obs_space, act_space = env.observation_space, env.action_space
     env.close()
     pol, algorithm_name = _resolve_policy(policy, gym_id, act_space, seed)
-    buffers = collect_episodes(gym_id, pol, episodes, noise=noise, seed=seed)
+    kw = {"obs": obs, "max_episode_steps": max_episode_steps}
+    buffers = collect_episodes(gym_id, pol, episodes, noise=noise, seed=seed, **kw)
     refs = (
-        measure_reference_scores(gym_id, episodes=_REF_EPISODES, seed=seed)
+        measure_reference_scores(gym_id, episodes=ref_episodes or _REF_EPISODES, seed=seed, **kw)
         if gym_id in SCRIPTED
         else None
     )

@@ -196,8 +196,12 @@ def to_transformers(
     `encoder.wpe` (whose row 0 transformers' DT adds to every token), `encoder.wte`,
     `predict_state` and `predict_return` are zeros: they do not affect the predicted action.
     """
-    transformers = _import_transformers()
     cfg = model.cfg
+    if cfg.state_encoder != "linear":
+        raise CheckpointError(f"state encoder {cfg.state_encoder!r} has no transformers equivalent: "
+                              "transformers' DecisionTransformerModel embeds states with one "
+                              "nn.Linear, so only vector-state models can be exported")
+    transformers = _import_transformers()
     if cfg.activation not in _ACT_TO_HF:
         raise CheckpointError(f"activation {cfg.activation!r} has no transformers equivalent")
     hf_config = transformers.DecisionTransformerConfig(

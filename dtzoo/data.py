@@ -72,7 +72,8 @@ class ActionSpace:
 class Trajectories:
     """A dataset flattened: step arrays plus episode boundaries (`starts`, `lengths`)."""
 
-    observations: np.ndarray  # (N, state_dim) float32, the observation before each action
+    observations: np.ndarray  # the observation before each action: (N, state_dim) float32, or
+    # uint8 for the other kinds (dtzoo.observations): (N, 84, 84) frames, (N, D) MiniGrid views
     actions: np.ndarray  # (N, act_dim) float32 model-space actions
     rewards: np.ndarray  # (N,) float32
     starts: np.ndarray  # (E,) int64 index of each episode's first step
@@ -83,6 +84,12 @@ class Trajectories:
     minari_version: str
     fingerprint: str
     ref_scores: dict[str, float] | None = None  # the dataset's own ref_min_score / ref_max_score
+    obs_kind: str = "vector"  # see dtzoo.observations
+
+    @property
+    def image(self) -> bool:
+        """Frames (N, H, W) uint8, scaled by 1/255 in the model and stacked by the sampler."""
+        return self.observations.ndim == 3
 
     @property
     def returns(self) -> np.ndarray:
@@ -90,10 +97,14 @@ class Trajectories:
 
     @property
     def state_dim(self) -> int:
-        return self.observations.shape[1]
+        return int(np.prod(self.observations.shape[1:]))
 
     def state_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std over all observations (std floored at 1e-6, as in the DT code)."""
+        """Mean and std over all observations (std floored at 1e-6, as in the DT code).
+
+        Image observations have none (empty arrays): they are scaled by 1/255 instead."""
+        if self.image:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
         obs = self.observations.astype(np.float64)
         return obs.mean(axis=0).astype(np.float32), (obs.std(axis=0) + 1e-6).astype(np.float32)
 
@@ -124,9 +135,17 @@ def fingerprint(dataset_id: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def load_trajectories(dataset_id: str) -> Trajectories:
-    """Read a local Minari dataset into flat arrays, validating shapes and values."""
+def load_trajectories(dataset_id: str, obs_kind: str = "vector") -> Trajectories:
+    """Read a local Minari dataset into flat arrays, validating shapes and values.
+
+    `obs_kind` (dtzoo.observations) turns raw observations into stored ones: vector kinds stay
+    float32 (N, state_dim); atari frames become (N, 84, 84) uint8; MiniGrid dicts flat uint8.
+    """
     import minari
+
+    from dtzoo.observations import check_kind, transform
+
+    check_kind(obs_kind)
 
     if not dataset_exists(dataset_id):
         raise DatasetError(
@@ -140,8 +159,8 @@ def load_trajectories(dataset_id: str) -> Trajectories:
     space = ActionSpace.from_gym(ds.action_space)
     obs, acts, rews, lengths = [], [], [], []
     for ep in ds.iterate_episodes():
-        o = np.asarray(ep.observations)
-        if o.ndim != 2:
+        o = transform(obs_kind, ep.observations)
+        if obs_kind == "vector" and o.ndim != 2:
             raise DatasetError(f"dataset {dataset_id!r}: episode {ep.id} observations have shape "
                                f"{o.shape}; dtzoo needs flat vector observations")
         T = len(ep.actions)
@@ -151,7 +170,9 @@ def load_trajectories(dataset_id: str) -> Trajectories:
         lengths.append(T)
     if not lengths or sum(lengths) == 0:
         raise DatasetError(f"dataset {dataset_id!r} has no episodes")
-    observations = np.concatenate(obs).astype(np.float32)
+    observations = np.concatenate(obs)
+    if obs_kind == "vector":
+        observations = observations.astype(np.float32)
     raw_actions = np.concatenate(acts)
     rewards = np.concatenate(rews)
     for name, arr in (("observations", observations), ("actions", raw_actions), ("rewards", rewards)):
@@ -173,6 +194,7 @@ def load_trajectories(dataset_id: str) -> Trajectories:
         minari_version=str(getattr(ds.spec, "minari_version", "")),
         fingerprint=fingerprint(dataset_id),
         ref_scores=_dataset_ref_scores(ds),
+        obs_kind=obs_kind,
     )
 
 
@@ -189,14 +211,23 @@ class SegmentSampler:
     up to `context_len` steps are taken and left-padded; states are z-normalised and
     returns-to-go divided by `reward_scale`. The RNG is a numpy Generator whose state can be
     saved and restored (`state()` / `set_state()`), so resumed runs draw the same batches.
+
+    Image data (uint8 frames) is never copied or normalised: each segment step gathers
+    `frame_stack` frames (indices clamped at its episode's start) as uint8 (B, K, S, H, W);
+    the model scales by 1/255. Memory stays one uint8 frame per stored step.
     """
 
     def __init__(self, data: Trajectories, context_len: int, max_ep_len: int,
                  reward_scale: float, seed: int,
-                 state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None):
+                 state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None,
+                 frame_stack: int = 1):
         self.data, self.K, self.max_ep_len, self.scale = data, context_len, max_ep_len, reward_scale
-        mean, std = data.state_stats() if state_mean is None else (state_mean, state_std)
-        self.norm_obs = ((data.observations - mean) / std).astype(np.float32)
+        self.frame_stack = frame_stack
+        if data.image:
+            self.norm_obs = data.observations  # uint8 frames, stacked per batch
+        else:
+            mean, std = data.state_stats() if state_mean is None else (state_mean, state_std)
+            self.norm_obs = ((data.observations - mean) / std).astype(np.float32)
         self.rtg = _returns_to_go(data.rewards, data.starts, data.lengths)
         # per-step index of the step relative to its episode's start
         self.t_in_ep = np.arange(len(data.rewards)) - np.repeat(data.starts, data.lengths)
@@ -228,12 +259,22 @@ class SegmentSampler:
         mask = offset >= 0
         idx = d.starts[ep][:, None] + si[:, None] + np.maximum(offset, 0)
         return {
-            "states": np.where(mask[..., None], self.norm_obs[idx], 0.0).astype(np.float32),
+            "states": self._states(idx, d.starts[ep], mask),
             "actions": np.where(mask[..., None], d.actions[idx], -10.0 * (not d.action_space.discrete)).astype(np.float32),
             "returns_to_go": np.where(mask, self.rtg[idx] / self.scale, 0.0).astype(np.float32)[..., None],
             "timesteps": np.where(mask, np.minimum(self.t_in_ep[idx], self.max_ep_len - 1), 0),
             "mask": mask,
         }
+
+    def _states(self, idx: np.ndarray, ep_start: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(B, K, state_dim) float32 normalised states, or (B, K, S, H, W) uint8 stacked frames."""
+        if not self.data.image:
+            return np.where(mask[..., None], self.norm_obs[idx], 0.0).astype(np.float32)
+        back = np.arange(self.frame_stack - 1, -1, -1)  # oldest frame first
+        frames = np.maximum(idx[..., None] - back, ep_start[:, None, None])  # (B, K, S)
+        out = self.norm_obs[frames]
+        out[~mask] = 0
+        return out
 
 
 def _returns_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -245,11 +286,11 @@ def _returns_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray)
     return (total - after_episode).astype(np.float32)
 
 
-def dataset_summary(dataset_id: str, bins: int = 10) -> dict[str, Any]:
+def dataset_summary(dataset_id: str, bins: int = 10, obs_kind: str = "vector") -> dict[str, Any]:
     """Episodes, steps, the return distribution (with a histogram) and the reference scores."""
     import minari
 
-    data = load_trajectories(dataset_id)
+    data = load_trajectories(dataset_id, obs_kind)
     rets = data.returns
     counts, edges = np.histogram(rets, bins=bins)
     meta = minari.load_dataset(dataset_id).storage.metadata

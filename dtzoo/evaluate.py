@@ -28,10 +28,11 @@ def rollout(model, config: ModelConfig, target_return: float | Sequence[float],
             seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Run len(seeds) episodes in lockstep, one batched forward per step; `target_return` is
     one number or one per episode. Returns (returns, lengths) per episode."""
-    import gymnasium as gym
+    from dtzoo.observations import make_vec_env
 
     n = len(seeds)
-    envs = gym.make_vec(config.env["gym_id"], num_envs=n, vectorization_mode="sync")
+    kind = config.env.get("observation", {}).get("kind", "vector")
+    envs = make_vec_env(config.env["gym_id"], kind, n, config.env.get("max_episode_steps"))
     try:
         agent = Agent(model, config, target_return=target_return, num_envs=n)
         obs, _ = envs.reset(seed=seeds)

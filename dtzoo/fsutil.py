@@ -47,8 +47,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno and e.filename is None:  # ENOSPC from write(): say where
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 

@@ -41,10 +41,25 @@ class DTConfig:
     max_ep_len: int = 1000
     activation: str = "relu"
     dropout: float = 0.1
+    # "linear": nn.Linear(state_dim, d_model) on (B, T, state_dim) states (the DT paper's gym
+    # setup); "nature_cnn": the Nature-DQN conv stack on (B, T, *obs_shape) uint8 frames
+    # (obs_shape = (frame_stack, H, W)), scaled by 1/255 inside the encoder (the paper's Atari).
+    state_encoder: str = "linear"
+    obs_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.state_encoder not in STATE_ENCODERS:
+            raise ValueError(f"unknown state_encoder {self.state_encoder!r}: use one of "
+                             f"{', '.join(STATE_ENCODERS)}")
+        if self.state_encoder == "nature_cnn":
+            if self.obs_shape is None or len(self.obs_shape) != 3:
+                raise ValueError("state_encoder 'nature_cnn' needs obs_shape (frames, H, W)")
+            self.obs_shape = tuple(int(x) for x in self.obs_shape)
+
+
+STATE_ENCODERS = ("linear", "nature_cnn")
 
 
 class HookPoint(nn.Module):
@@ -118,6 +133,40 @@ class Block(nn.Module):
         return self.hook_resid_post(x + self.hook_mlp_out(self.drop(self.mlp(self.ln2(x)))))
 
 
+class NatureCNN(nn.Module):
+    """The Nature-DQN state encoder (Mnih et al. 2015), as in the DT paper's Atari model:
+    conv 32x8x8/4, 64x4x4/2, 64x3x3/1 with ReLU, flatten, linear to d_model (then tanh, as in
+    the DT Atari code). Input (N, frames, H, W) in [0, 255]; scaled by 1/255 here.
+
+    Hook points are owned by the DecisionTransformer (`hook_state_encoder_conv{i}`,
+    `hook_state_encoder_out`) and handed in, so their names sit at the top level.
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], d_model: int, hooks: list[HookPoint]):
+        super().__init__()
+        c, h, w = obs_shape
+        self.conv0 = nn.Conv2d(c, 32, 8, stride=4)
+        self.conv1 = nn.Conv2d(32, 64, 4, stride=2)
+        self.conv2 = nn.Conv2d(64, 64, 3, stride=1)
+        with torch.no_grad():
+            n_flat = self._convs(torch.zeros(1, c, h, w), None).shape[1]
+        self.fc = nn.Linear(n_flat, d_model)
+        self._hooks = hooks  # a plain list: not registered twice
+
+    def _convs(self, x: torch.Tensor, hooks: list[HookPoint] | None) -> torch.Tensor:
+        for i, conv in enumerate((self.conv0, self.conv1, self.conv2)):
+            x = F.relu(conv(x))
+            if hooks is not None:
+                x = hooks[i](x)
+        return x.flatten(1)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        lead = states.shape[:-3]
+        x = states.reshape(-1, *states.shape[-3:]).float() / 255.0
+        out = torch.tanh(self.fc(self._convs(x, self._hooks)))
+        return self._hooks[3](out.view(*lead, -1))
+
+
 class DecisionTransformer(nn.Module):
     def __init__(self, cfg: DTConfig):
         super().__init__()
@@ -125,7 +174,14 @@ class DecisionTransformer(nn.Module):
         d = cfg.d_model
         self.embed_timestep = nn.Embedding(cfg.max_ep_len, d)
         self.embed_return = nn.Linear(1, d)
-        self.embed_state = nn.Linear(cfg.state_dim, d)
+        if cfg.state_encoder == "nature_cnn":
+            for i in range(3):
+                setattr(self, f"hook_state_encoder_conv{i}", HookPoint())
+            self.hook_state_encoder_out = HookPoint()
+            hooks = [getattr(self, f"hook_state_encoder_conv{i}") for i in range(3)]
+            self.embed_state = NatureCNN(cfg.obs_shape, d, hooks + [self.hook_state_encoder_out])
+        else:  # keep the key `embed_state.weight`: existing checkpoints and the HF export
+            self.embed_state = nn.Linear(cfg.state_dim, d)
         self.embed_action = nn.Linear(cfg.act_dim, d)
         self.hook_embed_time, self.hook_embed_rtg = HookPoint(), HookPoint()
         self.hook_embed_state, self.hook_embed_action = HookPoint(), HookPoint()
@@ -158,7 +214,8 @@ class DecisionTransformer(nn.Module):
     ) -> torch.Tensor:
         """Predict a_t from tokens up to s_t.
 
-        states (B, T, state_dim), actions (B, T, act_dim) (one-hot if discrete), returns_to_go
+        states (B, T, state_dim) (or (B, T, frames, H, W) frames for a "nature_cnn" encoder),
+        actions (B, T, act_dim) (one-hot if discrete), returns_to_go
         (B, T, 1), timesteps (B, T) long, attention_mask (B, T) with 1 for real steps.
         Returns (B, T, act_dim): tanh actions in [-1, 1], or logits if discrete.
         """

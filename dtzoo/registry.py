@@ -78,6 +78,9 @@ class EnvSpec:
     prepare: dict[str, Any] | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     eval_episodes: int = 10
+    obs: str = "vector"  # observation kind (dtzoo.observations): vector | atari | minigrid-flat | minigrid-onehot
+    frame_stack: int = 1  # frames per state for image kinds (stacked on the fly)
+    max_episode_steps: int | None = None  # TimeLimit for collection and eval (None: the gym default)
 
     def normalize(self, ret: float) -> float:
         """Normalised score: 100 * (return - random) / (expert - random)."""
@@ -144,8 +147,11 @@ class Registry:
     def grid(self, name: str) -> list[str]:
         """The model ids of a named grid."""
         if name not in self.grids:
-            raise UsageError(f"unknown grid {name!r}: {closest(name, sorted(self.grids))} "
-                             f"(grids: {', '.join(sorted(self.grids))})")
+            names = ", ".join(sorted(self.grids))
+            hint = closest(name, sorted(self.grids))
+            if hint.startswith("did you mean"):
+                raise UsageError(f"unknown grid {name!r}: {hint} (grids: {names})")
+            raise UsageError(f"unknown grid {name!r}; grids: {names}")
         return self.grids[name].model_ids()
 
     def all_model_ids(self) -> list[str]:
@@ -331,7 +337,8 @@ class _Parser:
         for r in required:
             if r not in node:
                 raise self.fail(parent, key, f"envs.{key} is missing required key {r!r}")
-        allowed = set(required) | {"prepare", "recipe", "eval", "description"}
+        allowed = set(required) | {"prepare", "recipe", "eval", "description", "obs", "frame_stack",
+                                   "max_episode_steps"}
         for k in node:
             if k not in allowed:
                 raise self.fail(node, k, f"unknown key {k!r} in envs.{key}; {closest(k, sorted(allowed))}")
@@ -355,6 +362,17 @@ class _Parser:
         evaln = self.mapping(node.get("eval"), f"envs.{key}.eval", node, "eval")
         self.check_keys(evaln, ["episodes"], f"envs.{key}.eval")
         episodes = self.integer(evaln, "episodes", f"envs.{key}.eval", default_episodes, 1)
+        from dtzoo.observations import OBS_KINDS, is_image
+
+        obs = node.get("obs", "vector")
+        if obs not in OBS_KINDS:
+            raise self.fail(node, "obs", f"envs.{key}.obs must be one of {', '.join(OBS_KINDS)}, got {obs!r}")
+        frame_stack = self.integer(node, "frame_stack", f"envs.{key}", 4 if is_image(obs) else 1, 1)
+        if frame_stack > 1 and not is_image(obs):
+            raise self.fail(node, "frame_stack", f"envs.{key}.frame_stack applies to image observations only")
+        max_steps = node.get("max_episode_steps")
+        if max_steps is not None:
+            max_steps = self.integer(node, "max_episode_steps", f"envs.{key}", 1, 1)
         prepare = node.get("prepare")
         if prepare is not None and not isinstance(prepare, dict):
             raise self.fail(node, "prepare", f"envs.{key}.prepare must be a mapping")
@@ -369,6 +387,9 @@ class _Parser:
             prepare=dict(prepare) if prepare else None,
             recipe=recipe,
             eval_episodes=episodes,
+            obs=obs,
+            frame_stack=frame_stack,
+            max_episode_steps=max_steps,
         )
 
     def grid(self, name: str, node: Any, parent: _Map, envs: dict[str, EnvSpec]) -> Grid:

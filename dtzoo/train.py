@@ -64,6 +64,17 @@ def make_config(spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.n
     arch = dict(n_layers=spec.n_layers, d_model=r.d_model, n_heads=r.n_heads, d_mlp=r.d_mlp,
                 context_len=r.context_len, max_ep_len=spec.env.max_ep_len,
                 activation=r.activation, dropout=r.dropout)
+    env = {"key": spec.env.key, "gym_id": spec.env.gym_id, "max_ep_len": spec.env.max_ep_len,
+           "ref_scores": dict(refs)}
+    if spec.env.obs != "vector":  # vector envs keep their config.json exactly as before
+        from dtzoo.observations import preprocessing
+
+        env["observation"] = preprocessing(spec.env.obs, spec.env.frame_stack)
+    if spec.env.max_episode_steps is not None:
+        env["max_episode_steps"] = spec.env.max_episode_steps
+    if data.image:
+        arch.update(state_encoder="nature_cnn",
+                    obs_shape=[spec.env.frame_stack, *data.observations.shape[1:]])
     return ModelConfig(
         model_id=spec.model_id,
         architecture=arch,
@@ -74,8 +85,7 @@ def make_config(spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.n
         state_std=std.tolist(),
         reward_scale=spec.env.reward_scale,
         target_returns=list(spec.env.target_returns),
-        env={"key": spec.env.key, "gym_id": spec.env.gym_id, "max_ep_len": spec.env.max_ep_len,
-             "ref_scores": dict(refs)},
+        env=env,
         dataset={"id": data.dataset_id, "minari_version": data.minari_version,
                  "fingerprint": data.fingerprint, "episodes": int(len(data.lengths)),
                  "steps": int(data.lengths.sum()), "return_min": float(data.returns.min()),
@@ -104,7 +114,8 @@ class Trainer:
             self.optim, lambda s: min((s + 1) / max(r.warmup_steps, 1), 1.0))
         self.sampler = SegmentSampler(data, r.context_len, spec.env.max_ep_len,
                                       spec.env.reward_scale, seed=spec.seed,
-                                      state_mean=self.mean, state_std=self.std)
+                                      state_mean=self.mean, state_std=self.std,
+                                      frame_stack=spec.env.frame_stack)
         self.checkpoint_steps = set(schedule.steps(steps))
         self.log: list[dict] = []
         self.pending: list[float] = []  # losses since the last log row (saved with the resume state)
@@ -236,6 +247,20 @@ class Trainer:
         write_manifest(self.run)
 
 
+def remove_stale_temps(run: Path) -> None:
+    """Temp files and directories a killed run left behind: `.<name>.<random>.tmp` (atomic
+    writes) and `.<name>.old-<pid>` (a checkpoint directory being replaced). None is ever read."""
+    import shutil
+
+    for d in (run, run / "checkpoints", run / "resume"):
+        for p in d.glob(".*") if d.is_dir() else []:
+            if p.name.endswith(".tmp") or ".old-" in p.name:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+
 def newest_resume_state(run: Path) -> Path | None:
     states = sorted((run / "resume").glob("state-*.safetensors"),
                     key=lambda p: int(p.stem.split("-")[1]), reverse=True)
@@ -275,6 +300,8 @@ def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None
         spec = dataclasses.replace(spec, recipe=dataclasses.replace(spec.recipe, precision=precision))
     run = paths.run_dir(spec.model_id)
     t0 = time.time()
+    if not paths.is_trained(spec.model_id):  # (nothing else writes to an unfinished run)
+        remove_stale_temps(run)
     state = newest_resume_state(run)
     if state is not None:  # an unfinished run keeps the length it was started with
         started = read_resume_state(state, tensors=False)[0]["total_steps"]
@@ -283,7 +310,7 @@ def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None
                                 f"resume it with --steps {started}, or delete {run} to start over")
         steps = started
     steps = steps or spec.recipe.steps
-    data = load_trajectories(spec.env.dataset)
+    data = load_trajectories(spec.env.dataset, spec.env.obs)
     trainer = Trainer(spec, data, steps, schedule, pick_device(device))
     resumed = trainer.restore()
     final_loss = trainer.run_steps(progress)

@@ -33,7 +33,9 @@ def prepare_env(env: EnvSpec, overwrite: bool = False) -> Path:
         p = env.prepare
         prepare_dataset(env.dataset, env.gym_id, policy=p.get("policy", "scripted"),
                         episodes=int(p.get("episodes", 100)), noise=p.get("noise", [0.0]),
-                        seed=int(p.get("seed", 0)), overwrite=overwrite)
+                        seed=int(p.get("seed", 0)), overwrite=overwrite, obs=env.obs,
+                        max_episode_steps=env.max_episode_steps,
+                        ref_episodes=p.get("ref_episodes"))
         return dataset_dir(env.dataset)
     if dataset_exists(env.dataset) and not overwrite:
         return dataset_dir(env.dataset)
@@ -338,7 +340,7 @@ def _config_for_import(spec: ModelSpec, dt_config, src: Path):
     if not dataset_exists(spec.env.dataset):
         raise DatasetError(f"importing needs the state statistics of {spec.env.dataset!r}: run "
                            f"`dtzoo data prepare {spec.env.key}` first")
-    data = load_trajectories(spec.env.dataset)
+    data = load_trajectories(spec.env.dataset, spec.env.obs)
     if data.state_dim != dt_config.state_dim or data.action_space.dim != dt_config.act_dim:
         raise UsageError(f"{src} expects state/action dims {dt_config.state_dim}/{dt_config.act_dim}, "
                          f"env {spec.env.key!r} has {data.state_dim}/{data.action_space.dim}")
@@ -368,5 +370,6 @@ def collect(registry: Registry, env_key: str, policy: str, episodes: int, noise:
             raise UsageError(f"{policy} acts in {config.env['gym_id']}, not {env.gym_id}")
         policy = AgentPolicy(net, config, target_return)
     prepare_dataset(dataset_id, env.gym_id, policy=policy, episodes=episodes, noise=noise,
-                    seed=seed, overwrite=overwrite)
-    return dataset_summary(dataset_id)
+                    seed=seed, overwrite=overwrite, obs=env.obs,
+                    max_episode_steps=env.max_episode_steps)
+    return dataset_summary(dataset_id, obs_kind=env.obs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import subprocess
 import sys
 import textwrap
@@ -62,8 +64,6 @@ def grid_registry(zoo_env, tmp_path, monkeypatch):
     reg["envs"]["ghost"] = {**{k: pend[k] for k in ("gym_id", "max_ep_len", "reward_scale",
                                                     "target_returns", "ref_scores")},
                             "dataset": "dtzoo/ghost/missing-v0"}
-    reg["envs"]["oddheads"] = {**{k: v for k, v in pend.items() if k != "prepare"},
-                               "recipe": {**pend["recipe"], "n_heads": 3}}
     path.write_text(yaml.safe_dump(reg, sort_keys=False))
     return load_registry()
 
@@ -74,8 +74,11 @@ class Killed(Exception):
 
 def test_a_failing_cell_is_recorded_and_the_grid_goes_on(grid_registry):
     reg = grid_registry
-    specs = [reg.resolve(m) for m in ("ghost-1L-seed0", "pendulum-1L-seed0", "oddheads-1L-seed0",
-                                      "pendulum-1L-seed1")]
+    # a cell whose recipe the registry would refuse, built by hand: the bug surfaces in training
+    base = reg.resolve("pendulum-1L-seed0")
+    odd = dataclasses.replace(base, model_id="oddheads-1L-seed0",
+                              recipe=dataclasses.replace(base.recipe, n_heads=3))
+    specs = [reg.resolve("ghost-1L-seed0"), base, odd, reg.resolve("pendulum-1L-seed1")]
     calls = []
 
     def train(spec):

@@ -104,7 +104,9 @@ def test_bundled_registry_expands_the_named_grids_in_order():
     assert small[:4] == ["hopper-1L-seed0", "hopper-1L-seed1", "hopper-1L-seed2", "hopper-2L-seed0"]
     assert small[-1] == "walker2d-3L-seed2"
     assert [m.split("-")[0] for m in small[::9]] == ["hopper", "halfcheetah", "walker2d"]
-    assert reg.all_model_ids() == reg.grid("tiny") + reg.grid("small")
+    assert reg.all_model_ids() == (reg.grid("tiny") + reg.grid("small") + reg.grid("atari")
+                                   + reg.grid("minigrid"))
+    assert len(reg.grid("atari")) == 4 * 4 * 3 and reg.grid("atari")[-1] == "qbert-6L-seed2"
     assert reg.org == "dtzoo" and reg.license == "mit"
     assert reg.envs["hopper"].gym_id == "Hopper-v5"
     assert reg.envs["hopper"].dataset == "mujoco/hopper/medium-v0"

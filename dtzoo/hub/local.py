@@ -11,14 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
 from dtzoo import paths
-from dtzoo.checkpoint import MANIFEST, REQUIRED_FILES, verify, write_manifest
+from dtzoo.checkpoint import MANIFEST, REQUIRED_FILES, WEIGHTS, check_safetensors, verify, write_manifest
 from dtzoo.errors import CheckpointError, HubError
-from dtzoo.fsutil import atomic_write_text, file_lock, make_temp_dir, read_json, sha256_file
+from dtzoo.fsutil import (
+    atomic_write_text,
+    file_lock,
+    fsync_dir,
+    make_temp_dir,
+    read_json,
+    sha256_file,
+)
 from dtzoo.hub import PublishResult, check_revision
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")  # a local-hub commit: sha1 of the manifest
 
 
 def model_files(src: Path) -> list[Path]:
@@ -38,11 +49,13 @@ def check_required_files(src: Path) -> None:
         return
     try:
         files = read_json(mpath)["files"]
+        metas = {name: (files[name]["size"], files[name]["sha256"])
+                 for name in REQUIRED_FILES if name in files}
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{mpath}: unreadable manifest") from None
-    for name in REQUIRED_FILES:
-        p, meta = Path(src) / name, files.get(name)
-        if meta and p.is_file() and (p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]):
+    for name, (size, sha) in metas.items():
+        p = Path(src) / name
+        if p.is_file() and (p.stat().st_size != size or sha256_file(p) != sha):
             raise CheckpointError(f"{p}: sha256 mismatch (file is corrupt or was modified)")
 
 
@@ -52,9 +65,12 @@ def _copy_verified(src: Path, dest: Path) -> None:
     try:
         for p in model_files(src):
             shutil.copy2(p, tmp / p.name)
+            with open(tmp / p.name, "rb") as f:  # on disk before the rename makes it visible
+                os.fsync(f.fileno())
         verify(tmp)
         try:
             tmp.rename(dest)
+            fsync_dir(dest.parent)
         except OSError:
             if not dest.is_dir():  # else another process put the same content there first
                 raise
@@ -62,6 +78,30 @@ def _copy_verified(src: Path, dest: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def commit_of(manifest: dict) -> str:
+    """A local-hub commit: the sha1 of the manifest (which holds the sha256 of every file)."""
+    return hashlib.sha1(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def verify_commit(path: Path, commit: str) -> None:
+    """`verify`, plus: the manifest is the one the commit names (so a file edited together
+    with its manifest entry is caught too), and the weights are safetensors."""
+    verify(path)
+    if commit_of(read_json(Path(path) / MANIFEST)) != commit:
+        raise CheckpointError(f"{Path(path) / MANIFEST}: does not match commit {commit} "
+                              "(files were modified)")
+    check_safetensors(Path(path) / WEIGHTS)
+
+
+def _remove_stale_temp_dirs(parent: Path) -> None:
+    """Temp dirs (`.<name>.*.tmp`) left by a killed publish or pull. Call with the lock held
+    that every writer of `parent` takes, so none of them is still being filled."""
+    if parent.is_dir():
+        for p in parent.glob(".*.tmp"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
 
 
 class LocalHub:
@@ -80,12 +120,15 @@ class LocalHub:
         """Publish the files of model directory `src` as `revision` of `repo_id`."""
         check_revision(revision)
         check_required_files(src)
+        if (Path(src) / WEIGHTS).is_file():  # (a missing one is reported by verify below)
+            check_safetensors(Path(src) / WEIGHTS)  # a hub never holds a pickle as weights
         manifest = write_manifest(src)
         verify(src)
-        commit = hashlib.sha1(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        commit = commit_of(manifest)
         repo = self.repo(repo_id)
         (repo / "snapshots").mkdir(parents=True, exist_ok=True)
         with file_lock(repo / ".lock"):
+            _remove_stale_temp_dirs(repo / "snapshots")
             if self.revisions(repo_id).get(revision) == commit:
                 return PublishResult(repo_id, revision, commit, self.url(repo_id, revision), True)
             snap = repo / "snapshots" / commit
@@ -107,7 +150,11 @@ class LocalHub:
             raise HubError(f"{repo_id} is not on the local hub ({self.root}): publish it first "
                            "with `dtzoo publish`")
         if revision in revs:
-            return revs[revision]
+            commit = revs[revision]
+            if not COMMIT_RE.match(commit):  # it becomes a path: never let it leave the repo
+                raise HubError(f"{self.repo(repo_id) / 'refs' / revision}: corrupt ref "
+                               f"{commit[:60]!r} (expected a 40-hex commit): publish again")
+            return commit
         if (self.repo(repo_id) / "snapshots" / revision).is_dir():
             return revision
         raise HubError(f"{repo_id} has no revision {revision!r}; revisions: "
@@ -117,19 +164,21 @@ class LocalHub:
         """Copy a revision into the cache (verified) and return its directory."""
         commit = self.resolve(repo_id, revision)
         dest = paths.cache_dir() / repo_id / commit
-        if dest.is_dir():
-            try:
-                verify(dest)
-                return dest
-            except CheckpointError:
-                shutil.rmtree(dest)  # corrupt cache entry: fetch a clean copy below
-        snap = self.repo(repo_id) / "snapshots" / commit
-        try:
-            verify(snap)
-        except CheckpointError as e:
-            raise HubError(f"the local hub's copy of {repo_id}@{revision} is corrupt: {e}") from None
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _copy_verified(snap, dest)
+        with file_lock(dest.parent / ".lock"):  # pulls of one repo take turns
+            _remove_stale_temp_dirs(dest.parent)
+            if dest.is_dir():
+                try:
+                    verify_commit(dest, commit)
+                    return dest
+                except CheckpointError:
+                    shutil.rmtree(dest)  # corrupt cache entry: fetch a clean copy below
+            snap = self.repo(repo_id) / "snapshots" / commit
+            try:
+                verify_commit(snap, commit)
+            except CheckpointError as e:
+                raise HubError(f"the local hub's copy of {repo_id}@{revision} is corrupt: {e}") from None
+            _copy_verified(snap, dest)
         return dest
 
     def list_remote(self, org: str) -> list[dict]:
@@ -144,7 +193,8 @@ class LocalHub:
         for rid in self.list_models(org):
             commit = self.revisions(rid)["main"]
             readme = self.repo(rid) / "snapshots" / commit / "README.md"
-            meta = (metadata_load(readme) if readme.is_file() else None) or {}
+            ok = COMMIT_RE.match(commit) and readme.is_file()  # a corrupt ref reads nothing
+            meta = (metadata_load(readme) if ok else None) or {}
             mtime = (self.repo(rid) / "refs" / "main").stat().st_mtime
             rows.append({"repo_id": rid, "model_id": rid.split("/", 1)[1], "sha": commit,
                          "last_modified": datetime.fromtimestamp(mtime, timezone.utc).isoformat(),
