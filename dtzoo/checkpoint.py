@@ -231,7 +231,3 @@ def load_model(path: Path, verify_files: bool = True, device: str = "cpu"):
 
 def is_model_dir(path: Path) -> bool:
     return (Path(path) / CONFIG).is_file() and (Path(path) / WEIGHTS).is_file()
-
-
-def config_json_bytes(config: ModelConfig) -> bytes:
-    return (json.dumps(config.to_dict(), indent=2) + "\n").encode()

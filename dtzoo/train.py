@@ -27,7 +27,7 @@ from dtzoo import paths
 from dtzoo.checkpoint import ModelConfig, save_model, write_manifest, write_weights
 from dtzoo.data import SegmentSampler, Trajectories, load_trajectories
 from dtzoo.errors import TrainingError
-from dtzoo.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from dtzoo.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from dtzoo.model import DecisionTransformer
 from dtzoo.registry import CheckpointSchedule, ModelSpec
 
@@ -316,8 +316,3 @@ def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None
     final_loss = trainer.run_steps(progress)
     trainer.finish()
     return TrainResult(spec.model_id, run, steps, resumed, final_loss, time.time() - t0)
-
-
-def trained_steps(model_id: str) -> int | None:
-    p = paths.run_dir(model_id) / "config.json"
-    return read_json(p)["step"] if p.is_file() else None
