@@ -194,7 +194,7 @@ class Trainer:
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"step": self.step, "sampler": self.sampler.state(),
-                "scheduler": self.sched.state_dict()["last_epoch"],
+                "scheduler": self.sched.state_dict(),  # plain numbers (the lambda is not saved)
                 "dataset_fingerprint": self.data.fingerprint, "total_steps": self.steps,
                 "pending_losses": self.pending}
         data = save_tensors(tensors, metadata={"resume": json.dumps(meta)})
@@ -220,8 +220,8 @@ class Trainer:
             opt["state"][pid] = {k.split(".", 2)[2]: v.to(self.device) for k, v in tensors.items()
                                  if k.startswith(f"optim.{pid}.")}
         self.optim.load_state_dict(opt)
-        self.sched.last_epoch = meta["scheduler"]
-        for group, lr in zip(self.optim.param_groups, self.sched.get_lr()):
+        self.sched.load_state_dict(meta["scheduler"])
+        for group, lr in zip(self.optim.param_groups, self.sched.get_last_lr()):
             group["lr"] = lr
         self.sampler.set_state(meta["sampler"])
         torch.set_rng_state(tensors["rng.torch"])
