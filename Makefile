@@ -16,9 +16,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
-# test extras include interp, atari and minigrid so those tests run, not skip
+# test extras include interp, atari, minigrid, ray and slurm so those tests run, not skip
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/pip install -q -e '.[test,interp,atari,minigrid]'
+	$(BIN)/pip install -q -e '.[test,interp,atari,minigrid,ray,slurm]'
 	touch $@
 
 demo: $(VENV)/.installed

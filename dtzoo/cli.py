@@ -31,6 +31,14 @@ IdsArg = Annotated[Optional[list[str]], typer.Argument(help="Model ids, e.g. pen
 HubOpt = Annotated[Optional[str], typer.Option("--hub", help="local or hf (default $DTZOO_HUB or local).")]
 OrgOpt = Annotated[Optional[str], typer.Option("--org", help="Hub org (default $DTZOO_ORG or hub.org).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+# where the cells run (dtzoo.grid); shared by train and eval
+ExecOpt = Annotated[str, typer.Option("--executor", help="local, ray or slurm (submitit).")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="local: cells in N worker processes; slurm: at most N array tasks at once.")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="ray: ray://host:10001, auto, or none to start a local Ray.")]
+CpusOpt = Annotated[float, typer.Option("--cpus-per-cell", min=0, help="ray/slurm: CPUs per cell.")]
+GpusOpt = Annotated[float, typer.Option("--gpus-per-cell", min=0, help="ray: GPUs per cell (a fraction shares one); slurm: GPUs per array task.")]
+PartitionOpt = Annotated[Optional[str], typer.Option("--partition", help="slurm: the partition.")]
+TimeOpt = Annotated[Optional[str], typer.Option("--time", help="slurm: time limit per cell, HH:MM.")]
 
 _registry_path: str | None = None
 
@@ -198,7 +206,10 @@ def data_collect(
 def train(ids: IdsArg = None, grid: GridOpt = None,
           steps: Annotated[Optional[int], typer.Option(help="Override the recipe's step count.", min=1)] = None,
           device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-          precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast); default: the recipe's.")] = None) -> None:
+          precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast); default: the recipe's.")] = None,
+          executor_name: ExecOpt = "local", workers: WorkersOpt = 1, address: AddressOpt = None,
+          cpus_per_cell: CpusOpt = 1, gpus_per_cell: GpusOpt = 0, partition: PartitionOpt = None,
+          time_limit: TimeOpt = None) -> None:
     """Train what is not trained yet; unfinished runs resume from their last checkpoint."""
     from dtzoo import grid as executor
     from dtzoo import zoo
@@ -213,6 +224,12 @@ def train(ids: IdsArg = None, grid: GridOpt = None,
         pick_device(device)
     reg = registry()
     specs = reg.select(grid, ids or [])
+    ex = executor.make_executor(executor_name, workers, address, cpus_per_cell, gpus_per_cell,
+                                partition, time_limit)
+    if not _in_process(ex):
+        options = {"registry": str(reg.path.resolve()), "steps": steps, "device": device,
+                   "precision": precision}
+        return _report(_run_remote(ex, "train", specs, options), "trained")
     with progress_bar() as bar:
         def cell(spec):
             task = bar.add_task(spec.model_id, total=steps or spec.recipe.steps, info="")
@@ -232,32 +249,46 @@ def eval_cmd(ids: IdsArg = None, grid: GridOpt = None,
              episodes: Annotated[Optional[int], typer.Option(help="Episodes per target return.", min=1)] = None,
              rtg_sweep: Annotated[bool, typer.Option("--rtg-sweep", help="Sweep target returns; writes rtg_sweep.json/.png.")] = False,
              targets: Annotated[Optional[str], typer.Option(help="Sweep targets LO:HI:N (default: random score to 1.5x expert).")] = None,
-             as_json: JsonOpt = False) -> None:
-    """Roll the trained models out; write eval.json and print their leaderboard."""
+             as_json: JsonOpt = False,
+             executor_name: ExecOpt = "local", workers: WorkersOpt = 1, address: AddressOpt = None,
+             cpus_per_cell: CpusOpt = 1, gpus_per_cell: GpusOpt = 0, partition: PartitionOpt = None,
+             time_limit: TimeOpt = None) -> None:
+    """Roll the trained models out (models already evaluated with these settings are skipped);
+    write eval.json and print their leaderboard."""
     from dtzoo import grid as executor
     from dtzoo import zoo
     from dtzoo.leaderboard import leaderboard_rows
 
     reg = registry()
     specs = reg.select(grid, ids or [])
+    ex = executor.make_executor(executor_name, workers, address, cpus_per_cell, gpus_per_cell,
+                                partition, time_limit)
     if rtg_sweep or targets:
+        if not _in_process(ex):
+            raise typer.BadParameter("--rtg-sweep runs in this process: drop --executor/--workers",
+                                     param_hint="--rtg-sweep")
         return _sweep(specs, reg, targets, episodes, as_json)
-    with progress_bar() as bar:
-        task = bar.add_task("evaluating", total=len(specs), info="")
+    if _in_process(ex):
+        with progress_bar() as bar:
+            task = bar.add_task("evaluating", total=len(specs), info="")
 
-        def cell(spec):
-            bar.update(task, info=spec.model_id)
-            report = zoo.eval_cell(spec, reg, episodes=episodes)
-            bar.advance(task)
-            return report
+            def cell(spec):
+                bar.update(task, info=spec.model_id)
+                report = zoo.eval_cell(spec, reg, episodes=episodes)
+                bar.advance(task)
+                return report
 
-        results = executor.run_cells(specs, cell)
-    reports = [r.value for r in results if r.ok]
+            results = executor.run_cells(specs, cell, skip=executor.already_evaluated(episodes))
+        executor.attach_eval_reports(results)
+    else:
+        options = {"registry": str(reg.path.resolve()), "episodes": episodes}
+        results = _run_remote(ex, "eval", specs, options)
+    reports = [r.value for r in results if r.ok and r.value]
     if as_json:
         out.print_json(json.dumps({"models": reports, "leaderboard": leaderboard_rows(reports)}))
     else:
         _print_leaderboard(leaderboard_rows(reports))
-    _report(results, "evaluated", quiet=True)
+    _report(results, "evaluated")
 
 
 def _sweep(specs, reg, targets: str | None, episodes: int | None, as_json: bool) -> None:
@@ -396,7 +427,52 @@ def import_cmd(src: Annotated[str, typer.Argument(help="A transformers DT checkp
     print(zoo.import_model(Path(src), env, name, registry()))
 
 
+# ----------------------------------------------------------------------------- status
+
+
+@app.command("status")
+def status_cmd(ids: IdsArg = None, grid: GridOpt = None, hub: HubOpt = None, org: OrgOpt = None,
+               as_json: JsonOpt = False) -> None:
+    """Every cell's state from the files in DTZOO_HOME: pending, running, trained, evaluated,
+    published."""
+    from dtzoo import zoo
+
+    reg = registry()
+    model_ids = [s.model_id for s in reg.select(grid, ids or [])] if grid or ids else reg.all_model_ids()
+    rows = zoo.grid_status(reg, model_ids, hub=hub, org=org)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    style = {"pending": "dim", "running": "yellow", "trained": "cyan", "evaluated": "blue",
+             "published": "green"}
+    table = Table("model", "state", "step", "detail", title=f"status ({grid or 'all'})")
+    for r in rows:
+        table.add_row(r["model_id"], f"[{style[r['state']]}]{r['state']}[/]",
+                      "" if r["step"] is None else str(r["step"]), r["detail"])
+    out.print(table)
+    counts = {k: sum(r["state"] == k for r in rows) for k in style}
+    err.print(", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
 # ----------------------------------------------------------------------------- shared
+
+
+def _in_process(ex) -> bool:
+    return ex.name == "local" and getattr(ex, "workers", 1) <= 1
+
+
+def _run_remote(ex, kind: str, specs, options: dict):
+    """Hand the cells to the executor; a bar counts finished cells."""
+    if ex.name == "slurm" and ex.cluster_name() != "slurm":  # plain print: one line
+        print("note: no SLURM here (sbatch not found): submitit runs the cells as local "
+              "subprocesses", file=sys.stderr)
+    with progress_bar() as bar:
+        task = bar.add_task(f"{kind} ({ex.name})", total=len(specs), info="")
+
+        def done(result) -> None:
+            bar.update(task, advance=1, info=f"{result.model_id}: {result.status}")
+
+        return ex.run(kind, [s.model_id for s in specs], options, on_done=done)
 
 
 def _report(results, verb: str, quiet: bool = False) -> None:

@@ -1,18 +1,28 @@
-"""The local executor: run one function over the cells of a grid, one cell after another.
+"""Executors: run the cells of a grid in this process, in local worker processes, on Ray or
+through submitit (SLURM job arrays).
 
-A failing cell is recorded and the others go on. With `lock=True` each cell holds its run's
-lock while it works; a cell locked by another process is deferred to the end and then waited
-for, so two `dtzoo train --grid tiny` started together train every cell exactly once.
+`run_cells` is the in-process path: one function over the cells, one after another. A failing
+cell is recorded and the others go on. With `lock=True` each cell holds its run's lock while it
+works; a cell locked by another process is deferred to the end and then waited for, so two
+`dtzoo train --grid tiny` started together train every cell exactly once.
+
+`LocalExecutor(workers>1)`, `RayExecutor` and `SlurmExecutor` hand each cell to a worker
+that runs `run_cell` (see below); `make_executor` builds one from the CLI's flags.
 """
 
 from __future__ import annotations
 
+import fcntl
+import math
+import os
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 from dtzoo import paths
-from dtzoo.errors import DtzooError
-from dtzoo.fsutil import LockBusy, file_lock
+from dtzoo.errors import DtzooError, UsageError
+from dtzoo.fsutil import LockBusy, file_lock, read_json
 from dtzoo.registry import ModelSpec
 
 
@@ -41,10 +51,8 @@ def _run_one(spec: ModelSpec, fn: Callable[[ModelSpec], Any], skip: SkipFn | Non
         return CellResult(spec.model_id, "skipped", reason)
     try:
         value = fn(spec)
-    except DtzooError as e:
-        return CellResult(spec.model_id, "failed", str(e))
     except Exception as e:  # a bug in one cell must not cost the rest of the grid
-        return CellResult(spec.model_id, "failed", f"{type(e).__name__}: {e}")
+        return CellResult(spec.model_id, "failed", _describe(e))
     resumed = getattr(value, "resumed_from", None)
     if resumed is None:  # (step 0 is a real resume point: a run killed before step 1)
         return CellResult(spec.model_id, "done", "", value)
@@ -68,3 +76,354 @@ def run_cells(specs: list[ModelSpec], fn: Callable[[ModelSpec], Any], skip: Skip
         with file_lock(paths.run_dir(spec.model_id) / ".lock", blocking=True):
             results[spec.model_id] = _run_one(spec, fn, skip)
     return [results[s.model_id] for s in specs]
+
+
+# ----------------------------------------------------------------------------- executors
+#
+# Every executor runs the same top-level, picklable cell function, `run_cell`, in a worker
+# (a spawned process, a Ray task, a submitit/SLURM job). The worker re-loads the registry,
+# takes the run's lock (waiting if another process holds it), skips a finished cell, resumes
+# an unfinished one from its checkpoint and returns a CellResult; it never raises, so a failed
+# cell does not stop the others. Results land in DTZOO_HOME, which every worker must see
+# (on a cluster: a shared filesystem).
+
+KINDS = ("train", "eval")
+# what a worker needs to find the runs, the registry and the datasets (no tokens)
+FORWARDED_ENV = ("DTZOO_HUB", "DTZOO_ORG", "MINARI_REMOTE", "OMP_NUM_THREADS")
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def already_evaluated(episodes: int | None = None) -> SkipFn:
+    """Skip a cell whose eval.json is up to date: same step as the trained model, written after
+    it, and with the episode count asked for (default: the env's)."""
+
+    def skip(spec: ModelSpec) -> str | None:
+        run = paths.run_dir(spec.model_id)
+        report, config = run / "eval.json", run / "config.json"
+        if not (paths.is_trained(spec.model_id) and report.is_file()):
+            return None
+        try:
+            rep, cfg = read_json(report), read_json(config)
+        except (OSError, ValueError):
+            return None
+        want = episodes or spec.env.eval_episodes
+        if (rep.get("step") == cfg.get("step") and rep.get("episodes") == want
+                and report.stat().st_mtime >= config.stat().st_mtime):
+            return "already evaluated"
+        return None
+
+    return skip
+
+
+def attach_eval_reports(results: list[CellResult]) -> None:
+    """Give skipped eval cells their eval.json as value (the leaderboard wants every model)."""
+    for r in results:
+        if r.status == "skipped" and r.value is None:
+            p = paths.run_dir(r.model_id) / "eval.json"
+            r.value = read_json(p) if p.is_file() else None
+
+
+def worker_env() -> dict[str, str]:
+    """The environment a remote cell needs, as absolute paths resolved here."""
+    from dtzoo.data import datasets_root
+    from dtzoo.registry import default_registry_path
+
+    env = {"DTZOO_HOME": str(paths.home().resolve()),
+           "MINARI_DATASETS_PATH": str(datasets_root().resolve()),
+           "DTZOO_REGISTRY": str(default_registry_path().resolve())}
+    env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+    return env
+
+
+def _cell_fn(kind: str, options: dict[str, Any]):
+    from dtzoo import zoo
+    from dtzoo.registry import load_registry
+
+    reg = load_registry(options.get("registry"))
+    if kind == "train":
+        fn = lambda spec: zoo.train_cell(spec, reg, steps=options.get("steps"),
+                                         device=options.get("device", "auto"),
+                                         precision=options.get("precision"))
+        return reg, fn, already_trained
+    if kind == "eval":
+        episodes = options.get("episodes")
+        fn = lambda spec: zoo.eval_cell(spec, reg, episodes=episodes)
+        return reg, fn, already_evaluated(episodes)
+    raise ValueError(f"unknown cell kind {kind!r}: use one of {KINDS}")
+
+
+def run_cell(kind: str, model_id: str, options: dict[str, Any] | None = None,
+             env: dict[str, str] | None = None) -> CellResult:
+    """Train or evaluate one cell, idempotently; the function every executor runs.
+
+    `options`: registry (path), steps, device, precision (train), episodes (eval).
+    `env`: variables to set first (DTZOO_HOME, MINARI_DATASETS_PATH, ...), for workers that do
+    not inherit the submitting process's environment."""
+    options = dict(options or {})
+    if env:
+        os.environ.update(env)
+        options["registry"] = options.get("registry") or env.get("DTZOO_REGISTRY")
+    try:
+        reg, fn, skip = _cell_fn(kind, options)
+        spec = reg.resolve(model_id)
+        with file_lock(paths.run_dir(model_id) / ".lock", blocking=True):
+            result = _run_one(spec, fn, skip)
+    except Exception as e:  # the registry, the lock: still one failed cell, not a crash
+        result = CellResult(model_id, "failed", _describe(e))
+    if kind == "eval":
+        attach_eval_reports([result])
+    return result
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) if isinstance(e, DtzooError) else f"{type(e).__name__}: {e}"
+    return last_line(text) or type(e).__name__
+
+
+OnDone = Callable[[CellResult], None]
+
+
+class Executor(Protocol):
+    """Runs `run_cell(kind, id, options)` for every id; results in the order of `model_ids`."""
+
+    name: str
+
+    def run(self, kind: str, model_ids: list[str], options: dict[str, Any],
+            on_done: OnDone | None = None) -> list[CellResult]: ...
+
+
+class MissingExtra(DtzooError):
+    """`--executor ray|slurm` without the extra installed."""
+
+    exit_code = 2
+
+
+class ExecutorError(DtzooError):
+    """The executor itself cannot start: no Ray cluster at the address, no submitit."""
+
+
+def _require(module: str, extra: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"the {extra} executor needs {module}: pip install 'dtzoo[{extra}]'") from None
+
+
+def _ordered(model_ids: list[str], results: dict[str, CellResult]) -> list[CellResult]:
+    return [results[m] for m in model_ids]
+
+
+@dataclass
+class LocalExecutor:
+    """workers=1: in this process, one cell after another; workers>1: that many spawned
+    processes (concurrent.futures), each cell in one of them."""
+
+    workers: int = 1
+    name: str = "local"
+
+    def run(self, kind, model_ids, options, on_done=None):
+        results: dict[str, CellResult] = {}
+        if self.workers <= 1:
+            for m in model_ids:
+                results[m] = run_cell(kind, m, options)
+                on_done and on_done(results[m])
+            return _ordered(model_ids, results)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        env = worker_env()
+        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_cell, kind, m, options, env): m for m in model_ids}
+            for fut in as_completed(futures):
+                m = futures[fut]
+                try:
+                    results[m] = fut.result()
+                except Exception as e:  # the worker process died (killed, out of memory)
+                    results[m] = CellResult(m, "failed", _describe(e))
+                on_done and on_done(results[m])
+        return _ordered(model_ids, results)
+
+
+@dataclass
+class RayExecutor:
+    """Each cell is a Ray task asking for `cpus_per_cell` CPUs and `gpus_per_cell` GPUs (a
+    fraction shares a GPU). `address`: None starts (or finds) a local Ray, "auto" joins the
+    running cluster, "ray://host:10001" a remote one through Ray Client. If Ray is already
+    initialised in this process, it is used as it is."""
+
+    address: str | None = None
+    cpus_per_cell: float = 1
+    gpus_per_cell: float = 0
+    name: str = "ray"
+
+    def run(self, kind, model_ids, options, on_done=None):
+        ray = _require("ray", "ray")
+        env = worker_env()
+        started = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         runtime_env={"env_vars": env}, logging_level="ERROR")
+            except Exception as e:  # no cluster there, refused, auth token: one line
+                cause = f" ({last_line(str(e.__cause__))[:300]})" if e.__cause__ else ""
+                raise ExecutorError(f"cannot start or reach Ray at {self.address or 'a local runtime'}: "
+                                    f"{_describe(e)}{cause}") from None
+            started = True
+        try:
+            task = ray.remote(_ray_cell).options(num_cpus=self.cpus_per_cell,
+                                                 num_gpus=self.gpus_per_cell,
+                                                 runtime_env={"env_vars": env}, max_retries=0)
+            refs = {task.remote(kind, m, options, env): m for m in model_ids}
+            results: dict[str, CellResult] = {}
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    m = refs[ref]
+                    try:
+                        results[m] = ray.get(ref)
+                    except Exception as e:  # the task's worker died: Ray says why
+                        results[m] = CellResult(m, "failed", _describe(e))
+                    on_done and on_done(results[m])
+            return _ordered(model_ids, results)
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def _ray_cell(kind: str, model_id: str, options: dict, env: dict) -> CellResult:
+    return run_cell(kind, model_id, options, env)
+
+
+@dataclass
+class SlurmExecutor:
+    """One submitit job array over the cells: `partition`, `time` (HH:MM, or minutes),
+    `gpus_per_cell`, `cpus_per_cell`, at most `parallel` cells at once (0: no limit). Job logs
+    go to `folder` (default $DTZOO_HOME/slurm/). `cluster`: None picks SLURM when sbatch is
+    there and local subprocesses otherwise (submitit.AutoExecutor); "local" forces subprocesses,
+    as does DTZOO_SUBMITIT_CLUSTER=local."""
+
+    partition: str | None = None
+    time: str | None = None
+    gpus_per_cell: float = 0
+    cpus_per_cell: float = 1
+    parallel: int = 0
+    folder: str | None = None
+    cluster: str | None = None
+    name: str = "slurm"
+
+    def cluster_name(self) -> str:
+        """"slurm" where sbatch is available, else "local" (or what `cluster` forces)."""
+        _require("submitit", "slurm")
+        from submitit.auto.auto import AutoExecutor
+
+        return self.cluster or os.environ.get("DTZOO_SUBMITIT_CLUSTER") or AutoExecutor.which()
+
+    def executor(self):
+        submitit = _require("submitit", "slurm")
+        folder = Path(self.folder) if self.folder else paths.home() / "slurm"
+        ex = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster_name())
+        params: dict[str, Any] = {"name": "dtzoo", "timeout_min": parse_minutes(self.time),
+                                  "cpus_per_task": max(1, int(self.cpus_per_cell))}
+        if ex.cluster == "slurm":
+            if self.partition:
+                params["slurm_partition"] = self.partition
+            if self.gpus_per_cell:
+                params["slurm_gpus_per_task"] = math.ceil(self.gpus_per_cell)
+            if self.parallel:
+                params["slurm_array_parallelism"] = self.parallel
+        elif self.gpus_per_cell:
+            params["gpus_per_node"] = math.ceil(self.gpus_per_cell)
+        ex.update_parameters(**params)
+        return ex
+
+    def run(self, kind, model_ids, options, on_done=None):
+        ex = self.executor()
+        env = worker_env()
+        if ex.cluster == "slurm":  # one job array; SLURM runs at most `parallel` at once
+            n = len(model_ids)
+            jobs = ex.map_array(run_cell, [kind] * n, model_ids, [options] * n, [env] * n)
+            queue: list[str] = []
+            waiting = dict(zip(model_ids, jobs))
+        else:  # local subprocesses: at most `parallel` (default: one per core) at a time
+            queue, waiting = list(model_ids), {}
+        limit = self.parallel or os.cpu_count() or 1
+        results: dict[str, CellResult] = {}
+        while queue or waiting:
+            while queue and len(waiting) < limit:
+                m = queue.pop(0)
+                waiting[m] = ex.submit(run_cell, kind, m, options, env)
+            for m, job in list(waiting.items()):
+                if not job.done():
+                    continue
+                try:
+                    results[m] = job.result()
+                except Exception as e:  # the job itself failed: timeout, preempted, killed
+                    results[m] = CellResult(m, "failed", f"{_describe(e)} (log: {job.paths.stderr})")
+                del waiting[m]
+                on_done and on_done(results[m])
+            if waiting:
+                time.sleep(0.5)
+        return _ordered(model_ids, results)
+
+
+def parse_minutes(value: str | None, default: int = 60) -> int:
+    """`--time` as minutes: "90", "01:30", "1-00:00" (days-hours:minutes)."""
+    if not value:
+        return default
+    try:
+        days, _, rest = value.rpartition("-")
+        parts = [int(p) for p in rest.split(":")]
+        if len(parts) == 1:
+            minutes = parts[0]
+        elif len(parts) == 2:
+            minutes = parts[0] * 60 + parts[1]
+        elif len(parts) == 3:
+            minutes = parts[0] * 60 + parts[1] + (parts[2] > 0)
+        else:
+            raise ValueError
+        minutes += int(days or 0) * 24 * 60
+    except ValueError:
+        raise UsageError(f"--time {value!r}: use HH:MM, minutes, or D-HH:MM") from None
+    if minutes <= 0:
+        raise UsageError(f"--time {value!r} must be positive")
+    return minutes
+
+
+def make_executor(name: str, workers: int = 1, address: str | None = None,
+                  cpus_per_cell: float = 1, gpus_per_cell: float = 0,
+                  partition: str | None = None, time: str | None = None) -> Executor:
+    if name == "local":
+        return LocalExecutor(workers=workers)
+    if name == "ray":
+        _require("ray", "ray")
+        return RayExecutor(address=address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
+    if name == "slurm":
+        _require("submitit", "slurm")
+        parse_minutes(time)
+        return SlurmExecutor(partition=partition, time=time, gpus_per_cell=gpus_per_cell,
+                             cpus_per_cell=cpus_per_cell, parallel=workers if workers > 1 else 0)
+    raise UsageError(f"unknown executor {name!r}: use local, ray or slurm")
+
+
+# ----------------------------------------------------------------------------- status
+
+
+def lock_held(model_id: str) -> bool:
+    """Whether another process holds the run's lock now (never creates the lock file)."""
+    lock = paths.run_dir(model_id) / ".lock"
+    if not lock.is_file():
+        return False
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return False

@@ -111,6 +111,39 @@ def model_state(spec: ModelSpec, published: set[str] | None = None) -> ModelStat
     )
 
 
+def grid_status(registry: Registry, model_ids: list[str], hub: str | None = None,
+                org: str | None = None) -> list[dict]:
+    """Every cell's state from the files in DTZOO_HOME (and the hub's model list):
+    `running` (another process holds the run's lock, or a resume state exists without a final
+    model: an unfinished run, live or interrupted), else `published` / `evaluated` / `trained`,
+    else `pending`. Rows: model_id, state, step (the final model's, or the newest resume
+    state's), locked, detail."""
+    from dtzoo.grid import lock_held
+    from dtzoo.train import newest_resume_state
+
+    published = published_ids(registry, hub, org)
+    rows = []
+    for mid in model_ids:
+        spec = registry.resolve(mid)
+        st = model_state(spec, published)
+        locked = lock_held(mid)
+        run = paths.run_dir(mid)
+        resume = None if st.trained else newest_resume_state(run) if run.is_dir() else None
+        step, detail = st.step, ""
+        if resume is not None:
+            step = int(resume.stem.split("-")[1])  # state-<step>.safetensors
+        if locked:
+            state, detail = "running", "run lock held"
+        elif resume is not None:
+            state, detail = "running", f"unfinished: resume state at step {step}, lock free"
+        else:
+            state = st.label if st.label != "prepared" else "pending"
+        rows.append({"model_id": mid, "state": state, "step": step, "locked": locked,
+                     "prepared": st.prepared, "trained": st.trained, "evaluated": st.evaluated,
+                     "published": st.published, "detail": detail})
+    return rows
+
+
 def published_ids(registry: Registry, hub: str | None = None, org: str | None = None) -> set[str]:
     h = get_hub(hub)
     return {r.split("/", 1)[1] for r in h.list_models(org_for(registry, org))}
