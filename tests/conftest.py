@@ -92,3 +92,33 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
         raise AssertionError(f"dtzoo {' '.join(args)} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture
+def ghost_registry(zoo_env):
+    """The test registry plus an env `ghost` whose dataset nobody prepared: its cells fail."""
+    from dtzoo.registry import load_registry
+
+    path = Path(zoo_env["DTZOO_REGISTRY"])
+    reg = yaml.safe_load(path.read_text())
+    pend = reg["envs"]["pendulum"]
+    reg["envs"]["ghost"] = {**{k: pend[k] for k in ("gym_id", "max_ep_len", "reward_scale",
+                                                    "target_returns", "ref_scores")},
+                            "dataset": "dtzoo/ghost/missing-v0"}
+    path.write_text(yaml.safe_dump(reg, sort_keys=False))
+    return load_registry()
+
+
+def model_weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two model directories hold bitwise-identical weights (tensors and file bytes)."""
+    wa, wb = model_weights(a), model_weights(b)
+    assert list(wa) == list(wb)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{k} differs between {a} and {b}"
+    assert (Path(a) / "model.safetensors").read_bytes() == (Path(b) / "model.safetensors").read_bytes()

@@ -10,11 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dtzoo import grid, paths, zoo
 from dtzoo.errors import UsageError
-from dtzoo.registry import load_registry
 from tests.conftest import run_cli
 
 STEPS = 6  # a handful: the cells only have to finish, not learn
@@ -29,20 +27,6 @@ HOLD_LOCK = textwrap.dedent("""
     print("locked", flush=True)
     sys.stdin.read()  # hold it until the test closes our stdin
 """)
-
-
-@pytest.fixture
-def ghost_registry(zoo_env):
-    """The test registry plus an env whose dataset nobody prepared (and nobody can download:
-    MINARI_REMOTE points nowhere)."""
-    path = Path(zoo_env["DTZOO_REGISTRY"])
-    reg = yaml.safe_load(path.read_text())
-    pend = reg["envs"]["pendulum"]
-    reg["envs"]["ghost"] = {**{k: pend[k] for k in ("gym_id", "max_ep_len", "reward_scale",
-                                                    "target_returns", "ref_scores")},
-                            "dataset": "dtzoo/ghost/missing-v0"}
-    path.write_text(yaml.safe_dump(reg, sort_keys=False))
-    return load_registry()
 
 
 @pytest.fixture

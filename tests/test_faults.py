@@ -35,11 +35,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from dtzoo.checkpoint import CONFIG, MANIFEST, WEIGHTS, verify
 from dtzoo.errors import CheckpointError, HubError, TrainingError
-from tests.conftest import ROOT, make_test_registry, run_cli
+from tests.conftest import ROOT, assert_same_weights, make_test_registry, model_weights, run_cli
 
 MID = "pendulum-1L-seed0"
 STEPS = 120  # test registry schedule: 0 1 2 4 8 16 20 40 60 80 100 120; warm-up is 10 steps
@@ -96,18 +95,6 @@ def wait_until(cond, proc: subprocess.Popen, timeout: float = 180, every: float 
     raise AssertionError("timed out waiting")
 
 
-def tensors(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(path) / WEIGHTS))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    ta, tb = tensors(a), tensors(b)
-    assert list(ta) == list(tb)
-    for k in ta:
-        assert torch.equal(ta[k], tb[k]), f"{k} differs: {a} vs {b}"
-    assert (a / WEIGHTS).read_bytes() == (b / WEIGHTS).read_bytes()
-
-
 def log_rows(run: Path) -> list[tuple]:
     lines = (run / "training_log.csv").read_text().splitlines()[1:]
     return [tuple(line.split(",")[:3]) for line in lines]  # step, loss, lr (not elapsed_s)
@@ -132,7 +119,7 @@ def assert_run_consistent(run: Path) -> None:
 
     for ckpt in (run / "checkpoints").glob("step*"):
         verify(ckpt)  # a visible checkpoint is whole
-        assert all(torch.isfinite(t).all() for t in tensors(ckpt).values())
+        assert all(torch.isfinite(t).all() for t in model_weights(ckpt).values())
     state = newest_resume_state(run)
     if state is not None:
         meta, _ = read_resume_state(state)
@@ -537,7 +524,7 @@ def test_a_diverging_cell_stops_naming_the_step_and_the_grid_goes_on(zoo_env, cl
     assert sorted(p.name for p in (bad / "checkpoints").iterdir()) == ["step0", "step1"]
     for ckpt in (bad / "checkpoints").iterdir():  # the last good checkpoints are kept, finite
         verify(ckpt)
-        assert all(torch.isfinite(t).all() for t in tensors(ckpt).values())
+        assert all(torch.isfinite(t).all() for t in model_weights(ckpt).values())
     assert [p.name for p in (bad / "resume").iterdir()] == ["state-1.safetensors"]
     record("NaN loss in one grid cell", injected=1, other_cells_finished=1)
 
@@ -565,7 +552,7 @@ def test_a_nan_gradient_at_a_checkpoint_step_writes_no_nan_checkpoint(zoo_env, r
     run = paths.run_dir(MID)
     assert sorted(int(p.name[4:]) for p in (run / "checkpoints").iterdir()) == [0, 1, 2, 4]
     for ckpt in (run / "checkpoints").iterdir():
-        assert all(torch.isfinite(t).all() for t in tensors(ckpt).values())
+        assert all(torch.isfinite(t).all() for t in model_weights(ckpt).values())
     assert newest_resume_state(run).name == "state-4.safetensors"
     # the fault is gone: the run resumes from step 4 and finishes
     result = train_model(registry.resolve(MID), registry.checkpoints, steps=40, device="cpu")

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dtzoo import paths
 from dtzoo.errors import DatasetError
 from dtzoo.grid import already_trained, run_cells
-from dtzoo.registry import load_registry
 from dtzoo.train import train_model
 
 HOLD_LOCK = textwrap.dedent("""
@@ -54,26 +51,12 @@ def lock_is_free(model_id: str) -> bool:
     return out == "free"
 
 
-@pytest.fixture
-def grid_registry(zoo_env, tmp_path, monkeypatch):
-    """The test registry plus two broken envs: a dataset nobody prepared, and a recipe with a
-    head count that does not divide d_model (our own code raises ValueError on it)."""
-    path = Path(zoo_env["DTZOO_REGISTRY"])
-    reg = yaml.safe_load(path.read_text())
-    pend = reg["envs"]["pendulum"]
-    reg["envs"]["ghost"] = {**{k: pend[k] for k in ("gym_id", "max_ep_len", "reward_scale",
-                                                    "target_returns", "ref_scores")},
-                            "dataset": "dtzoo/ghost/missing-v0"}
-    path.write_text(yaml.safe_dump(reg, sort_keys=False))
-    return load_registry()
-
-
 class Killed(Exception):
     pass
 
 
-def test_a_failing_cell_is_recorded_and_the_grid_goes_on(grid_registry):
-    reg = grid_registry
+def test_a_failing_cell_is_recorded_and_the_grid_goes_on(ghost_registry):
+    reg = ghost_registry
     # a cell whose recipe the registry would refuse, built by hand: the bug surfaces in training
     base = reg.resolve("pendulum-1L-seed0")
     odd = dataclasses.replace(base, model_id="oddheads-1L-seed0",
@@ -106,8 +89,8 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(grid_registry):
     assert again[1].detail == "already trained"
 
 
-def test_an_interrupted_cell_is_reported_as_resumed(grid_registry):
-    reg = grid_registry
+def test_an_interrupted_cell_is_reported_as_resumed(ghost_registry):
+    reg = ghost_registry
     spec = reg.resolve("pendulum-2L-seed0")
 
     def kill_after_first_step(s, total, loss):
@@ -122,11 +105,11 @@ def test_an_interrupted_cell_is_reported_as_resumed(grid_registry):
     assert second[0].value.resumed_from == 1
 
 
-def test_a_cell_resumed_from_step_0_is_reported_as_resumed(grid_registry):
+def test_a_cell_resumed_from_step_0_is_reported_as_resumed(ghost_registry):
     """With no checkpoint at step 1, a run killed after step 1 resumes from the step-0 state."""
     from dtzoo.registry import CheckpointSchedule
 
-    spec = grid_registry.resolve("pendulum-2L-seed1")
+    spec = ghost_registry.resolve("pendulum-2L-seed1")
     schedule = CheckpointSchedule(log_until=0, every=100)
     assert schedule.steps(2) == [0, 2]
 

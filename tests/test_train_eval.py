@@ -7,7 +7,6 @@ import io
 import json
 import math
 import shutil
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -23,7 +22,7 @@ from dtzoo.leaderboard import COLUMNS, leaderboard_rows, render
 from dtzoo.model import DecisionTransformer
 from dtzoo.registry import load_registry
 from dtzoo.train import read_log, train_model
-from tests.conftest import TEST_STEPS, make_test_registry
+from tests.conftest import TEST_STEPS, assert_same_weights, make_test_registry, model_weights
 
 MID = "pendulum-1L-seed0"
 SCHEDULE = [0, 1, 2, 4, 8, 16, 20, 40]  # the test registry: log_until 16, every 20, 40 steps
@@ -38,19 +37,6 @@ def kill_at(step: int):
         if s == step:
             raise Killed(f"killed after step {s}")
     return progress
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(path) / WEIGHTS))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert list(wa) == list(wb)
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), f"{k} differs between {a} and {b}"
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +95,7 @@ def test_the_final_checkpoint_is_the_final_model(trained):
     assert json.loads((final / CONFIG).read_text()) == json.loads((run / CONFIG).read_text())
     assert_same_weights(final, run)
     # and training moved the weights away from step 0 (and between checkpoints)
-    w0, w8, wN = (weights(run / "checkpoints" / f"step{n}") for n in (0, 8, TEST_STEPS))
+    w0, w8, wN = (model_weights(run / "checkpoints" / f"step{n}") for n in (0, 8, TEST_STEPS))
     assert not torch.equal(w0["embed_state.weight"], wN["embed_state.weight"])
     assert not torch.equal(w8["embed_state.weight"], wN["embed_state.weight"])
 
@@ -119,9 +105,9 @@ def test_seed_fixes_the_initialisation(trained):
     config = read_config(run0 / "checkpoints" / "step0")
     torch.manual_seed(0)
     fresh = DecisionTransformer(config.dt_config()).state_dict()
-    step0 = weights(run0 / "checkpoints" / "step0")
+    step0 = model_weights(run0 / "checkpoints" / "step0")
     assert all(torch.equal(fresh[k], step0[k]) for k in fresh)
-    other = weights(run1 / "checkpoints" / "step0")
+    other = model_weights(run1 / "checkpoints" / "step0")
     assert not torch.equal(other["embed_state.weight"], step0["embed_state.weight"])
 
 
