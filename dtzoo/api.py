@@ -18,15 +18,12 @@ def load(model: str | os.PathLike, revision: str = "main", hub: str | None = Non
     >>> model, config = dtzoo.load("hopper-1L-seed0", revision="step1000", hub="hf")
     >>> model, config = dtzoo.load("~/.cache/dtzoo/runs/pendulum-1L-seed0")  # a directory
     """
-    path = Path(os.path.expanduser(str(model)))
-    if path.is_dir() and revision != "main":  # a run directory: its training-time checkpoints
-        if not (path / "checkpoints" / revision).is_dir():
-            from dtzoo.errors import UsageError
+    from dtzoo import zoo
 
-            raise UsageError(f"{path} has no checkpoint {revision!r} (looked in {path / 'checkpoints'})")
-        path = path / "checkpoints" / revision
-    elif not path.is_dir():
-        from dtzoo import zoo
+    path = Path(os.path.expanduser(str(model)))
+    if path.is_dir():  # a run directory: main, or one of its training-time checkpoints
+        path = zoo.revision_dir(path, revision)
+    else:
         from dtzoo.registry import load_registry
 
         path = zoo.pull(str(model), load_registry(registry), revision=revision, hub=hub, org=org)

@@ -258,9 +258,10 @@ class SegmentSampler:
         offset = np.arange(K)[None, :] - (K - tlen)[:, None]  # <0 marks left padding
         mask = offset >= 0
         idx = d.starts[ep][:, None] + si[:, None] + np.maximum(offset, 0)
+        pad_action = 0.0 if d.action_space.discrete else -10.0  # the DT code pads actions with -10
         return {
             "states": self._states(idx, d.starts[ep], mask),
-            "actions": np.where(mask[..., None], d.actions[idx], -10.0 * (not d.action_space.discrete)).astype(np.float32),
+            "actions": np.where(mask[..., None], d.actions[idx], pad_action).astype(np.float32),
             "returns_to_go": np.where(mask, self.rtg[idx] / self.scale, 0.0).astype(np.float32)[..., None],
             "timesteps": np.where(mask, np.minimum(self.t_in_ep[idx], self.max_ep_len - 1), 0),
             "mask": mask,

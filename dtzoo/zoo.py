@@ -55,12 +55,15 @@ def download_dataset(dataset_id: str) -> Path:
 
     if os.environ.get("MINARI_REMOTE", "hf://").startswith("hf://"):
         # huggingface_hub retries a refused connection for ~30 s; ask once, quickly, first
-        import httpx
         from huggingface_hub import constants
 
+        from dtzoo.hub.hf import is_network_error, probe
+
         try:
-            httpx.head(constants.ENDPOINT, timeout=5)
-        except httpx.TransportError as e:
+            probe(constants.ENDPOINT)
+        except Exception as e:
+            if not is_network_error(e):
+                raise
             raise fail(f"{constants.ENDPOINT} unreachable: {type(e).__name__}") from None
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # no retry chatter on stderr
@@ -308,11 +311,22 @@ def revisions(model_id: str, registry: Registry, hub: str | None = None,
 # ----------------------------------------------------------------------------- interop
 
 
+def revision_dir(run: Path, revision: str) -> Path:
+    """A run directory's model for `revision`: the run itself for main, else its
+    checkpoints/<revision>; a UsageError if that checkpoint does not exist."""
+    if revision == "main":
+        return run
+    ckpt = run / "checkpoints" / revision
+    if not ckpt.is_dir():
+        raise UsageError(f"{run} has no checkpoint {revision!r} (looked in {run / 'checkpoints'})")
+    return ckpt
+
+
 def resolve_model_dir(model: str, registry: Registry, revision: str = "main") -> Path:
     """A path to a model directory, a trained run, or (failing both) a pull from the hub."""
     p = Path(model).expanduser()
     if p.is_dir():
-        return p
+        return revision_dir(p, revision)
     registry.resolve(model)
     run = paths.run_dir(model)
     if revision == "main" and paths.is_trained(model):

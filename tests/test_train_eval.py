@@ -341,3 +341,15 @@ def test_bf16_precision_trains_and_is_recorded(zoo_env, registry):
     fp32 = read_log(paths.run_dir(spec_fp32.model_id) / "training_log.csv")
     assert all(math.isfinite(r["loss"]) for r in bf16)
     assert bf16[-1]["loss"] < bf16[0]["loss"] and abs(bf16[-1]["loss"] - fp32[-1]["loss"]) < 0.5 * fp32[0]["loss"]
+
+
+def test_a_run_directory_gives_main_or_its_checkpoints(trained):
+    """dtzoo.load(dir, revision=...) and `dtzoo export DIR --revision` share this mapping."""
+    from dtzoo.errors import UsageError
+    from dtzoo.zoo import revision_dir
+
+    run = trained["runs"][MID]
+    assert revision_dir(run, "main") == run
+    assert revision_dir(run, "step8") == run / "checkpoints" / "step8"
+    with pytest.raises(UsageError, match="has no checkpoint 'step7'"):
+        revision_dir(run, "step7")

@@ -334,9 +334,7 @@ class HFHub:
         huggingface_hub's retry loop (5 retries over ~25 s on connection errors)."""
         if self._reachable:
             return
-        from huggingface_hub.utils import get_session
-
-        get_session().head(self.endpoint + "/", timeout=PROBE_TIMEOUT)  # no token is sent
+        probe(self.endpoint)
         self._reachable = True
 
     @contextmanager
@@ -369,7 +367,7 @@ class HFHub:
                 isinstance(e, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE):
             return HubError(f"cannot {action} {target}: HF_HUB_OFFLINE is set (unset it to reach "
                             f"{where})")
-        if _is_network_error(e):
+        if is_network_error(e):
             return HubError(self._scrub(
                 f"cannot reach the Hub at {where} ({_first_line(e) or type(e).__name__}): check "
                 "the network and HF_ENDPOINT; cached models still pull with HF_HUB_OFFLINE=1"))
@@ -449,7 +447,15 @@ def _first_line(e: Any) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
-def _is_network_error(e: BaseException) -> bool:
+def probe(endpoint: str) -> None:
+    """One HEAD request with a bounded timeout (no token sent); raises the transport error if
+    the Hub cannot be reached, where huggingface_hub would retry for ~25 s first."""
+    from huggingface_hub.utils import get_session
+
+    get_session().head(endpoint.rstrip("/") + "/", timeout=PROBE_TIMEOUT)
+
+
+def is_network_error(e: BaseException) -> bool:
     """A transport failure (refused, DNS, timeout, TLS) of whichever HTTP library
     huggingface_hub uses (httpx2 in 2.x, httpx in 1.x, requests before)."""
     for name in ("httpx2", "httpx"):
