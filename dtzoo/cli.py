@@ -21,6 +21,8 @@ app = typer.Typer(help="dtzoo: a model zoo and checkpoint hub for Decision Trans
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="Datasets: prepare, inspect.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+from dtzoo.cli_interp import interp_app  # noqa: E402 (typer only: cheap)
+app.add_typer(interp_app, name="interp")
 
 # wide tables when piped (rich would wrap them at 80 columns)
 out = Console(width=None if sys.stdout.isatty() else 200)
