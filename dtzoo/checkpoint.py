@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,15 +52,24 @@ class ModelConfig:
     def dt_config(self):
         from dtzoo.model import DTConfig
 
-        return DTConfig(state_dim=self.state_dim, act_dim=self.act_dim,
-                        discrete=self.action_space["kind"] == "discrete", **self.architecture)
+        try:  # DTConfig refuses unknown keys (TypeError) and inconsistent values (ValueError)
+            return DTConfig(state_dim=self.state_dim, act_dim=self.act_dim,
+                            discrete=self.action_space["kind"] == "discrete", **self.architecture)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"config.json of {self.model_id}: invalid architecture: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> "ModelConfig":
-        if d.get("format_version", 0) > FORMAT_VERSION:
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{where}: invalid config: a JSON object expected, got "
+                                  f"{type(d).__name__}")
+        version = d.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise CheckpointError(f"{where}: invalid config: format_version must be an integer")
+        if version > FORMAT_VERSION:
             raise CheckpointError(f"{where}: format version {d['format_version']} is newer than "
                                   f"this dtzoo understands ({FORMAT_VERSION}): upgrade dtzoo")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -68,7 +78,103 @@ class ModelConfig:
                    and f.default_factory is dataclasses.MISSING]
         if missing:
             raise CheckpointError(f"{where}: missing keys {', '.join(missing)}")
+        problem = _config_problem(d)
+        if problem:  # checked here, so no TypeError or KeyError surfaces later from the model
+            raise CheckpointError(f"{where}: invalid config: {problem}")
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Bounds on what a config.json may ask us to build: a typo or a hostile file must not exhaust
+# memory before a weight is read (dtzoo.registry bounds what training may ask for the same way)
+MAX_PARAMS = 10**9
+ARCH_LIMITS = {"n_layers": 128, "d_model": 8192, "n_heads": 256, "d_mlp": 32768,
+               "context_len": 4096, "max_ep_len": 10**6}
+
+
+def param_count(arch: dict[str, Any], state_dim: int = 0, act_dim: int = 0) -> int:
+    """About how many weights a DT with this architecture has (blocks, embeddings, heads)."""
+    d, layers = arch["d_model"], arch["n_layers"]
+    block = 4 * d * d + 2 * d * arch["d_mlp"] + 9 * d + arch["d_mlp"]
+    embed = arch["max_ep_len"] * d + (state_dim + act_dim + 1) * d
+    return layers * block + embed + act_dim * d
+
+
+def check_model_size(arch: dict[str, Any], where: str, state_dim: int = 0, act_dim: int = 0,
+                     error: type[Exception] = CheckpointError) -> None:
+    """Refuse an architecture past ARCH_LIMITS or MAX_PARAMS weights, in one line:
+    `check_model_size(dict(n_layers=2, d_model=64, d_mlp=256, max_ep_len=1000), "x")`."""
+    for k, top in ARCH_LIMITS.items():
+        if k in arch and arch[k] > top:
+            raise error(f"{where}: {k} {arch[k]} is above the limit {top}")
+    n = param_count(arch, state_dim, act_dim)
+    if n > MAX_PARAMS:
+        raise error(f"{where}: about {n:.2e} parameters, above the limit {MAX_PARAMS:.0e}")
+
+
+def _is_int(v: Any, lo: int = 0, hi: int = 2**62) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v) and abs(v) < 1e300)
+
+
+def _numbers(v: Any, n: int | None = None) -> bool:
+    return isinstance(v, list) and (n is None or len(v) == n) and all(_is_num(x) for x in v)
+
+
+def _config_problem(d: dict[str, Any]) -> str | None:
+    """What is wrong with the shape or types of a config.json dict, or None."""
+    for k in ("architecture", "action_space", "env", "dataset", "recipe"):
+        if not isinstance(d[k], dict):
+            return f"{k} must be an object, got {type(d[k]).__name__}"
+    if not isinstance(d["model_id"], str) or not d["model_id"] or len(d["model_id"]) > 256:
+        return "model_id must be a non-empty string"
+    for k in ("state_dim", "act_dim"):
+        if not _is_int(d[k], 1, 10**7):
+            return f"{k} must be an integer from 1 to 10**7, got {str(d[k])[:40]!r}"
+    for k in ("seed", "step", "total_steps"):
+        if not _is_int(d[k]):
+            return f"{k} must be a non-negative integer, got {str(d[k])[:40]!r}"
+    arch = d["architecture"]
+    for k in ARCH_LIMITS:
+        if not _is_int(arch.get(k), 1, ARCH_LIMITS[k]):
+            return (f"architecture.{k} must be an integer from 1 to {ARCH_LIMITS[k]}, "
+                    f"got {str(arch.get(k))[:40]!r}")
+    if not _is_num(arch.get("dropout", 0.0)) or not isinstance(arch.get("activation", ""), str):
+        return "architecture.dropout must be a number and activation a string"
+    space = d["action_space"]
+    if space.get("kind") == "discrete":
+        if space.get("n") != d["act_dim"] or not _is_int(space.get("n"), 1):
+            return "action_space.n must equal act_dim"
+    elif space.get("kind") == "box":
+        if not (_numbers(space.get("low"), d["act_dim"]) and _numbers(space.get("high"), d["act_dim"])):
+            return "action_space low and high must be act_dim finite numbers each"
+    else:
+        return "action_space.kind must be 'box' or 'discrete'"
+    for k in ("state_mean", "state_std"):
+        if not _numbers(d[k]) or len(d[k]) not in (0, d["state_dim"]):
+            return f"{k} must be a list of state_dim finite numbers"
+    if not _is_num(d["reward_scale"]) or d["reward_scale"] <= 0:
+        return "reward_scale must be a positive number"
+    if not _numbers(d["target_returns"]) or len(d["target_returns"]) > 256:
+        return "target_returns must be a list of at most 256 finite numbers"
+    env, refs = d["env"], d["env"].get("ref_scores")
+    if not isinstance(env.get("gym_id"), str):
+        return "env.gym_id must be a string"
+    if not (isinstance(refs, dict) and _is_num(refs.get("random")) and _is_num(refs.get("expert"))
+            and refs["random"] != refs["expert"]):
+        return "env.ref_scores must hold distinct numbers 'random' and 'expert'"
+    if not isinstance(d["dataset"].get("id", ""), str):
+        return "dataset.id must be a string"
+    if not isinstance(d.get("extra", {}), dict) or not isinstance(d.get("dtzoo_version", ""), str):
+        return "extra must be an object and dtzoo_version a string"
+    try:
+        check_model_size(arch, "model", d["state_dim"], d["act_dim"], error=ValueError)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 # ----------------------------------------------------------------------------- writing
@@ -164,14 +270,23 @@ def _plain_name(name: object) -> bool:
             and not any(c in name for c in "/\\\0"))
 
 
+MAX_CONFIG_BYTES = 16 * 2**20
+
+
 def read_config(path: Path) -> ModelConfig:
     p = Path(path) / CONFIG
     try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise CheckpointError(f"{p}: invalid config: larger than {MAX_CONFIG_BYTES >> 20} MiB")
         return ModelConfig.from_dict(read_json(p), where=str(p))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing {CONFIG}") from None
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{p}: invalid config: {e}") from None
+    except (ValueError, TypeError) as e:  # (UnicodeDecodeError is a ValueError)
+        raise CheckpointError(f"{p}: invalid config: {str(e)[:200]}") from None
+    except RecursionError:
+        raise CheckpointError(f"{p}: invalid config: nested too deeply") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{p}: invalid config: a directory") from None
 
 
 def read_weights(path: Path) -> dict:
@@ -213,6 +328,12 @@ def load_state_strict(model, tensors: dict, where: str) -> None:
             k = bad[0]
             parts.append(f"{k} has shape {tuple(tensors[k].shape)}, expected {tuple(expected[k].shape)}")
         raise CheckpointError(f"{where}: weights do not match config.json: " + "; ".join(parts))
+    import torch
+
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # NaN/inf weights would act silently wrong (every action NaN, or clipped)
+        raise CheckpointError(f"{where}: weights are not finite (NaN or inf in "
+                              f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     model.load_state_dict(tensors, strict=True)
 
 
@@ -226,6 +347,7 @@ def load_model(path: Path, verify_files: bool = True, device: str = "cpu"):
     config = read_config(path)
     model = DecisionTransformer(config.dt_config())
     load_state_strict(model, read_weights(path / WEIGHTS), str(path / WEIGHTS))
+    model.config = config  # as transformers / TransformerLens users expect: model.config
     return model.to(device).eval(), config
 
 
