@@ -25,25 +25,38 @@ def episode_seeds(model_seed: int, episodes: int, base: int = 0) -> list[int]:
 
 
 def rollout(model, config: ModelConfig, target_return: float | Sequence[float],
-            seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            seeds: list[int], fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Run len(seeds) episodes in lockstep, one batched forward per step; `target_return` is
-    one number or one per episode. Returns (returns, lengths) per episode."""
+    one number or one per episode. Returns (returns, lengths) per episode.
+
+    The envs of one synchronous vector env are stepped in this process (an async vector env
+    measured slower here: see docs/benchmarks.md); an episode that ends leaves the batch, so
+    neither its env nor the model works on it any more. `fast=False` makes the Agent run the
+    reference forward.
+    """
     from dtzoo.observations import make_vec_env
 
     n = len(seeds)
     kind = config.env.get("observation", {}).get("kind", "vector")
     envs = make_vec_env(config.env["gym_id"], kind, n, config.env.get("max_episode_steps"))
     try:
-        agent = Agent(model, config, target_return=target_return, num_envs=n)
+        agent = Agent(model, config, target_return=target_return, num_envs=n, fast=fast)
         obs, _ = envs.reset(seed=seeds)
+        singles = envs.unwrapped.envs  # stepped one by one: finished episodes drop out
         returns, lengths = np.zeros(n), np.zeros(n, np.int64)
-        alive = np.ones(n, bool)
-        while alive.any():
-            obs, reward, terminated, truncated, _ = envs.step(agent.act(obs))
+        alive = np.arange(n)  # env index of each agent row
+        while alive.size:
+            steps = [singles[i].step(a) for i, a in zip(alive, agent.act(obs))]
+            reward = np.array([s[1] for s in steps], np.float64)
+            done = np.array([s[2] or s[3] for s in steps])
             agent.observe(reward)
-            returns += np.where(alive, reward, 0.0)
-            lengths += alive
-            alive &= ~(terminated | truncated)
+            returns[alive] += reward
+            lengths[alive] += 1
+            going = np.flatnonzero(~done)
+            if going.size < alive.size:
+                agent.keep(going)
+                alive = alive[going]
+            obs = np.stack([steps[i][0] for i in going]) if going.size else None
         return returns, lengths
     finally:
         envs.close()

@@ -124,10 +124,14 @@ class Trainer:
     # -------------------------------------------------------------- the recipe
 
     def loss(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        """Masked MSE (or cross-entropy) of the actions predicted from the state tokens."""
         b = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.spec.recipe.precision == "bf16"):
-            pred = self.model(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+            # forward's predictions, skipping the last block's work for R and a tokens (the
+            # loss reads state tokens only); the plain forward when a hook is attached
+            pred = self.model.predict_actions(b["states"], b["actions"], b["returns_to_go"],
+                                              b["timesteps"], b["mask"])
         pred, mask = pred.float(), b["mask"]
         if self.config.action_space["kind"] == "discrete":
             return F.cross_entropy(pred[mask], b["actions"][mask].argmax(-1))
