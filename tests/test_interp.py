@@ -129,10 +129,12 @@ def test_publish_checkpoints_then_pull_and_load_a_step(tiny, monkeypatch):
 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    model, config = dtzoo.load(MID, revision=f"step{STEP}")
+    model = dtzoo.load(MID, revision=f"step{STEP}")
+    config = model.config
     assert config.step == STEP
     assert_bitwise(dict(model.state_dict()), tensors(ckpt))
-    final, fconfig = dtzoo.load(MID)
+    final = dtzoo.load(MID)
+    fconfig = final.config
     assert fconfig.step == TEST_STEPS
     assert_bitwise(dict(final.state_dict()), tensors(run))
 
@@ -184,10 +186,15 @@ def test_transformer_lens_residual_stream_equals_ours_at_every_layer(tiny, one_t
     from dtzoo.interp import HookedDecisionTransformer, load_hooked, to_transformer_lens
 
     ours, _ = load_model(tiny["run"])
-    hooked, config = load_hooked(tiny["run"])
+    hooked = load_hooked(tiny["run"])
+    config = hooked.config
     assert isinstance(hooked, HookedRootModule) and isinstance(hooked, HookedDecisionTransformer)
     assert config.model_id == MID and not hooked.training
-    assert hooked.hook_names() == ours.hook_names() == list(hooked.hook_dict)
+    assert hooked.hook_names() == list(hooked.hook_dict)
+    # ours, in the same order, plus TransformerLens's hook_embed / hook_scale / hook_normalized
+    # / hook_result (tests/test_interp_tl.py checks those)
+    ours_names = set(ours.hook_names())
+    assert [n for n in hooked.hook_names() if n in ours_names] == ours.hook_names()
     assert_bitwise(dict(hooked.state_dict()), dict(ours.state_dict()))
     assert to_transformer_lens(hooked) is hooked
 
@@ -196,7 +203,7 @@ def test_transformer_lens_residual_stream_equals_ours_at_every_layer(tiny, one_t
     tl_preds, tl_cache = hooked.run_with_cache(*x)
     assert isinstance(tl_cache, ActivationCache)
     assert torch.equal(tl_preds, preds)
-    assert set(tl_cache.keys()) == set(cache)
+    assert set(cache) <= set(tl_cache.keys())
     n_layers = ours.cfg.n_layers
     assert n_layers == 2
     for i in range(n_layers):
@@ -224,7 +231,7 @@ def test_transformer_lens_hooks_patch_like_ours(tiny, one_thread):
     from dtzoo.interp import load_hooked
 
     ours, _ = load_model(tiny["run"])
-    hooked, _ = load_hooked(tiny["run"])
+    hooked = load_hooked(tiny["run"])
     x = inputs(ours.cfg, seed=1)
     clean = ours(*x)
 
