@@ -21,6 +21,9 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install -q -e '.[test,interp,atari,minigrid,ray,slurm]'
 	touch $@
 
+# the demo stays offline: the local hub under DTZOO_HOME, and the Hugging Face client told so
+demo: export DTZOO_HUB = local
+demo: export HF_HUB_OFFLINE = 1
 demo: $(VENV)/.installed
 	$(DTZOO) data prepare pendulum cartpole
 	$(DTZOO) train --grid tiny

@@ -1,8 +1,8 @@
 """dtzoo: a model zoo and checkpoint hub for Decision Transformers.
 
     >>> import dtzoo
-    >>> model, config = dtzoo.load("pendulum-1L-seed0")          # from the local hub
-    >>> agent = dtzoo.Agent(model, config, target_return=-150)
+    >>> model = dtzoo.load("pendulum-1L-seed0")       # from the Hugging Face Hub (default)
+    >>> agent = dtzoo.Agent(model, target_return=-150)      # config: model.config
     >>> action = agent.act(obs)
 
 Heavy imports (torch, gymnasium) happen on first use, so `dtzoo --help` stays fast.

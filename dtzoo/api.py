@@ -3,31 +3,28 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from dtzoo.checkpoint import ModelConfig, load_model
 
 
 def load(model: str | os.PathLike, revision: str = "main", hub: str | None = None,
          org: str | None = None, device: str = "cpu", registry: str | os.PathLike | None = None):
-    """Load a zoo model (pulled from a hub, verified) or a model directory on disk.
+    """Load a zoo model: `[ORG/]ID` from the hub (cached, verified), a model id trained on
+    this machine (its run directory), or a model directory on disk.
 
-    Returns `(model, config)`: the DecisionTransformer in eval mode and its ModelConfig.
+    Returns the DecisionTransformer in eval mode; its ModelConfig is `model.config`.
 
-    >>> model, config = dtzoo.load("pendulum-1L-seed0")                   # local hub, main
-    >>> model, config = dtzoo.load("hopper-1L-seed0", revision="step1000", hub="hf")
-    >>> model, config = dtzoo.load("~/.cache/dtzoo/runs/pendulum-1L-seed0")  # a directory
+    >>> model = dtzoo.load("hopper-1L-seed0")                        # Hugging Face Hub, main
+    >>> model = dtzoo.load("someone/hopper-1L-seed0", revision="step1000")
+    >>> model = dtzoo.load("pendulum-1L-seed0", hub="local")         # the offline local hub
+    >>> model = dtzoo.load("~/.cache/dtzoo/runs/pendulum-1L-seed0")  # a directory
+    >>> model.config.state_mean[:3]
     """
-    from dtzoo import zoo
+    from dtzoo.locate import locate
+    from dtzoo.registry import load_registry
 
-    path = Path(os.path.expanduser(str(model)))
-    if path.is_dir():  # a run directory: main, or one of its training-time checkpoints
-        path = zoo.revision_dir(path, revision)
-    else:
-        from dtzoo.registry import load_registry
-
-        path = zoo.pull(str(model), load_registry(registry), revision=revision, hub=hub, org=org)
-    return load_model(path, device=device)
+    ref = locate(os.path.expanduser(str(model)), load_registry(registry), revision, hub, org)
+    return load_model(ref.path, device=device)[0]
 
 
 __all__ = ["load", "ModelConfig"]

@@ -14,6 +14,17 @@ from pathlib import Path
 from dtzoo.checkpoint import ModelConfig
 
 TAGS = ["decision-transformer", "reinforcement-learning", "offline-rl", "interpretability", "dtzoo"]
+# Minari's remote datasets are Hub dataset repos: `mujoco/hopper/medium-v0` lives in the repo
+# `farama-minari/mujoco` (Minari's HF remote splits off the first path component)
+MINARI_HUB_ORG = "farama-minari"
+MINARI_NAMESPACES = ("mujoco", "D4RL", "atari", "minigrid")
+
+
+def hub_dataset(dataset_id: str) -> str | None:
+    """The Hub dataset repo of a Minari dataset id, or None for data prepared locally:
+    `hub_dataset("mujoco/hopper/medium-v0")` -> "farama-minari/mujoco"."""
+    root = dataset_id.split("/", 1)[0]
+    return f"{MINARI_HUB_ORG}/{root}" if root in MINARI_NAMESPACES else None
 
 
 def eval_results(config: ModelConfig, report: dict | None) -> list:
@@ -54,9 +65,11 @@ def results_table(report: dict) -> str:
 
 
 def build_card(config: ModelConfig, report: dict | None, org: str, license: str = "mit",
-               plots: list[str] = (), sweep: dict | None = None):
+               plots: list[str] = (), sweep: dict | None = None, video: str | None = None,
+               video_note: str | None = None, transformers: bool = False):
     """A ModelCard for a model directory; `report` is eval.json (or None before evaluation),
-    `sweep` is rtg_sweep.json (or None)."""
+    `sweep` is rtg_sweep.json (or None), `video` the replay's file name (or None, and then
+    `video_note` says why), `transformers` whether the repo holds a `transformers/` folder."""
     from huggingface_hub import ModelCard, ModelCardData
 
     a = config.architecture
@@ -65,7 +78,7 @@ def build_card(config: ModelConfig, report: dict | None, org: str, license: str 
         library_name="dtzoo",
         license=license,
         tags=TAGS + [config.env["key"], config.env["gym_id"]],
-        datasets=[config.dataset["id"]],
+        datasets=[hub_dataset(config.dataset["id"])] if hub_dataset(config.dataset["id"]) else None,
         model_name=config.model_id,
         eval_results=eval_results(config, report) or None,
         pipeline_tag="reinforcement-learning",
@@ -73,6 +86,7 @@ def build_card(config: ModelConfig, report: dict | None, org: str, license: str 
     kind = "discrete" if config.action_space["kind"] == "discrete" else "continuous"
     results = results_table(report) if report else "_Not evaluated yet: run `dtzoo eval`._"
     figures = "\n".join(f"![{Path(p).stem}]({p})" for p in plots)
+    repo = f"{org}/{config.model_id}"
     sweep_section = "" if not sweep else f"""
 ## Return conditioning
 
@@ -80,6 +94,18 @@ Achieved return when the model is asked for each target return ({sweep['episodes
 each). Where the achieved return stops following the target is where return conditioning ends.
 
 {sweep_table(sweep)}
+"""
+    replay = (f"One episode at target return {config.target_returns[0]:g}:\n\n"
+              f'<video src="{video}" controls width="360"></video>\n\n[{video}]({video})'
+              if video else f"_{video_note or 'No replay video.'}_")
+    hf_snippet = "" if not transformers else f"""
+The same model as a transformers `DecisionTransformerModel` (same actions; our config is under
+`"dtzoo"` in its config.json):
+
+```python
+from transformers import DecisionTransformerModel
+hf = DecisionTransformerModel.from_pretrained("{repo}", subfolder="transformers")
+```
 """
     body = f"""
 # {config.model_id}
@@ -91,14 +117,24 @@ training-time checkpoints (revisions `step<N>`) and TransformerLens-style hooks.
 
 ## Use it
 
-```python
-import dtzoo
-model, config = dtzoo.load("{config.model_id}", hub="hf", org="{org}")
-agent = dtzoo.Agent(model, config, target_return={config.target_returns[0]:g})
+```bash
+pip install dtzoo
+dtzoo pull {repo}                      # cached, verified; prints the local directory
+dtzoo eval {repo}                      # roll it out at its target returns
 ```
 
+```python
+import dtzoo
+model = dtzoo.load("{repo}")            # or revision="step<N>" for a training-time checkpoint
+agent = dtzoo.Agent(model, target_return={config.target_returns[0]:g})   # model.config has the rest
+```
+{hf_snippet}
 `config.json` holds everything needed to act: state mean/std, reward scale, action bounds,
 the gym id with its version. The weights are `model.safetensors`.
+
+## Replay
+
+{replay}
 
 ## Results
 

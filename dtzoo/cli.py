@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -17,9 +17,11 @@ from rich.table import Table
 from dtzoo import __version__
 from dtzoo.errors import DtzooError
 
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(help="dtzoo: a model zoo and checkpoint hub for Decision Transformers.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-data_app = typer.Typer(help="Datasets: prepare, inspect.", no_args_is_help=True)
+                  no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP)
+data_app = typer.Typer(help="Datasets: prepare, inspect.", no_args_is_help=True,
+                       context_settings=HELP)
 app.add_typer(data_app, name="data")
 from dtzoo.cli_interp import interp_app  # noqa: E402 (typer only: cheap)
 app.add_typer(interp_app, name="interp")
@@ -30,11 +32,12 @@ err = Console(stderr=True)
 
 GridOpt = Annotated[Optional[str], typer.Option("--grid", "-g", help="A grid from the registry.")]
 IdsArg = Annotated[Optional[list[str]], typer.Argument(help="Model ids, e.g. pendulum-1L-seed0.", show_default=False)]
-HubOpt = Annotated[Optional[str], typer.Option("--hub", help="local or hf (default $DTZOO_HUB or local).")]
+HubOpt = Annotated[Optional[Literal["hf", "local"]], typer.Option("--hub", help="hf (the Hugging Face Hub) or local (offline, under DTZOO_HOME); default $DTZOO_HUB or hf.", show_default=False)]
 OrgOpt = Annotated[Optional[str], typer.Option("--org", help="Hub org (default $DTZOO_ORG or hub.org).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 # where the cells run (dtzoo.grid); shared by train and eval
-ExecOpt = Annotated[str, typer.Option("--executor", help="local, ray or slurm (submitit).")]
+ExecOpt = Annotated[Literal["local", "ray", "slurm"], typer.Option("--executor", help="Where cells run: local, ray or slurm (submitit).")]
+RevisionOpt = Annotated[str, typer.Option("--revision", help="main, step<N> (a training-time checkpoint) or a commit.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="local: cells in N worker processes; slurm: at most N array tasks at once.")]
 AddressOpt = Annotated[Optional[str], typer.Option("--address", help="ray: ray://host:10001, auto, or none to start a local Ray.")]
 CpusOpt = Annotated[float, typer.Option("--cpus-per-cell", min=0, help="ray/slurm: CPUs per cell.")]
@@ -94,7 +97,9 @@ def list_cmd(model_id: Annotated[Optional[str], typer.Argument(help="One model (
             raise typer.BadParameter("--revisions needs a MODEL_ID", param_hint="--revisions")
         return _print_revisions(zoo.revisions(model_id, reg, hub, org), model_id, as_json)
     ids = [reg.resolve(model_id).model_id] if model_id else reg.grid(grid) if grid else reg.all_model_ids()
-    published = zoo.published_ids(reg, hub, org)
+    published, why = zoo.published_ids_or_none(reg, hub, org)
+    if published is None:
+        print(f"note: published state unknown ({why})", file=sys.stderr)
     states = [zoo.model_state(reg.resolve(m), published) for m in ids]
     if as_json:
         out.print_json(json.dumps([{**s.__dict__, "state": s.label} for s in states]))
@@ -103,7 +108,8 @@ def list_cmd(model_id: Annotated[Optional[str], typer.Argument(help="One model (
     mark = lambda b: "[green]yes[/]" if b else "[dim]-[/]"  # noqa: E731
     for s in states:
         table.add_row(s.model_id, mark(s.prepared), mark(s.trained), mark(s.evaluated),
-                      mark(s.published), str(s.step if s.step is not None else ""))
+                      "?" if s.published is None else mark(s.published),
+                      str(s.step if s.step is not None else ""))
     out.print(table)
 
 
@@ -207,19 +213,16 @@ def data_collect(
 @app.command()
 def train(ids: IdsArg = None, grid: GridOpt = None,
           steps: Annotated[Optional[int], typer.Option(help="Override the recipe's step count.", min=1)] = None,
-          device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-          precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast); default: the recipe's.")] = None,
+          device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Where to train.")] = "auto",
+          precision: Annotated[Optional[Literal["fp32", "bf16"]], typer.Option(help="bf16: bfloat16 autocast; default: the recipe's.", show_default=False)] = None,
           executor_name: ExecOpt = "local", workers: WorkersOpt = 1, address: AddressOpt = None,
           cpus_per_cell: CpusOpt = 1, gpus_per_cell: GpusOpt = 0, partition: PartitionOpt = None,
           time_limit: TimeOpt = None) -> None:
-    """Train what is not trained yet; unfinished runs resume from their last checkpoint."""
+    """Train what is not trained yet; unfinished runs resume from their last checkpoint, and
+    `--steps N` above a finished run's length extends it (the same weights as N steps at once)."""
     from dtzoo import grid as executor
     from dtzoo import zoo
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise typer.BadParameter("use auto, cpu or cuda", param_hint="--device")
-    if precision not in (None, "fp32", "bf16"):
-        raise typer.BadParameter("use fp32 or bf16", param_hint="--precision")
     if device == "cuda":  # once, up front, rather than once per cell
         from dtzoo.train import pick_device
 
@@ -242,49 +245,58 @@ def train(ids: IdsArg = None, grid: GridOpt = None,
             return zoo.train_cell(spec, reg, steps=steps, device=device, progress=tick,
                                   precision=precision)
 
-        results = executor.run_cells(specs, cell, skip=executor.already_trained, lock=True)
+        results = executor.run_cells(specs, cell, skip=executor.already_trained(steps), lock=True)
     _report(results, "trained")
 
 
+ModelsArg = Annotated[Optional[list[str]], typer.Argument(
+    help="Model ids trained here or on the hub (pendulum-1L-seed0), ORG/ID, or model directories.",
+    show_default=False)]
+
+
 @app.command("eval")
-def eval_cmd(ids: IdsArg = None, grid: GridOpt = None,
+def eval_cmd(models: ModelsArg = None, grid: GridOpt = None, revision: RevisionOpt = "main",
              episodes: Annotated[Optional[int], typer.Option(help="Episodes per target return.", min=1)] = None,
              rtg_sweep: Annotated[bool, typer.Option("--rtg-sweep", help="Sweep target returns; writes rtg_sweep.json/.png.")] = False,
              targets: Annotated[Optional[str], typer.Option(help="Sweep targets LO:HI:N (default: random score to 1.5x expert).")] = None,
-             as_json: JsonOpt = False,
+             hub: HubOpt = None, org: OrgOpt = None, as_json: JsonOpt = False,
              executor_name: ExecOpt = "local", workers: WorkersOpt = 1, address: AddressOpt = None,
              cpus_per_cell: CpusOpt = 1, gpus_per_cell: GpusOpt = 0, partition: PartitionOpt = None,
              time_limit: TimeOpt = None) -> None:
-    """Roll the trained models out (models already evaluated with these settings are skipped);
-    write eval.json and print their leaderboard."""
+    """Roll models out at their target returns and print their leaderboard: models trained here,
+    pulled from the hub (any org), or directories. Up-to-date results are reused."""
     from dtzoo import grid as executor
     from dtzoo import zoo
     from dtzoo.leaderboard import leaderboard_rows
 
     reg = registry()
-    specs = reg.select(grid, ids or [])
+    names = _model_names(reg, grid, models)
     ex = executor.make_executor(executor_name, workers, address, cpus_per_cell, gpus_per_cell,
                                 partition, time_limit)
     if rtg_sweep or targets:
         if not _in_process(ex):
             raise typer.BadParameter("--rtg-sweep runs in this process: drop --executor/--workers",
                                      param_hint="--rtg-sweep")
-        return _sweep(specs, reg, targets, episodes, as_json)
+        return _sweep(names, reg, targets, episodes, revision, hub, org, as_json)
     if _in_process(ex):
         with progress_bar() as bar:
-            task = bar.add_task("evaluating", total=len(specs), info="")
+            task = bar.add_task("evaluating", total=len(names), info="")
 
-            def cell(spec):
-                bar.update(task, info=spec.model_id)
-                report = zoo.eval_cell(spec, reg, episodes=episodes)
+            def cell(name: str):
+                bar.update(task, info=name)
+                outcome = zoo.eval_model(name, reg, revision=revision, episodes=episodes,
+                                         hub=hub, org=org)
                 bar.advance(task)
-                return report
+                return outcome
 
-            results = executor.run_cells(specs, cell, skip=executor.already_evaluated(episodes))
-        executor.attach_eval_reports(results)
-    else:
+            results = executor.run_cells(names, cell)
+    else:  # workers re-resolve ids from the registry: models trained here
+        if revision != "main" or any("/" in n for n in names):
+            raise typer.BadParameter("--executor/--workers evaluate registry models at main: "
+                                     "drop them for ORG/ID, directories or --revision",
+                                     param_hint="--executor")
         options = {"registry": str(reg.path.resolve()), "episodes": episodes}
-        results = _run_remote(ex, "eval", specs, options)
+        results = _run_remote(ex, "eval", [reg.resolve(n) for n in names], options)
     reports = [r.value for r in results if r.ok and r.value]
     if as_json:
         out.print_json(json.dumps({"models": reports, "leaderboard": leaderboard_rows(reports)}))
@@ -293,19 +305,31 @@ def eval_cmd(ids: IdsArg = None, grid: GridOpt = None,
     _report(results, "evaluated")
 
 
-def _sweep(specs, reg, targets: str | None, episodes: int | None, as_json: bool) -> None:
+def _model_names(reg, grid: str | None, models: list[str] | None) -> list[str]:
+    """What a consumer command acts on: the grid's ids, or the names given (not both)."""
+    if grid and models:
+        raise typer.BadParameter("give either --grid or models, not both", param_hint="--grid")
+    if not grid and not models:
+        raise typer.BadParameter("nothing to do: give --grid NAME or models (ID, ORG/ID or a "
+                                 "directory)", param_hint="MODELS")
+    return reg.grid(grid) if grid else list(models)
+
+
+def _sweep(names: list[str], reg, targets: str | None, episodes: int | None, revision: str,
+           hub: str | None, org: str | None, as_json: bool) -> None:
     from dtzoo import grid as executor
     from dtzoo import zoo
     from dtzoo.evaluate import parse_targets
 
     target_list = parse_targets(targets) if targets else None
     with progress_bar() as bar:
-        def cell(spec):
-            task = bar.add_task(f"{spec.model_id} rtg sweep", total=None, info="")
-            return zoo.sweep_cell(spec, reg, target_list, episodes,
-                                  progress=lambda i, n: bar.update(task, completed=i, total=n))
+        def cell(name: str):
+            task = bar.add_task(f"{name} rtg sweep", total=None, info="")
+            return zoo.sweep_model(name, reg, target_list, episodes, revision=revision, hub=hub,
+                                   org=org,
+                                   progress=lambda i, n: bar.update(task, completed=i, total=n))
 
-        results = executor.run_cells(specs, cell)
+        results = executor.run_cells(names, cell)
     reports = [r.value for r in results if r.ok]
     if as_json:
         out.print_json(json.dumps(reports))
@@ -321,18 +345,18 @@ def _sweep(specs, reg, targets: str | None, episodes: int | None, as_json: bool)
 
 @app.command()
 def leaderboard(grid: GridOpt = None,
-                fmt: Annotated[str, typer.Option("--format", "-f", help="table, markdown, csv or json.")] = "table",
+                fmt: Annotated[Literal["table", "markdown", "csv", "json"], typer.Option("--format", "-f", help="Output format.")] = "table",
+                hub: Annotated[Optional[Literal["hf", "local"]], typer.Option("--hub", help="Rank what the hub's org published, from its model cards alone (no weights are downloaded); default: what was evaluated on this machine.", show_default=False)] = None,
+                org: OrgOpt = None,
                 plot: Annotated[Optional[str], typer.Option(help="Also write a PNG: score vs layers per env.")] = None) -> None:
     """Mean ± std over seeds for every env x layers x target return."""
     from dtzoo import zoo
-    from dtzoo.leaderboard import leaderboard_rows, render
+    from dtzoo.leaderboard import render
 
-    if fmt not in ("table", "markdown", "csv", "json"):
-        raise typer.BadParameter("use table, markdown, csv or json", param_hint="--format")
-    reg = registry()
-    rows = leaderboard_rows(zoo.eval_reports(reg.grid(grid) if grid else reg.all_model_ids()))
-    if not rows:
-        err.print("no evaluated models yet: run `dtzoo eval --grid NAME`")
+    rows = zoo.leaderboard(registry(), grid, hub=hub, org=org)
+    if not any(r["seeds"] for r in rows):
+        err.print("no published results for this grid yet" if hub else
+                  "no evaluated models yet: run `dtzoo eval --grid NAME` or `dtzoo eval ORG/ID`")
     if fmt == "table":
         _print_leaderboard(rows)
     else:
@@ -347,7 +371,8 @@ def leaderboard(grid: GridOpt = None,
 def _print_leaderboard(rows: list[dict]) -> None:
     from dtzoo.leaderboard import COLUMNS, HEADERS, format_cell
 
-    table = Table(*(HEADERS[c] for c in COLUMNS), title="leaderboard (mean ± std over seeds)")
+    table = Table(*(HEADERS[c] for c in COLUMNS),
+                  title="leaderboard (mean ± std over seeds; seeds found/expected for a grid)")
     for r in rows:
         table.add_row(*(format_cell(r, c) for c in COLUMNS))
     out.print(table)
@@ -358,8 +383,9 @@ def _print_leaderboard(rows: list[dict]) -> None:
 
 @app.command()
 def publish(ids: IdsArg = None, grid: GridOpt = None, hub: HubOpt = None, org: OrgOpt = None,
-            checkpoints: Annotated[bool, typer.Option(help="Also publish step<N> revisions.")] = False) -> None:
-    """Publish trained models: weights, config, model card, plots (main, and step<N>)."""
+            checkpoints: Annotated[bool, typer.Option("--checkpoints/--no-checkpoints", help="Also publish every training-time checkpoint as a step<N> revision.")] = True) -> None:
+    """Publish trained models: weights, config, card, plots, replay video and a transformers/
+    folder, as `main` and one `step<N>` revision per training-time checkpoint."""
     from dtzoo import grid as executor
     from dtzoo import zoo
 
@@ -391,10 +417,9 @@ def publish(ids: IdsArg = None, grid: GridOpt = None, hub: HubOpt = None, org: O
 
 
 @app.command("pull")
-def pull_cmd(model_id: Annotated[str, typer.Argument(help="e.g. pendulum-1L-seed0")],
-             revision: Annotated[str, typer.Option(help="main, step<N> or a commit.")] = "main",
-             hub: HubOpt = None, org: OrgOpt = None) -> None:
-    """Download (cached, verified) a model; the last line printed is its local directory."""
+def pull_cmd(model_id: Annotated[str, typer.Argument(help="ID (in the default org) or ORG/ID, e.g. hopper-1L-seed0.")],
+             revision: RevisionOpt = "main", hub: HubOpt = None, org: OrgOpt = None) -> None:
+    """Download (cached, verified) any dtzoo model; the last line printed is its directory."""
     from dtzoo import zoo
 
     path = zoo.pull(model_id, registry(), revision=revision, hub=hub, org=org)
@@ -402,16 +427,14 @@ def pull_cmd(model_id: Annotated[str, typer.Argument(help="e.g. pendulum-1L-seed
 
 
 @app.command("export")
-def export_cmd(model: Annotated[str, typer.Argument(help="Model id or model directory.")],
+def export_cmd(model: Annotated[str, typer.Argument(help="Model id, ORG/ID or model directory.")],
                out_dir: Annotated[str, typer.Option("--out", help="Directory to write.")],
-               fmt: Annotated[str, typer.Option("--format", help="transformers")] = "transformers",
-               revision: Annotated[str, typer.Option(help="main or step<N>.")] = "main") -> None:
+               fmt: Annotated[Literal["transformers"], typer.Option("--format", help="Output format.")] = "transformers",
+               revision: RevisionOpt = "main", hub: HubOpt = None, org: OrgOpt = None) -> None:
     """Write a transformers DecisionTransformerModel directory (from_pretrained loads it)."""
     from dtzoo import zoo
 
-    if fmt != "transformers":
-        raise typer.BadParameter("only 'transformers' is supported", param_hint="--format")
-    print(zoo.export_model(model, out_dir, registry(), revision=revision))
+    print(zoo.export_model(model, out_dir, registry(), revision=revision, hub=hub, org=org))
 
 
 @app.command("import")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol
 
 from dtzoo import paths
 from dtzoo.errors import DtzooError, UsageError
-from dtzoo.fsutil import LockBusy, file_lock, read_json
+from dtzoo.fsutil import LockBusy, file_lock
 from dtzoo.registry import ModelSpec
 
 
@@ -41,31 +41,47 @@ class CellResult:
 SkipFn = Callable[[ModelSpec], "str | None"]  # a reason to skip, or None
 
 
-def already_trained(spec: ModelSpec) -> str | None:
-    return "already trained" if paths.is_trained(spec.model_id) else None
+def already_trained(steps: int | None = None) -> SkipFn:
+    """Skip a finished run, unless `steps` asks for a different length (then train_model
+    extends it, or says in one line why it cannot)."""
+    from dtzoo.train import trained_steps
+
+    def skip(spec: ModelSpec) -> str | None:
+        done = trained_steps(spec.model_id)
+        if done is None or (steps is not None and steps != done):
+            return None
+        return f"already trained ({done} steps)"
+
+    return skip
 
 
-def _run_one(spec: ModelSpec, fn: Callable[[ModelSpec], Any], skip: SkipFn | None) -> CellResult:
+def _run_one(spec: ModelSpec | str, fn: Callable[[Any], Any], skip: SkipFn | None) -> CellResult:
+    name = getattr(spec, "model_id", spec)
     reason = skip(spec) if skip else None
     if reason:
-        return CellResult(spec.model_id, "skipped", reason)
+        return CellResult(name, "skipped", reason)
     try:
         value = fn(spec)
     except Exception as e:  # a bug in one cell must not cost the rest of the grid
-        return CellResult(spec.model_id, "failed", _describe(e))
+        return CellResult(name, "failed", _describe(e))
+    if getattr(value, "skipped", None):  # an EvalOutcome whose report was up to date
+        return CellResult(name, "skipped", value.skipped, value.report)
+    if hasattr(value, "report"):
+        return CellResult(name, "done", "", value.report)
     resumed = getattr(value, "resumed_from", None)
     if resumed is None:  # (step 0 is a real resume point: a run killed before step 1)
-        return CellResult(spec.model_id, "done", "", value)
-    return CellResult(spec.model_id, "resumed", f"from step {resumed}", value)
+        return CellResult(name, "done", "", value)
+    return CellResult(name, "resumed", f"from step {resumed}", value)
 
 
-def run_cells(specs: list[ModelSpec], fn: Callable[[ModelSpec], Any], skip: SkipFn | None = None,
-              lock: bool = False) -> list[CellResult]:
+def run_cells(specs: list[ModelSpec] | list[str], fn: Callable[[Any], Any],
+              skip: SkipFn | None = None, lock: bool = False) -> list[CellResult]:
+    """Run `fn` over the cells (ModelSpecs, or plain names such as `ORG/ID` without `lock`)."""
     results: dict[str, CellResult] = {}
     deferred: list[ModelSpec] = []
     for spec in specs:
         if not lock:
-            results[spec.model_id] = _run_one(spec, fn, skip)
+            results[getattr(spec, "model_id", spec)] = _run_one(spec, fn, skip)
             continue
         try:
             with file_lock(paths.run_dir(spec.model_id) / ".lock", blocking=False):
@@ -75,7 +91,7 @@ def run_cells(specs: list[ModelSpec], fn: Callable[[ModelSpec], Any], skip: Skip
     for spec in deferred:  # another process is on these: wait, then usually find them done
         with file_lock(paths.run_dir(spec.model_id) / ".lock", blocking=True):
             results[spec.model_id] = _run_one(spec, fn, skip)
-    return [results[s.model_id] for s in specs]
+    return [results[getattr(s, "model_id", s)] for s in specs]
 
 
 # ----------------------------------------------------------------------------- executors
@@ -95,36 +111,6 @@ FORWARDED_ENV = ("DTZOO_HUB", "DTZOO_ORG", "MINARI_REMOTE", "OMP_NUM_THREADS")
 def last_line(text: str) -> str:
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     return lines[-1] if lines else ""
-
-
-def already_evaluated(episodes: int | None = None) -> SkipFn:
-    """Skip a cell whose eval.json is up to date: same step as the trained model, written after
-    it, and with the episode count asked for (default: the env's)."""
-
-    def skip(spec: ModelSpec) -> str | None:
-        run = paths.run_dir(spec.model_id)
-        report, config = run / "eval.json", run / "config.json"
-        if not (paths.is_trained(spec.model_id) and report.is_file()):
-            return None
-        try:
-            rep, cfg = read_json(report), read_json(config)
-        except (OSError, ValueError):
-            return None
-        want = episodes or spec.env.eval_episodes
-        if (rep.get("step") == cfg.get("step") and rep.get("episodes") == want
-                and report.stat().st_mtime >= config.stat().st_mtime):
-            return "already evaluated"
-        return None
-
-    return skip
-
-
-def attach_eval_reports(results: list[CellResult]) -> None:
-    """Give skipped eval cells their eval.json as value (the leaderboard wants every model)."""
-    for r in results:
-        if r.status == "skipped" and r.value is None:
-            p = paths.run_dir(r.model_id) / "eval.json"
-            r.value = read_json(p) if p.is_file() else None
 
 
 def worker_env() -> dict[str, str]:
@@ -148,11 +134,10 @@ def _cell_fn(kind: str, options: dict[str, Any]):
         fn = lambda spec: zoo.train_cell(spec, reg, steps=options.get("steps"),
                                          device=options.get("device", "auto"),
                                          precision=options.get("precision"))
-        return reg, fn, already_trained
-    if kind == "eval":
-        episodes = options.get("episodes")
-        fn = lambda spec: zoo.eval_cell(spec, reg, episodes=episodes)
-        return reg, fn, already_evaluated(episodes)
+        return reg, fn, already_trained(options.get("steps"))
+    if kind == "eval":  # eval_model skips up-to-date reports and takes the run's lock itself
+        fn = lambda spec: zoo.eval_model(spec.model_id, reg, episodes=options.get("episodes"))
+        return reg, fn, None
     raise ValueError(f"unknown cell kind {kind!r}: use one of {KINDS}")
 
 
@@ -170,13 +155,12 @@ def run_cell(kind: str, model_id: str, options: dict[str, Any] | None = None,
     try:
         reg, fn, skip = _cell_fn(kind, options)
         spec = reg.resolve(model_id)
+        if kind == "eval":
+            return _run_one(spec, fn, skip)
         with file_lock(paths.run_dir(model_id) / ".lock", blocking=True):
-            result = _run_one(spec, fn, skip)
+            return _run_one(spec, fn, skip)
     except Exception as e:  # the registry, the lock: still one failed cell, not a crash
-        result = CellResult(model_id, "failed", _describe(e))
-    if kind == "eval":
-        attach_eval_reports([result])
-    return result
+        return CellResult(model_id, "failed", _describe(e))
 
 
 def _describe(e: BaseException) -> str:

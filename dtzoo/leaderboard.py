@@ -1,6 +1,6 @@
 """Leaderboards: mean ± std over seeds per env x layers x target return, never a single run.
 
-    >>> rows = leaderboard_rows(reports)              # eval.json dicts
+    >>> rows = leaderboard_rows(reports)              # eval.json dicts (or built from cards)
     >>> print(render(rows, "markdown"))
 """
 
@@ -13,6 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from dtzoo.errors import UsageError
 from dtzoo.registry import parse_model_id
 
 COLUMNS = ["env", "layers", "target_return", "return_mean", "return_std", "score_mean",
@@ -20,31 +21,77 @@ COLUMNS = ["env", "layers", "target_return", "return_mean", "return_std", "score
 HEADERS = {"env": "env", "layers": "layers", "target_return": "target", "return_mean": "return",
            "return_std": "± (seeds)", "score_mean": "norm. score", "score_std": "± (seeds)",
            "seeds": "seeds", "episodes": "episodes/seed", "data": "data"}
+EXTRA_COLUMNS = ["seeds_expected", "missing"]  # in csv and json: what a grid lacks
 
 
-def leaderboard_rows(reports: list[dict]) -> list[dict]:
-    """Aggregate eval.json reports: one row per (env, layers, target return)."""
+def _env_layers(report: dict) -> tuple[str, int] | None:
+    """(env, layers) of a report: its own fields, else parsed from the model id."""
+    if report.get("env") and report.get("layers"):
+        return str(report["env"]), int(report["layers"])
+    try:
+        env, layers, _ = parse_model_id(str(report.get("model_id")))
+    except UsageError:
+        return None
+    return env, layers
+
+
+def leaderboard_rows(reports: list[dict], expected: dict[tuple[str, int], list[str]] | None = None
+                     ) -> list[dict]:
+    """Aggregate eval reports: one row per (env, layers, target return), mean and std over
+    seeds. `expected` maps (env, layers) to the model ids a grid holds: rows then say how many
+    of them were found (`seeds` of `seeds_expected`) and which are `missing`; a group with none
+    gets one empty row. One seed has no spread: its std is None, never 0."""
     groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
     for rep in reports:
-        env, layers, _ = parse_model_id(rep["model_id"])
+        key = _env_layers(rep)
+        if key is None:
+            continue
         for r in rep["results"]:
-            groups[(env, layers, r["target_return"])].append((rep, r))
+            groups[(*key, r["target_return"])].append((rep, r))
     rows = []
-    for (env, layers, target), items in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2])):
-        rets = np.array([r["return_mean"] for _, r in items])
-        scores = np.array([r["normalized_mean"] for _, r in items])
+    for (env, layers, target), items in groups.items():
+        rets = np.array([r["return_mean"] for _, r in items], dtype=float)
+        scores = np.array([r["normalized_mean"] for _, r in items], dtype=float)
+        spread = len(items) > 1
+        episodes = [rep["episodes"] for rep, _ in items if rep.get("episodes") is not None]
         rows.append({
             "env": env, "layers": layers, "target_return": target,
-            "return_mean": float(rets.mean()), "return_std": float(rets.std()),
-            "score_mean": float(scores.mean()), "score_std": float(scores.std()),
-            "seeds": len(items), "episodes": int(min(rep["episodes"] for rep, _ in items)),
-            "data": ", ".join(sorted({rep["dataset"] for rep, _ in items})),
+            "return_mean": float(rets.mean()), "return_std": float(rets.std()) if spread else None,
+            "score_mean": float(scores.mean()), "score_std": float(scores.std()) if spread else None,
+            "seeds": len(items), "episodes": min(episodes) if episodes else None,
+            "data": ", ".join(sorted({str(rep.get("dataset")) for rep, _ in items})),
+            **_coverage(expected, env, layers, {rep["model_id"] for rep, _ in items}),
         })
-    return rows
+    for (env, layers), ids in (expected or {}).items():
+        if not any(r["env"] == env and r["layers"] == layers for r in rows):
+            rows.append({**dict.fromkeys(COLUMNS), "env": env, "layers": layers, "seeds": 0,
+                         "data": "", **_coverage(expected, env, layers, set())})
+    return sorted(rows, key=lambda r: (r["env"], r["layers"], r["target_return"] is None,
+                                       -(r["target_return"] or 0)))
+
+
+def _coverage(expected, env: str, layers: int, found: set[str]) -> dict:
+    if expected is None:
+        return {}
+    ids = expected.get((env, layers), [])
+    return {"seeds_expected": len(ids), "missing": sorted(set(ids) - found)}
+
+
+def expected_cells(model_ids: list[str]) -> dict[tuple[str, int], list[str]]:
+    """A grid's model ids grouped by (env, layers)."""
+    out: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for mid in model_ids:
+        env, layers, _ = parse_model_id(mid)
+        out[(env, layers)].append(mid)
+    return dict(out)
 
 
 def format_cell(row: dict, col: str) -> str:
-    v = row[col]
+    v = row.get(col)
+    if col == "seeds" and row.get("seeds_expected") is not None:
+        return f"{v}/{row['seeds_expected']}"
+    if v is None:
+        return "-"
     if isinstance(v, float):
         return f"{v:g}" if col == "target_return" else f"{v:.1f}"
     return str(v)
@@ -56,9 +103,12 @@ def render(rows: list[dict], fmt: str = "markdown") -> str:
         return json.dumps(rows, indent=2)
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        extra = [c for c in EXTRA_COLUMNS if any(c in r for r in rows)]
+        w = csv.DictWriter(buf, fieldnames=COLUMNS + extra, lineterminator="\n",
+                           extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({**r, "missing": " ".join(r["missing"])} if "missing" in r else r
+                    for r in rows)
         return buf.getvalue()
     if fmt == "markdown":
         lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |",

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,10 +23,26 @@ import yaml
 
 from dtzoo.errors import RegistryError, UsageError, closest
 
-ENV_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# always `fullmatch`: `$` also matches before a final newline, and "x-1L-seed0\n" would be a
+# second name (and run, and hub folder) for x-1L-seed0
+ENV_KEY_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 # no leading zeros: "hopper-01L-seed0" would be a second name (and run, and repo) for hopper-1L-seed0
 MODEL_ID_RE = re.compile(
-    r"^(?P<env>[a-z0-9][a-z0-9-]*)-(?P<layers>0|[1-9]\d*)L-seed(?P<seed>0|[1-9]\d*)$")
+    r"(?P<env>[a-z0-9][a-z0-9-]*)-(?P<layers>0|[1-9][0-9]*)L-seed(?P<seed>0|[1-9][0-9]*)")
+
+# Bounds that keep a typo from exhausting the machine before the first step (each is far above
+# any DT in the literature; the model size is bounded as a whole by checkpoint.check_model_size)
+MAX_LAYERS = 128
+MAX_SEED = 2**31 - 1
+MAX_STEPS = 10**9  # training steps (and warm-up, checkpoint spacing)
+LIMITS = {"context_len": 4096, "d_model": 8192, "n_heads": 256, "d_mlp": 32768,
+          "batch_size": 65536, "steps": MAX_STEPS, "warmup_steps": MAX_STEPS,
+          "max_ep_len": 10**6, "max_episode_steps": 10**8, "frame_stack": 64,
+          "episodes": 10**4, "ref_episodes": 10**6, "targets": 256, "log": 10**4,
+          "evenly": 10**4, "noise": 256}
+PREPARE_KEYS = ("policy", "episodes", "noise", "seed", "ref_episodes")  # zoo.prepare_env's
+MAX_YAML_NODES = 100_000  # a registry expanded (aliases followed) beyond this is refused
+MAX_REGISTRY_BYTES = 10 * 2**20
 
 
 @dataclass
@@ -44,24 +62,94 @@ class Recipe:
     batch_size: int = 64
     steps: int = 100_000
     precision: str = "fp32"  # or "bf16": bfloat16 autocast for the forward pass
+    val_fraction: float = 0.05  # episodes held out (chosen by the seed) for the validation loss
 
 
 @dataclass
 class CheckpointSchedule:
-    """Steps 0, 1, 2, 4, ..., log_until, then every `every` steps, and the final step."""
+    """Which steps of a run keep a checkpoint (`step<N>`): the union of
+    - 0, 1, 2, 4, ..., up to `log_until` (Pythia's powers of two),
+    - every `every` steps,
+    - `log` steps log-spaced over the whole run (1 ... total, geometric),
+    - `evenly` steps evenly spaced over the whole run (total * i / evenly),
+    - and the final step (so the last checkpoint is `main`).
+
+    >>> CheckpointSchedule(log_until=16, every=1000, log=8, evenly=4).steps(1500)
+    [0, 1, 2, 3, 4, 8, 16, 23, 65, 186, 375, 528, 750, 1000, 1125, 1500]
+
+    Lazy: `is_checkpoint(step, total)` is O(1) and `iter_steps(total)` a generator, so a run of
+    10**20 steps never builds a list of its checkpoints (the `log`/`evenly` parts are bounded).
+    """
 
     log_until: int = 512
     every: int = 1000
+    log: int = 0
+    evenly: int = 0
+
+    def _extra(self, total: int) -> tuple[int, ...]:
+        """The bounded part: log-spaced and evenly spaced steps (at most log + evenly)."""
+        return _extra_steps(self.log, self.evenly, total)
+
+    def is_checkpoint(self, step: int, total: int) -> bool:
+        """Whether `step` of a `total`-step run keeps a checkpoint, in O(1) for the unbounded parts."""
+        if step in (0, total):
+            return True
+        if 0 < step <= self.log_until and step & (step - 1) == 0:  # a power of two
+            return True
+        if self.every > 0 and step % self.every == 0:
+            return True
+        return step in self._extra(total)
+
+    def iter_steps(self, total: int):
+        """The checkpoint steps of a `total`-step run in order, lazily (a generator)."""
+        import heapq
+        import itertools
+
+        powers = itertools.takewhile(lambda s: s <= min(self.log_until, total),
+                                     (2 ** i for i in itertools.count()))
+        multiples = (range(self.every, total, self.every) if self.every > 0 else ())
+        last = None
+        for s in heapq.merge([0], powers, multiples, self._extra(total), [total]):
+            if s != last:
+                yield s
+            last = s
 
     def steps(self, total: int) -> list[int]:
         """All checkpoint steps of a run of `total` steps: `CheckpointSchedule().steps(3000)`."""
-        out = {0, total}
-        s = 1
-        while s <= min(self.log_until, total):
-            out.add(s)
-            s *= 2
-        out.update(range(self.every, total, self.every))
-        return sorted(out)
+        return list(self.iter_steps(total))
+
+    def for_run(self, total: int) -> "RunCheckpoints":
+        """The steps of one run as a lazy container: `step in sched.for_run(1500)`."""
+        return RunCheckpoints(self, total)
+
+    def merged(self, override: dict[str, int] | None) -> "CheckpointSchedule":
+        """This schedule with an env's (or the command line's) keys replaced."""
+        return dataclasses.replace(self, **(override or {}))
+
+
+@dataclass(frozen=True)
+class RunCheckpoints:
+    """A run's checkpoint steps without a list: `in` is O(1), iteration is lazy."""
+
+    schedule: CheckpointSchedule
+    total: int
+
+    def __contains__(self, step: object) -> bool:
+        return isinstance(step, int) and self.schedule.is_checkpoint(step, self.total)
+
+    def __iter__(self):
+        return self.schedule.iter_steps(self.total)
+
+
+@functools.lru_cache(maxsize=16)
+def _extra_steps(log: int, evenly: int, total: int) -> tuple[int, ...]:
+    out: set[int] = set()
+    if log > 0 and total > 0:
+        ratio = total ** (1.0 / max(log - 1, 1))
+        out.update(min(total, round(ratio ** i)) for i in range(log))
+    if evenly > 0:
+        out.update(total * i // evenly for i in range(1, evenly + 1))
+    return tuple(sorted(out))
 
 
 @dataclass
@@ -81,6 +169,7 @@ class EnvSpec:
     obs: str = "vector"  # observation kind (dtzoo.observations): vector | atari | minigrid-flat | minigrid-onehot
     frame_stack: int = 1  # frames per state for image kinds (stacked on the fly)
     max_episode_steps: int | None = None  # TimeLimit for collection and eval (None: the gym default)
+    checkpoints: dict[str, int] = field(default_factory=dict)  # overrides of the global schedule
 
     def normalize(self, ret: float) -> float:
         """Normalised score: 100 * (return - random) / (expert - random)."""
@@ -120,12 +209,23 @@ def model_id(env: str, n_layers: int, seed: int) -> str:
 
 def parse_model_id(mid: str) -> tuple[str, int, int]:
     """Split a model id from the right: "hopper-expert-3L-seed2" -> ("hopper-expert", 3, 2)."""
-    m = MODEL_ID_RE.match(mid)
+    m = MODEL_ID_RE.fullmatch(mid) if isinstance(mid, str) else None
     if not m:
         raise UsageError(
-            f"malformed model id {mid!r}: expected <env>-<N>L-seed<K>, e.g. pendulum-1L-seed0"
+            f"malformed model id {shown(mid)}: expected <env>-<N>L-seed<K>, e.g. pendulum-1L-seed0"
         )
+    # digits are counted before int(): a 5000-digit number would raise ValueError in int()
+    if len(m["layers"]) > 4 or int(m["layers"]) > MAX_LAYERS:
+        raise UsageError(f"model id {shown(mid)}: layers must be <= {MAX_LAYERS}")
+    if len(m["seed"]) > 10 or int(m["seed"]) > MAX_SEED:
+        raise UsageError(f"model id {shown(mid)}: seed must be <= {MAX_SEED}")
     return m["env"], int(m["layers"]), int(m["seed"])
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """repr() cut to `limit` characters, for error messages that echo user input."""
+    r = repr(value) if not isinstance(value, (list, dict)) else f"<{type(value).__name__}>"
+    return r if len(r) <= limit else r[:limit - 5] + "...'"
 
 
 @dataclass
@@ -138,20 +238,22 @@ class Registry:
     eval_seed: int
     envs: dict[str, EnvSpec]
     grids: dict[str, Grid]
+    eval_video: bool = True  # record replay.mp4 (one episode) when a model trained here is evaluated
+    default_eval_episodes: int = 10  # for models whose env is not in this registry
 
     def env(self, key: str) -> EnvSpec:
         if key not in self.envs:
-            raise UsageError(f"unknown env {key!r}: {closest(key, sorted(self.envs))}")
+            raise UsageError(f"unknown env {shown(key)}: {closest(str(key)[:200], sorted(self.envs))}")
         return self.envs[key]
 
     def grid(self, name: str) -> list[str]:
         """The model ids of a named grid."""
         if name not in self.grids:
             names = ", ".join(sorted(self.grids))
-            hint = closest(name, sorted(self.grids))
+            hint = closest(str(name)[:200], sorted(self.grids))
             if hint.startswith("did you mean"):
-                raise UsageError(f"unknown grid {name!r}: {hint} (grids: {names})")
-            raise UsageError(f"unknown grid {name!r}; grids: {names}")
+                raise UsageError(f"unknown grid {shown(name)}: {hint} (grids: {names})")
+            raise UsageError(f"unknown grid {shown(name)}; grids: {names}")
         return self.grids[name].model_ids()
 
     def all_model_ids(self) -> list[str]:
@@ -159,13 +261,13 @@ class Registry:
 
     def resolve(self, mid: str) -> ModelSpec:
         """Parse and validate a model id against the registry."""
-        if not MODEL_ID_RE.match(mid):
-            hint = closest(mid, self.all_model_ids())
-            raise UsageError(f"malformed model id {mid!r} (expected <env>-<N>L-seed<K>); {hint}")
+        if not isinstance(mid, str) or not MODEL_ID_RE.fullmatch(mid):
+            hint = closest(str(mid)[:200], self.all_model_ids())
+            raise UsageError(f"malformed model id {shown(mid)} (expected <env>-<N>L-seed<K>); {hint}")
         env_key, n_layers, seed = parse_model_id(mid)
         if env_key not in self.envs:
-            hint = closest(mid, self.all_model_ids())
-            raise UsageError(f"unknown model id {mid!r}: no env {env_key!r}; {hint}")
+            hint = closest(mid[:200], self.all_model_ids())
+            raise UsageError(f"unknown model id {shown(mid)}: no env {shown(env_key)}; {hint}")
         if n_layers < 1:
             raise UsageError(f"model id {mid!r}: layers must be >= 1")
         env = self.envs[env_key]
@@ -173,6 +275,10 @@ class Registry:
         if recipe.d_model % recipe.n_heads:
             raise RegistryError(f"{self.path}: env {env_key!r}: recipe d_model {recipe.d_model} is "
                                 f"not divisible by n_heads {recipe.n_heads}")
+        from dtzoo.checkpoint import check_model_size
+
+        check_model_size(dict(n_layers=n_layers, d_model=recipe.d_model, d_mlp=recipe.d_mlp,
+                              max_ep_len=env.max_ep_len), where=mid, error=UsageError)
         return ModelSpec(model_id=mid, env=env, n_layers=n_layers, seed=seed, recipe=recipe)
 
     def select(self, grid: str | None, ids: list[str]) -> list[ModelSpec]:
@@ -218,16 +324,62 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
     """Load and validate a registry file; errors name the file and line."""
     path = Path(path) if path else default_registry_path()
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_REGISTRY_BYTES + 1)
     except OSError as e:
-        raise RegistryError(f"cannot read registry {path}: {e.strerror}") from None
+        raise RegistryError(f"cannot read registry {path}: {e.strerror or e}") from None
+    if len(data) > MAX_REGISTRY_BYTES:
+        raise RegistryError(f"{path}: larger than {MAX_REGISTRY_BYTES >> 20} MiB; not a registry")
     try:
-        raw = yaml.load(text, Loader=_LineLoader)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise RegistryError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x})") from None
+    try:
+        raw = _load_yaml(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise RegistryError(f"{where}: invalid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:  # e.g. a control character (ReaderError)
+        raise RegistryError(f"{path}: invalid YAML: {str(e).splitlines()[0][:200]}") from None
+    except RecursionError:
+        raise RegistryError(f"{path}: invalid YAML: nested too deeply") from None
     return _Parser(path).registry(raw)
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.load with aliases bounded: a few hundred bytes of nested aliases ("billion laughs")
+    expand to gigabytes once anything walks or prints the tree, so the node graph is measured
+    with every alias followed before anything is built, and recursive aliases are refused."""
+    loader = _LineLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"more than {MAX_YAML_NODES} nodes once its aliases are "
+                                 "expanded (an alias bomb?)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes in the tree with aliases followed; memoised, so the cost is the graph's size."""
+    key = id(node)
+    if key in memo:
+        if memo[key] < 0:
+            raise yaml.YAMLError("a recursive alias (a node that contains itself)")
+        return memo[key]
+    memo[key] = -1  # in progress
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(c, memo) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[key] = min(size, MAX_YAML_NODES + 1)  # saturate: the sum stays small
+    return memo[key]
 
 
 class _Parser:
@@ -252,29 +404,64 @@ class _Parser:
     def check_keys(self, node: _Map, allowed: list[str], what: str) -> None:
         for k in node:
             if k not in allowed:
-                raise self.fail(node, k, f"unknown key {k!r} in {what}; {closest(str(k), allowed)}")
+                raise self.fail(node, k, f"unknown key {shown(k)} in {what}; {closest(str(k), allowed)}")
 
-    def integer(self, node: _Map, key: str, what: str, default: int, minimum: int) -> int:
+    def integer(self, node: _Map, key: str, what: str, default: int, minimum: int,
+                maximum: int | None = None) -> int:
         v = node.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise self.fail(node, key, f"{what}.{key} must be an integer >= {minimum}, got {v!r}")
+            raise self.fail(node, key, f"{what}.{key} must be an integer >= {minimum}, got {shown(v)}")
+        maximum = maximum or LIMITS.get(key, MAX_STEPS)
+        if v > maximum:
+            raise self.fail(node, key, f"{what}.{key} must be <= {maximum}, got {shown(v)}")
+        return v
+
+    def string(self, node: _Map, key: str, what: str, default: str | None = None) -> str:
+        v = node.get(key, default)
+        if not isinstance(v, str):
+            raise self.fail(node, key, f"{what}.{key} must be a string, got {shown(v)}")
+        return v
+
+    def numbers(self, node: _Map, key: str, what: str) -> list[float]:
+        """A non-empty, bounded list of finite numbers."""
+        v = node[key]
+        if (not isinstance(v, list) or not v or len(v) > LIMITS["targets"]
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                           and abs(x) < 1e15 and math.isfinite(x) for x in v)):
+            raise self.fail(node, key, f"{what}.{key} must be a list of numbers (finite, 1 to "
+                                       f"{LIMITS['targets']} of them)")
+        return [float(x) for x in v]
+
+    def number(self, node: _Map, key: str, what: str) -> float:
+        """A finite number (not a bool, not .inf or .nan)."""
+        v = node[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.fail(node, key, f"{what}.{key} must be a number, got {shown(v)}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise self.fail(node, key, f"{what}.{key} must be a finite number, got {v}")
+        if isinstance(v, int) and abs(v) > 10**15:  # (float() of 10**400 would overflow)
+            raise self.fail(node, key, f"{what}.{key} is too large: {shown(v)}")
         return v
 
     def dataclass_fields(self, node: _Map, cls: type, what: str) -> dict[str, Any]:
         names = {f.name: f for f in dataclasses.fields(cls)}
         for k in node:
             if k not in names:
-                raise self.fail(node, k, f"unknown key {k!r} in {what}; {closest(k, list(names))}")
+                raise self.fail(node, k, f"unknown key {shown(k)} in {what}; "
+                                         f"{closest(str(k), list(names))}")
         out = {}
         for k, v in node.items():
             want = type(names[k].default)
-            if want in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise self.fail(node, k, f"{what}.{k} must be a number, got {v!r}")
+            if want in (int, float):
+                v = self.number(node, k, what)  # (a number: .inf, .nan and 1e400 are refused)
+                if want is int and not (isinstance(v, int) or v.is_integer()):
+                    raise self.fail(node, k, f"{what}.{k} must be an integer, got {v!r}")
+                if want is int and v > LIMITS.get(k, MAX_STEPS):
+                    raise self.fail(node, k, f"{what}.{k} must be <= {LIMITS.get(k, MAX_STEPS)}, "
+                                             f"got {v}")
             if want is str and not isinstance(v, str):
-                raise self.fail(node, k, f"{what}.{k} must be a string, got {v!r}")
-            out[k] = int(v) if want is int and float(v).is_integer() else v
-            if want is int and not float(v).is_integer():
-                raise self.fail(node, k, f"{what}.{k} must be an integer, got {v!r}")
+                raise self.fail(node, k, f"{what}.{k} must be a string, got {shown(v)}")
+            out[k] = int(v) if want is int else v
         return out
 
     def recipe_fields(self, node: _Map, what: str) -> dict[str, Any]:
@@ -290,8 +477,19 @@ class _Parser:
         for k in ("dropout", "weight_decay", "warmup_steps", "grad_clip"):
             if k in out and out[k] < 0:
                 raise self.fail(node, k, f"{what}.{k} must be >= 0, got {out[k]!r}")
+        if "val_fraction" in out and not 0 <= out["val_fraction"] <= 0.5:
+            raise self.fail(node, "val_fraction",
+                            f"{what}.val_fraction must be in [0, 0.5], got {out['val_fraction']!r}")
         if "dropout" in out and out["dropout"] >= 1:
             raise self.fail(node, "dropout", f"{what}.dropout must be below 1, got {out['dropout']!r}")
+        return out
+
+    def checkpoint_fields(self, node: _Map, what: str) -> dict[str, int]:
+        """CheckpointSchedule keys: integers >= 0 (`every: 0` or `log: 0` turn that part off)."""
+        out = self.dataclass_fields(node, CheckpointSchedule, what)
+        for k, v in out.items():
+            if v < 0:
+                raise self.fail(node, k, f"{what}.{k} must be an integer >= 0, got {v!r}")
         return out
 
     def registry(self, raw: Any) -> Registry:
@@ -303,17 +501,18 @@ class _Parser:
         self.check_keys(hub, ["org", "license"], "hub")
         for k in hub:
             if not isinstance(hub[k], str):
-                raise self.fail(hub, k, f"hub.{k} must be a string, got {hub[k]!r}")
+                raise self.fail(hub, k, f"hub.{k} must be a string, got {shown(hub[k])}")
         recipe_node = self.mapping(root.get("recipe"), "recipe", root, "recipe")
         recipe = Recipe(**self.recipe_fields(recipe_node, "recipe"))
         ckpt_node = self.mapping(root.get("checkpoints"), "checkpoints", root, "checkpoints")
-        ckpt = CheckpointSchedule(**self.dataclass_fields(ckpt_node, CheckpointSchedule, "checkpoints"))
-        if ckpt.every < 1:
-            raise self.fail(ckpt_node, "every", "checkpoints.every must be >= 1")
+        ckpt = CheckpointSchedule(**self.checkpoint_fields(ckpt_node, "checkpoints"))
         evaln = self.mapping(root.get("eval"), "eval", root, "eval")
-        self.check_keys(evaln, ["episodes", "seed"], "eval")
+        self.check_keys(evaln, ["episodes", "seed", "video"], "eval")
         default_episodes = self.integer(evaln, "episodes", "eval", 10, 1)
         eval_seed = self.integer(evaln, "seed", "eval", 0, 0)
+        eval_video = evaln.get("video", True)
+        if not isinstance(eval_video, bool):
+            raise self.fail(evaln, "video", f"eval.video must be true or false, got {shown(eval_video)}")
         envs_node = self.mapping(root.get("envs"), "envs", root, "envs")
         envs = {k: self.env(k, v, envs_node, default_episodes) for k, v in envs_node.items()}
         grids_node = self.mapping(root.get("grids"), "grids", root, "grids")
@@ -327,36 +526,44 @@ class _Parser:
             eval_seed=eval_seed,
             envs=envs,
             grids=grids,
+            eval_video=eval_video,
+            default_eval_episodes=default_episodes,
         )
 
     def env(self, key: str, node: Any, parent: _Map, default_episodes: int) -> EnvSpec:
-        if not isinstance(key, str) or not ENV_KEY_RE.match(key):
-            raise self.fail(parent, key, f"env key {key!r} must match [a-z0-9-]")
+        if not isinstance(key, str) or not ENV_KEY_RE.fullmatch(key):
+            raise self.fail(parent, key, f"env key {shown(key)} must match [a-z0-9-]")
         node = self.mapping(node, f"envs.{key}", parent, key)
         required = ["gym_id", "dataset", "max_ep_len", "reward_scale", "target_returns", "ref_scores"]
         for r in required:
             if r not in node:
                 raise self.fail(parent, key, f"envs.{key} is missing required key {r!r}")
         allowed = set(required) | {"prepare", "recipe", "eval", "description", "obs", "frame_stack",
-                                   "max_episode_steps"}
+                                   "max_episode_steps", "checkpoints"}
         for k in node:
             if k not in allowed:
-                raise self.fail(node, k, f"unknown key {k!r} in envs.{key}; {closest(k, sorted(allowed))}")
-        tr = node["target_returns"]
-        if not isinstance(tr, list) or not tr or not all(isinstance(x, (int, float)) for x in tr):
-            raise self.fail(node, "target_returns", f"envs.{key}.target_returns must be a list of numbers")
+                raise self.fail(node, k, f"unknown key {shown(k)} in envs.{key}; "
+                                         f"{closest(str(k), sorted(allowed))}")
+        for k in ("gym_id", "dataset"):
+            self.string(node, k, f"envs.{key}")
+        self.string(node, "description", f"envs.{key}", "")
+        tr = self.numbers(node, "target_returns", f"envs.{key}")
         refs = node["ref_scores"]
         if refs == "dataset":  # the Minari dataset's ref_min_score / ref_max_score
             refs = None
         elif (not isinstance(refs, dict) or set(refs) != {"random", "expert"}
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in refs.values())
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and abs(v) < 1e15 and math.isfinite(v) for v in refs.values())
                 or refs["random"] == refs["expert"]):
             raise self.fail(node, "ref_scores",
-                            f"envs.{key}.ref_scores needs distinct numbers 'random' and 'expert', "
-                            "or the word 'dataset'")
+                            f"envs.{key}.ref_scores needs distinct numbers 'random' and 'expert' "
+                            "(finite), or the word 'dataset'")
         for k in ("max_ep_len", "reward_scale"):
-            if isinstance(node[k], bool) or not isinstance(node[k], (int, float)) or node[k] <= 0:
-                raise self.fail(node, k, f"envs.{key}.{k} must be a positive number")
+            v = node[k]
+            if (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e15
+                    or not math.isfinite(v)):
+                raise self.fail(node, k, f"envs.{key}.{k} must be a positive number, got {shown(v)}")
+        self.integer(node, "max_ep_len", f"envs.{key}", 1, 1)
         recipe_node = self.mapping(node.get("recipe"), f"envs.{key}.recipe", node, "recipe")
         recipe = self.recipe_fields(recipe_node, f"envs.{key}.recipe")
         evaln = self.mapping(node.get("eval"), f"envs.{key}.eval", node, "eval")
@@ -365,8 +572,9 @@ class _Parser:
         from dtzoo.observations import OBS_KINDS, is_image
 
         obs = node.get("obs", "vector")
-        if obs not in OBS_KINDS:
-            raise self.fail(node, "obs", f"envs.{key}.obs must be one of {', '.join(OBS_KINDS)}, got {obs!r}")
+        if not isinstance(obs, str) or obs not in OBS_KINDS:
+            raise self.fail(node, "obs", f"envs.{key}.obs must be one of {', '.join(OBS_KINDS)}, "
+                                         f"got {shown(obs)}")
         frame_stack = self.integer(node, "frame_stack", f"envs.{key}", 4 if is_image(obs) else 1, 1)
         if frame_stack > 1 and not is_image(obs):
             raise self.fail(node, "frame_stack", f"envs.{key}.frame_stack applies to image observations only")
@@ -374,15 +582,16 @@ class _Parser:
         if max_steps is not None:
             max_steps = self.integer(node, "max_episode_steps", f"envs.{key}", 1, 1)
         prepare = node.get("prepare")
-        if prepare is not None and not isinstance(prepare, dict):
-            raise self.fail(node, "prepare", f"envs.{key}.prepare must be a mapping")
+        if prepare is not None:
+            self.check_prepare(self.mapping(prepare, f"envs.{key}.prepare", node, "prepare"),
+                               f"envs.{key}.prepare")
         return EnvSpec(
             key=key,
             gym_id=str(node["gym_id"]),
             dataset=str(node["dataset"]),
             max_ep_len=int(node["max_ep_len"]),
             reward_scale=float(node["reward_scale"]),
-            target_returns=[float(x) for x in tr],
+            target_returns=tr,
             ref_scores=None if refs is None else {k: float(v) for k, v in refs.items()},
             prepare=dict(prepare) if prepare else None,
             recipe=recipe,
@@ -390,9 +599,26 @@ class _Parser:
             obs=obs,
             frame_stack=frame_stack,
             max_episode_steps=max_steps,
+            checkpoints=self.checkpoint_fields(
+                self.mapping(node.get("checkpoints"), f"envs.{key}.checkpoints", node, "checkpoints"),
+                f"envs.{key}.checkpoints"),
         )
 
+    def check_prepare(self, node: _Map, what: str) -> None:
+        """The arguments zoo.prepare_env passes to collect.prepare_dataset."""
+        self.check_keys(node, list(PREPARE_KEYS), what)
+        if "policy" in node:
+            self.string(node, "policy", what)
+        self.integer(node, "episodes", what, 1, 1, maximum=10**6)
+        self.integer(node, "seed", what, 0, 0, maximum=MAX_SEED)
+        if node.get("ref_episodes") is not None:
+            self.integer(node, "ref_episodes", what, 1, 1)
+        if "noise" in node:
+            self.numbers(node, "noise", what)
+
     def grid(self, name: str, node: Any, parent: _Map, envs: dict[str, EnvSpec]) -> Grid:
+        if not isinstance(name, str):
+            raise self.fail(parent, name, f"grid name {shown(name)} must be a string")
         node = self.mapping(node, f"grids.{name}", parent, name)
         self.check_keys(node, ["envs", "layers", "seeds", "description"], f"grids.{name}")
         for r in ("envs", "layers", "seeds"):
@@ -400,10 +626,15 @@ class _Parser:
                 raise self.fail(node if r in node else parent, r if r in node else name,
                                 f"grids.{name}.{r} must be a non-empty list")
         for e in node["envs"]:
-            if e not in envs:
-                raise self.fail(node, "envs", f"grids.{name} names unknown env {e!r}; {closest(str(e), sorted(envs))}")
-        for r in ("layers", "seeds"):
-            if not all(isinstance(x, int) and not isinstance(x, bool) and x >= (r == "layers") for x in node[r]):
-                raise self.fail(node, r, f"grids.{name}.{r} must be a list of non-negative integers")
+            if not isinstance(e, str) or e not in envs:
+                raise self.fail(node, "envs", f"grids.{name} names unknown env {shown(e)}; "
+                                              f"{closest(str(e)[:200], sorted(envs))}")
+        for r, top in (("layers", MAX_LAYERS), ("seeds", MAX_SEED)):
+            if not all(isinstance(x, int) and not isinstance(x, bool) and (r == "layers") <= x <= top
+                       for x in node[r]):
+                raise self.fail(node, r, f"grids.{name}.{r} must be a list of non-negative integers "
+                                         f"(from {int(r == 'layers')} to {top})")
+        if len(node["envs"]) * len(node["layers"]) * len(node["seeds"]) > 10**5:
+            raise self.fail(node, "envs", f"grids.{name} has more than 100000 cells")
         return Grid(name, list(node["envs"]), list(node["layers"]), list(node["seeds"]),
-                    str(node.get("description", "")))
+                    self.string(node, "description", f"grids.{name}", ""))

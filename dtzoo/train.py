@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from dtzoo import paths
 from dtzoo.checkpoint import ModelConfig, save_model, write_manifest, write_weights
 from dtzoo.data import SegmentSampler, Trajectories, load_trajectories
+from dtzoo.dynamics import episode_segments, held_out_episodes
 from dtzoo.errors import TrainingError
 from dtzoo.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from dtzoo.model import DecisionTransformer
 from dtzoo.registry import CheckpointSchedule, ModelSpec
 
-LOG_FIELDS = ["step", "loss", "lr", "elapsed_s"]
+LOG_FIELDS = ["step", "loss", "lr", "elapsed_s", "val_loss"]  # val_loss: empty if none held out
 PRECISIONS = ("fp32", "bf16")
 ProgressFn = Callable[[int, int, float], None]  # (step, total, loss)
 
@@ -89,7 +90,10 @@ def make_config(spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.n
         dataset={"id": data.dataset_id, "minari_version": data.minari_version,
                  "fingerprint": data.fingerprint, "episodes": int(len(data.lengths)),
                  "steps": int(data.lengths.sum()), "return_min": float(data.returns.min()),
-                 "return_mean": float(data.returns.mean()), "return_max": float(data.returns.max())},
+                 "return_mean": float(data.returns.mean()), "return_max": float(data.returns.max()),
+                 "val_episodes": held_out_episodes(len(data.lengths),
+                                                   getattr(r, "val_fraction", 0.0),
+                                                   spec.seed).tolist()},
         recipe={**dataclasses.asdict(r), "steps": steps},
         seed=spec.seed,
         step=step,
@@ -116,8 +120,17 @@ class Trainer:
                                       spec.env.reward_scale, seed=spec.seed,
                                       state_mean=self.mean, state_std=self.std,
                                       frame_stack=spec.env.frame_stack)
-        self.checkpoint_steps = set(schedule.steps(steps))
+        # lazy (`in` is O(1)): a run of 10**20 steps never lists its checkpoints
+        self.checkpoint_steps = schedule.merged(spec.env.checkpoints).for_run(steps)
+        # held-out episodes: never drawn for training, scored at every log row (val_loss)
+        held = np.asarray(self.config.dataset.get("val_episodes", []), np.int64)
+        if len(held):
+            p = self.sampler.p.copy()
+            p[held] = 0.0
+            self.sampler.p = p / p.sum()
+        self.val_segments = episode_segments(data.lengths, held, r.context_len)
         self.log: list[dict] = []
+        self.flushed = 0  # log rows on disk
         self.pending: list[float] = []  # losses since the last log row (saved with the resume state)
         self.step = 0
 
@@ -163,13 +176,39 @@ class Trainer:
             if self.step % log_every == 0 or self.step == self.steps:
                 self.log.append({"step": self.step, "loss": float(np.mean(self.pending)),
                                  "lr": self.sched.get_last_lr()[0],
-                                 "elapsed_s": round(time.time() - t0, 3)})
+                                 "elapsed_s": round(time.time() - t0, 3),
+                                 "val_loss": self.validation_loss()})
                 self.pending = []
             if self.step in self.checkpoint_steps:
                 self.save_checkpoint()
             if progress:
                 progress(self.step, self.steps, self.log[-1]["loss"] if self.log else float("nan"))
+            if len(self.log) > self.flushed:  # readers see each row as it is logged
+                self.write_log()
         return self.log[-1]["loss"] if self.log else float("nan")
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """The loss on the held-out episodes' fixed segments (eval mode: no dropout, so no RNG
+        is drawn and training is unchanged); None when nothing is held out."""
+        ep, si = self.val_segments
+        if not len(ep):
+            return None
+        self.model.eval()
+        total, weight = 0.0, 0
+        bs = self.spec.recipe.batch_size
+        for i in range(0, len(ep), bs):
+            batch = self.sampler.segments(ep[i:i + bs], si[i:i + bs])
+            n = int(batch["mask"].sum())
+            total += float(self.loss(batch)) * n
+            weight += n
+        self.model.train()
+        return total / weight
+
+    def write_log(self) -> None:
+        """training_log.csv, rewritten atomically (a reader never sees a half-written row)."""
+        atomic_write_text(self.run / "training_log.csv", log_csv(self.log))
+        self.flushed = len(self.log)
 
     # -------------------------------------------------------------- state
 
@@ -182,7 +221,7 @@ class Trainer:
         self.model.eval()
         config = dataclasses.replace(self.config, step=self.step)
         save_model(self.model, config, paths.checkpoint_dir(self.spec.model_id, self.step))
-        atomic_write_text(self.run / "training_log.csv", log_csv(self.log))
+        self.write_log()
         self.save_resume_state()
         self.model.train()
 
@@ -236,6 +275,7 @@ class Trainer:
         log_path = self.run / "training_log.csv"
         if log_path.is_file():
             self.log = [row for row in read_log(log_path) if row["step"] <= self.step]
+            self.flushed = len(self.log)
         return self.step
 
     def finish(self) -> None:
@@ -265,6 +305,33 @@ def remove_stale_temps(run: Path) -> None:
                     p.unlink(missing_ok=True)
 
 
+def trained_steps(model_id: str) -> int | None:
+    """The step count of a finished run (its final config.json), or None if not trained."""
+    if not paths.is_trained(model_id):
+        return None
+    try:
+        return int(json.loads((paths.run_dir(model_id) / "config.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_extendable(model_id: str, trained: int, steps: int, state: Path | None) -> None:
+    """`train --steps N` on a finished run continues it from its final resume state when
+    N is larger (the same weights as training N steps at once: the learning-rate schedule does
+    not depend on the run's length); anything else is refused in one line."""
+    run = paths.run_dir(model_id)
+    if steps < trained:
+        raise TrainingError(
+            f"{model_id} is already trained for {trained} steps, more than --steps {steps}: "
+            f"use a training-time checkpoint (`dtzoo list {model_id} --revisions`), or delete "
+            f"{run} to train it again with {steps} steps")
+    step = int(state.stem.split("-")[1]) if state is not None else None
+    if step is None or step < trained:
+        raise TrainingError(
+            f"{model_id} is trained for {trained} steps but its resume state is gone, so it "
+            f"cannot be extended to {steps}: delete {run} to train it again with --steps {steps}")
+
+
 def newest_resume_state(run: Path) -> Path | None:
     states = sorted((run / "resume").glob("state-*.safetensors"),
                     key=lambda p: int(p.stem.split("-")[1]), reverse=True)
@@ -282,16 +349,20 @@ def read_resume_state(path: Path, tensors: bool = True) -> tuple[dict, dict]:
 
 def log_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n", restval="")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
     return buf.getvalue()
 
 
 def read_log(path: Path) -> list[dict]:
+    """Rows of training_log.csv; `val_loss` is None where the run held nothing out (or the
+    log predates validation)."""
     with open(path) as f:
         return [{"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"]),
-                 "elapsed_s": float(r["elapsed_s"])} for r in csv.DictReader(f)]
+                 "elapsed_s": float(r["elapsed_s"]),
+                 "val_loss": float(r["val_loss"]) if r.get("val_loss") else None}
+                for r in csv.DictReader(f)]
 
 
 def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None = None,
@@ -304,11 +375,14 @@ def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None
         spec = dataclasses.replace(spec, recipe=dataclasses.replace(spec.recipe, precision=precision))
     run = paths.run_dir(spec.model_id)
     t0 = time.time()
-    if not paths.is_trained(spec.model_id):  # (nothing else writes to an unfinished run)
+    trained = trained_steps(spec.model_id)
+    if trained is None:  # (nothing else writes to an unfinished run)
         remove_stale_temps(run)
     state = newest_resume_state(run)
-    if state is not None:  # an unfinished run keeps the length it was started with
-        started = read_resume_state(state, tensors=False)[0]["total_steps"]
+    started = read_resume_state(state, tensors=False)[0]["total_steps"] if state else None
+    if trained is not None and steps and steps != trained:
+        check_extendable(spec.model_id, trained, steps, state)
+    elif state is not None:  # an unfinished run keeps the length it was started with
         if steps and steps != started:
             raise TrainingError(f"{spec.model_id}: this run was started with {started} steps; "
                                 f"resume it with --steps {started}, or delete {run} to start over")

@@ -11,18 +11,22 @@ The CLI calls these and prints; tests and scripts can call them directly.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from dtzoo import paths
 from dtzoo.checkpoint import load_model, read_config, write_manifest
 from dtzoo.data import dataset_dir, dataset_exists, datasets_root
-from dtzoo.errors import DatasetError, UsageError
-from dtzoo.fsutil import atomic_write_json, atomic_write_text, read_json
+from dtzoo.errors import DatasetError, DtzooError, UsageError
+from dtzoo.evals import EVAL, SWEEP, report_dir
+from dtzoo.fsutil import atomic_write_json, atomic_write_text, file_lock, make_temp_dir, read_json
 from dtzoo.hub import PublishResult, get_hub, repo_id
+from dtzoo.locate import ModelRef, content_hash, hub_repo_id, locate, org_for  # noqa: F401
 from dtzoo.registry import EnvSpec, ModelSpec, Registry
 
 PLOTS = ("learning_curve.png", "rtg_sweep.png")
+VIDEO = "replay.mp4"
 
 
 def prepare_env(env: EnvSpec, overwrite: bool = False) -> Path:
@@ -76,10 +80,6 @@ def download_dataset(dataset_id: str) -> Path:
     return dataset_dir(dataset_id)
 
 
-def org_for(registry: Registry, org: str | None = None) -> str:
-    return org or os.environ.get("DTZOO_ORG") or registry.org
-
-
 # ----------------------------------------------------------------------------- state
 
 
@@ -89,7 +89,7 @@ class ModelState:
     prepared: bool
     trained: bool
     evaluated: bool
-    published: bool
+    published: bool | None  # None: the hub could not be asked
     step: int | None = None
 
     @property
@@ -109,7 +109,7 @@ def model_state(spec: ModelSpec, published: set[str] | None = None) -> ModelStat
         prepared=dataset_exists(spec.env.dataset),
         trained=trained,
         evaluated=trained and (run / "eval.json").is_file(),
-        published=spec.model_id in (published or set()),
+        published=None if published is None else spec.model_id in published,
         step=step,
     )
 
@@ -124,7 +124,7 @@ def grid_status(registry: Registry, model_ids: list[str], hub: str | None = None
     from dtzoo.grid import lock_held
     from dtzoo.train import newest_resume_state
 
-    published = published_ids(registry, hub, org)
+    published, why = published_ids_or_none(registry, hub, org)
     rows = []
     for mid in model_ids:
         spec = registry.resolve(mid)
@@ -152,6 +152,18 @@ def published_ids(registry: Registry, hub: str | None = None, org: str | None = 
     return {r.split("/", 1)[1] for r in h.list_models(org_for(registry, org))}
 
 
+def published_ids_or_none(registry: Registry, hub: str | None = None,
+                          org: str | None = None) -> tuple[set[str] | None, str]:
+    """`published_ids`, or (None, why) when the hub cannot be asked (offline): `dtzoo list` and
+    `dtzoo status` still show everything they know from this machine."""
+    from dtzoo.errors import HubError
+
+    try:
+        return published_ids(registry, hub, org), ""
+    except HubError as e:
+        return None, str(e)
+
+
 # ----------------------------------------------------------------------------- train / eval
 
 
@@ -171,79 +183,254 @@ def require_trained(model_id: str) -> Path:
     return run
 
 
-def eval_cell(spec: ModelSpec, registry: Registry, episodes: int | None = None,
-              progress=None) -> dict:
-    """Evaluate the trained model at its target returns; writes eval.json and the card."""
+@dataclass
+class EvalOutcome:
+    """What `eval_model` did: the report, and why it was skipped (None: it ran)."""
+
+    report: dict
+    ref: ModelRef
+    skipped: str | None = None
+
+
+def default_episodes(registry: Registry, config) -> int:
+    """The env's eval episodes when the registry knows the env, else the registry default."""
+    env = registry.envs.get(config.env.get("key", ""))
+    return env.eval_episodes if env else registry.default_eval_episodes
+
+
+def _eval_lock(ref: ModelRef) -> Path:
+    # a run trained here: the lock its training holds, so eval never reads a half-written run
+    return ref.path / ".lock" if ref.trained_here else report_dir(ref) / ".lock"
+
+
+def _up_to_date(path: Path, model_hash: str, episodes: int, seed_base: int) -> dict | None:
+    from dtzoo.evals import read_report
+
+    old = read_report(path)
+    if old and old.get("model_hash") == model_hash and old.get("episodes") == episodes \
+            and old.get("eval_seed", 0) == seed_base:
+        return old
+    return None
+
+
+def eval_model(model: str, registry: Registry, revision: str = "main", episodes: int | None = None,
+               hub: str | None = None, org: str | None = None, progress=None,
+               video: bool | None = None) -> EvalOutcome:
+    """Evaluate any model (`dtzoo eval ID|ORG/ID|DIR`) at its target returns.
+
+    A model trained here gets eval.json, replay.mp4 and a fresh card in its run directory; any
+    other keeps eval.json under $DTZOO_HOME/evals/<repo>/<commit>/ (dtzoo.evals). An up-to-date
+    report (same weights, episodes and seeds) is returned without rolling out again.
+
+    >>> eval_model("dtzoo/hopper-1L-seed0", reg).report["results"][0]["return_mean"]
+    """
     from dtzoo.evaluate import evaluate
 
-    run = require_trained(spec.model_id)
-    model, config = load_model(run)
-    report = evaluate(model, config, episodes=episodes or spec.env.eval_episodes,
-                      seed_base=registry.eval_seed, progress=progress)
-    atomic_write_json(run / "eval.json", report)
-    write_card(run, registry)
+    ref = locate(model, registry, revision, hub, org)
+    out = report_dir(ref)
+    with file_lock(_eval_lock(ref)):
+        net, config = load_model(ref.path)
+        episodes = episodes or default_episodes(registry, config)
+        model_hash = content_hash(ref.path)
+        old = _up_to_date(out / EVAL, model_hash, episodes, registry.eval_seed)
+        if old is not None:
+            return EvalOutcome(old, ref, "already evaluated")
+        report = evaluate(net, config, episodes=episodes, seed_base=registry.eval_seed,
+                          progress=progress)
+        report.update(_provenance(ref, config, model_hash, registry.eval_seed))
+        if ref.trained_here and (registry.eval_video if video is None else video):
+            from dtzoo.video import record_replay
+
+            record_replay(net, config, ref.path / VIDEO, seed=report["episode_seeds"][0])
+        atomic_write_json(out / EVAL, report)
+        if ref.trained_here:
+            write_card(ref.path, registry)
+    return EvalOutcome(report, ref)
+
+
+def _provenance(ref: ModelRef, config, model_hash: str, seed_base: int) -> dict:
+    """What a report needs beyond the numbers: which model, from where, for the leaderboard."""
+    return {"total_steps": config.total_steps, "env": config.env.get("key"),
+            "layers": config.architecture["n_layers"], "model_hash": model_hash,
+            "eval_seed": seed_base, "source": ref.describe()}
+
+
+def eval_cell(spec: ModelSpec, registry: Registry, episodes: int | None = None,
+              progress=None) -> dict:
+    """Evaluate a model trained here (writes eval.json and its card); see `eval_model`."""
+    require_trained(spec.model_id)
+    return eval_model(spec.model_id, registry, episodes=episodes, progress=progress).report
+
+
+def sweep_model(model: str, registry: Registry, targets: list[float] | None = None,
+                episodes: int | None = None, revision: str = "main", hub: str | None = None,
+                org: str | None = None, progress=None) -> dict:
+    """Roll out over a range of target returns; writes rtg_sweep.json/.png beside eval.json
+    (and refreshes the card of a model trained here)."""
+    from dtzoo.evaluate import default_sweep_targets, rtg_sweep
+    from dtzoo.plots import rtg_sweep_plot
+
+    ref = locate(model, registry, revision, hub, org)
+    out = report_dir(ref)
+    with file_lock(_eval_lock(ref)):
+        net, config = load_model(ref.path)
+        report = rtg_sweep(net, config, targets or default_sweep_targets(config),
+                           episodes=episodes or default_episodes(registry, config),
+                           seed_base=registry.eval_seed, progress=progress)
+        report.update(_provenance(ref, config, content_hash(ref.path), registry.eval_seed))
+        atomic_write_json(out / SWEEP, report)
+        rtg_sweep_plot(report, out / "rtg_sweep.png")
+        if ref.trained_here:
+            write_card(ref.path, registry)
     return report
 
 
 def sweep_cell(spec: ModelSpec, registry: Registry, targets: list[float] | None = None,
                episodes: int | None = None, progress=None) -> dict:
-    """Roll out over a range of target returns; writes rtg_sweep.json/.png and the card."""
-    from dtzoo.evaluate import default_sweep_targets, rtg_sweep
-    from dtzoo.plots import rtg_sweep_plot
+    require_trained(spec.model_id)
+    return sweep_model(spec.model_id, registry, targets, episodes, progress=progress)
 
-    run = require_trained(spec.model_id)
-    model, config = load_model(run)
-    report = rtg_sweep(model, config, targets or default_sweep_targets(config),
-                       episodes=episodes or spec.env.eval_episodes, seed_base=registry.eval_seed,
-                       progress=progress)
-    atomic_write_json(run / "rtg_sweep.json", report)
-    rtg_sweep_plot(report, run / "rtg_sweep.png")
-    write_card(run, registry)
-    return report
+
+def _optional_json(model_dir: Path, name: str) -> dict | None:
+    from dtzoo.evals import read_report
+
+    return read_report(model_dir / name) if (model_dir / name).is_file() else None
+
+
+def build_model_card(model_dir: Path, registry: Registry, org: str | None = None,
+                     transformers: bool = False):
+    """The card of a model directory, from config.json, eval.json, rtg_sweep.json and the
+    plots and video beside them."""
+    from dtzoo.card import build_card
+    from dtzoo.video import renderer_note
+
+    config = read_config(model_dir)
+    video = VIDEO if (model_dir / VIDEO).is_file() else None
+    return build_card(config, _optional_json(model_dir, EVAL), org=org_for(registry, org),
+                      license=registry.license,
+                      plots=[p for p in PLOTS if (model_dir / p).is_file()],
+                      sweep=_optional_json(model_dir, SWEEP), video=video,
+                      video_note=None if video else renderer_note(config),
+                      transformers=transformers)
 
 
 def write_card(model_dir: Path, registry: Registry, org: str | None = None) -> None:
-    """(Re)write README.md from config.json and eval.json, then refresh the manifest."""
-    from dtzoo.card import build_card
-
-    def optional_json(name: str) -> dict | None:
-        return read_json(model_dir / name) if (model_dir / name).is_file() else None
-
-    config = read_config(model_dir)
-    plots = [p for p in PLOTS if (model_dir / p).is_file()]
-    card = build_card(config, optional_json("eval.json"), org=org_for(registry, org),
-                      license=registry.license, plots=plots, sweep=optional_json("rtg_sweep.json"))
-    atomic_write_text(model_dir / "README.md", str(card))
+    """(Re)write README.md of a model directory, then refresh the manifest."""
+    atomic_write_text(model_dir / "README.md", str(build_model_card(model_dir, registry, org)))
     write_manifest(model_dir)
 
 
-def eval_reports(model_ids: list[str]) -> list[dict]:
-    """The eval.json of every listed model that has one."""
-    out = []
-    for mid in model_ids:
-        p = paths.run_dir(mid) / "eval.json"
-        if p.is_file():
-            out.append(read_json(p))
-    return out
+def eval_reports(model_ids: list[str] | None = None) -> list[dict]:
+    """Every final model evaluated on this machine (`dtzoo.evals.local_reports`)."""
+    from dtzoo.evals import local_reports
+
+    return local_reports(model_ids)
+
+
+def leaderboard(registry: Registry, grid: str | None = None, hub: str | None = None,
+                org: str | None = None) -> list[dict]:
+    """Leaderboard rows: from what was evaluated on this machine, or (with `hub`) from the
+    model cards the hub's org published. With a grid, rows say which seeds are missing."""
+    from dtzoo.leaderboard import expected_cells, leaderboard_rows
+
+    ids = registry.grid(grid) if grid else None
+    if hub is None:
+        reports = eval_reports(ids)
+    else:
+        reports = card_reports(registry, ids, hub=hub, org=org)
+    return leaderboard_rows(reports, expected_cells(ids) if ids else None)
+
+
+def card_reports(registry: Registry, model_ids: list[str] | None, hub: str | None = None,
+                 org: str | None = None) -> list[dict]:
+    """Eval reports built from the published cards' model-index alone (no weights are
+    downloaded): one per model of the hub's org (of `model_ids`, if given)."""
+    wanted = set(model_ids) if model_ids is not None else None
+    reports = []
+    for r in get_hub(hub).list_remote(org_for(registry, org)):
+        if wanted is not None and r["model_id"] not in wanted:
+            continue
+        results = [{"target_return": x["target_return"], "return_mean": x.get("mean_reward"),
+                    "normalized_mean": x.get("normalized_score")}
+                   for x in r["results"] if x.get("target_return") is not None
+                   and x.get("mean_reward") is not None and x.get("normalized_score") is not None]
+        if results:
+            eps = [x["episodes"] for x in r["results"] if x.get("episodes") is not None]
+            data = sorted({x["dataset"] for x in r["results"] if x.get("dataset")})
+            reports.append({"model_id": r["model_id"], "results": results,
+                            "episodes": min(eps) if eps else None,
+                            "dataset": ", ".join(data) or "?", "source": {"repo_id": r["repo_id"],
+                                                                          "commit": r["sha"]}})
+    return reports
 
 
 # ----------------------------------------------------------------------------- hubs
 
 
 def publish_cell(spec: ModelSpec, registry: Registry, hub: str | None = None,
-                 org: str | None = None, checkpoints: bool = False) -> list[PublishResult]:
-    """Publish the final model as `main` (and, with checkpoints=True, every `step<N>`)."""
+                 org: str | None = None, checkpoints: bool = True) -> list[PublishResult]:
+    """Publish the final model as `main` and (unless checkpoints=False) every training-time
+    checkpoint as `step<N>`. The run directory is not modified: each revision is staged."""
     run = require_trained(spec.model_id)
     h = get_hub(hub)
-    rid = repo_id(org_for(registry, org), spec.model_id)
-    results = []
+    org = org_for(registry, org)
+    rid = repo_id(org, spec.model_id)
+    sources = []
     if checkpoints:
-        for ckpt in sorted((run / "checkpoints").glob("step*"), key=lambda p: int(p.name[4:])):
-            write_card(ckpt, registry, org)
-            results.append(h.publish(ckpt, rid, revision=ckpt.name))
-    write_card(run, registry, org)  # deterministic: unchanged inputs give unchanged bytes
-    results.append(h.publish(run, rid, revision="main"))
+        ckpts = [p for p in (run / "checkpoints").glob("step*") if p.name[4:].isdigit()]
+        sources = [(p, p.name) for p in sorted(ckpts, key=lambda p: int(p.name[4:]))]
+    results = []
+    for src, revision in sources + [(run, "main")]:
+        with staged_model_dir(src, registry, org) as stage:
+            results.append(h.publish(stage, rid, revision=revision))
     return results
+
+
+@contextmanager
+def staged_model_dir(src: Path, registry: Registry, org: str):
+    """A temporary copy of model directory `src` as it is published: its files, a card naming
+    `org`, and `transformers/` (the same model as a transformers DecisionTransformerModel)."""
+    import shutil
+
+    from dtzoo.checkpoint import MANIFEST, verify
+    from dtzoo.hub.local import check_required_files, model_files
+
+    check_required_files(src)  # corrupt weights are never published under a fresh hash
+    stage = make_temp_dir(paths.home() / "staging" / src.name)
+    try:
+        for f in model_files(src):
+            if f.parent == src and f.name not in ("README.md", MANIFEST):
+                shutil.copy2(f, stage / f.name)
+        has_transformers = write_transformers_dir(stage, stage / "transformers")
+        card = build_model_card(stage, registry, org, transformers=has_transformers)
+        atomic_write_text(stage / "README.md", str(card))
+        write_manifest(stage)
+        verify(stage)
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_transformers_dir(model_dir: Path, out: Path) -> bool:
+    """Write `model_dir` as a transformers DecisionTransformerModel directory (config.json with
+    `model_type: decision_transformer` and our config under "dtzoo", model.safetensors).
+    False, with nothing written, where transformers cannot hold the model (image encoders) or
+    is not installed."""
+    from dtzoo.convert import MissingDependencyError, export_transformers
+    from dtzoo.errors import CheckpointError
+
+    net, config = load_model(model_dir)
+    try:
+        export_transformers(net, out)
+    except (CheckpointError, MissingDependencyError):
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        return False
+    hf_config = read_json(out / "config.json")
+    hf_config["dtzoo"] = config.to_dict()  # state stats etc., so the round trip is lossless
+    atomic_write_json(out / "config.json", hf_config)
+    return True
 
 
 def remote_status(registry: Registry, grid: str | None = None, hub: str | None = None,
@@ -286,23 +473,32 @@ def _card_key(results: list[dict]) -> list[tuple]:
                   for r in results if r.get("target_return") is not None)
 
 
-def pull(model_id: str, registry: Registry, revision: str = "main", hub: str | None = None,
+def pull(model: str, registry: Registry, revision: str = "main", hub: str | None = None,
          org: str | None = None) -> Path:
-    registry.resolve(model_id)
-    return get_hub(hub).pull(repo_id(org_for(registry, org), model_id), revision)
+    """Download `[ORG/]ID` (cached, verified) from the hub; any dtzoo model, registry or not."""
+    from dtzoo.errors import HubError
+
+    path = get_hub(hub).pull(hub_repo_id(model, registry, org), revision)
+    try:
+        read_config(path)
+    except DtzooError as e:
+        raise HubError(f"{model} is not a dtzoo model: {e}") from None
+    return path
 
 
-def revisions(model_id: str, registry: Registry, hub: str | None = None,
+def revisions(model: str, registry: Registry, hub: str | None = None,
               org: str | None = None) -> dict[str, dict]:
     """Every revision of a model: local checkpoints (`step<N>`, `main`) and what the hub holds."""
-    registry.resolve(model_id)
-    run = paths.run_dir(model_id)
+    from dtzoo.locate import local_run
+
     out: dict[str, dict] = {}
-    for ckpt in (run / "checkpoints").glob("step*"):
-        out[ckpt.name] = {"local": str(ckpt), "hub_commit": None}
-    if paths.is_trained(model_id):
-        out["main"] = {"local": str(run), "hub_commit": None}
-    for rev, commit in get_hub(hub).revisions(repo_id(org_for(registry, org), model_id)).items():
+    if local_run(model) is not None or local_run(model, "step0") is not None:
+        for ckpt in (paths.run_dir(model) / "checkpoints").glob("step*"):
+            if ckpt.name[4:].isdigit():
+                out[ckpt.name] = {"local": str(ckpt), "hub_commit": None}
+        if local_run(model) is not None:
+            out["main"] = {"local": str(paths.run_dir(model)), "hub_commit": None}
+    for rev, commit in get_hub(hub).revisions(hub_repo_id(model, registry, org)).items():
         out.setdefault(rev, {"local": None})["hub_commit"] = commit
     return dict(sorted(out.items(), key=lambda kv: (kv[0] != "main", int(kv[0][4:] or 0)
                                                     if kv[0].startswith("step") else 0)))
@@ -311,40 +507,21 @@ def revisions(model_id: str, registry: Registry, hub: str | None = None,
 # ----------------------------------------------------------------------------- interop
 
 
-def revision_dir(run: Path, revision: str) -> Path:
-    """A run directory's model for `revision`: the run itself for main, else its
-    checkpoints/<revision>; a UsageError if that checkpoint does not exist."""
-    if revision == "main":
-        return run
-    ckpt = run / "checkpoints" / revision
-    if not ckpt.is_dir():
-        raise UsageError(f"{run} has no checkpoint {revision!r} (looked in {run / 'checkpoints'})")
-    return ckpt
+def resolve_model_dir(model: str, registry: Registry, revision: str = "main",
+                      hub: str | None = None, org: str | None = None) -> Path:
+    """A model directory: a directory, a model trained here, or (failing both) a hub pull."""
+    return locate(model, registry, revision, hub, org).path
 
 
-def resolve_model_dir(model: str, registry: Registry, revision: str = "main") -> Path:
-    """A path to a model directory, a trained run, or (failing both) a pull from the hub."""
-    p = Path(model).expanduser()
-    if p.is_dir():
-        return revision_dir(p, revision)
-    registry.resolve(model)
-    run = paths.run_dir(model)
-    if revision == "main" and paths.is_trained(model):
-        return run
-    if revision.startswith("step") and paths.checkpoint_dir(model, int(revision[4:])).is_dir():
-        return paths.checkpoint_dir(model, int(revision[4:]))
-    return pull(model, registry, revision=revision)
-
-
-def export_model(model: str, out: Path, registry: Registry, revision: str = "main") -> Path:
+def export_model(model: str, out: Path, registry: Registry, revision: str = "main",
+                 hub: str | None = None, org: str | None = None) -> Path:
     """Write a transformers `DecisionTransformerModel` directory (plus our config under "dtzoo")."""
     from dtzoo.convert import export_transformers
 
-    net, config = load_model(resolve_model_dir(model, registry, revision))
-    export_transformers(net, Path(out))
-    hf_config = read_json(Path(out) / "config.json")
-    hf_config["dtzoo"] = config.to_dict()  # state stats etc., so the round trip is lossless
-    atomic_write_json(Path(out) / "config.json", hf_config)
+    src = resolve_model_dir(model, registry, revision, hub, org)
+    if not write_transformers_dir(src, Path(out)):
+        net, _ = load_model(src)
+        export_transformers(net, Path(out))  # raises the reason (image encoder, no transformers)
     return Path(out)
 
 

@@ -31,6 +31,7 @@ def make_test_registry(path: Path, steps: int = TEST_STEPS, episodes: int = 20) 
     """Write the bundled registry with test-sized numbers to `path`."""
     reg = yaml.safe_load((ROOT / "registry.yaml").read_text())
     reg["checkpoints"] = {"log_until": 16, "every": 20}
+    reg["eval"]["video"] = False  # replay videos cost seconds each; tests that want one ask
     for key in ("pendulum", "cartpole"):
         env = reg["envs"][key]
         env["prepare"]["episodes"] = episodes

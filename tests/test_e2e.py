@@ -79,7 +79,8 @@ def test_python_api_loads_published_model(zoo_env, registry):
     spec = registry.resolve("pendulum-1L-seed0")
     zoo.train_cell(spec, registry)
     zoo.publish_cell(spec, registry)
-    model, config = dtzoo.load("pendulum-1L-seed0")
+    model = dtzoo.load("pendulum-1L-seed0")
+    config = model.config
     assert not model.training and config.model_id == "pendulum-1L-seed0"
     assert config.env["gym_id"] == "Pendulum-v1" and len(config.state_mean) == 3
     states = torch.zeros(2, 5, 3)

@@ -83,7 +83,7 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(ghost_registry):
 
     # again, skipping what is trained: only the failed cells are tried
     calls.clear()
-    again = run_cells(specs, train, skip=already_trained)
+    again = run_cells(specs, train, skip=already_trained())
     assert calls == ["ghost-1L-seed0", "oddheads-1L-seed0"]
     assert [r.status for r in again] == ["failed", "skipped", "failed", "skipped"]
     assert again[1].detail == "already trained"
@@ -173,7 +173,7 @@ def test_a_deferred_cell_the_other_process_finished_is_skipped(zoo_env, registry
     proc = _hold("pendulum-1L-seed0", 1.0, released, finished=paths.run_dir("pendulum-1L-seed0"))
     calls = []
     try:
-        results = run_cells(specs, lambda s: calls.append(s.model_id), skip=already_trained, lock=True)
+        results = run_cells(specs, lambda s: calls.append(s.model_id), skip=already_trained(), lock=True)
     finally:
         proc.wait(timeout=30)
     assert released.exists()

@@ -186,9 +186,8 @@ def test_publish_checkpoints_as_branches_through_lfs(hub_server_factory, home, r
     # and every revision pulls back: dtzoo.load of a training-time checkpoint
     import dtzoo
 
-    model, config = dtzoo.load(MID, revision="step8", hub="hf",
-                               registry=os.environ["DTZOO_REGISTRY"])
-    assert config.step == 8
+    model = dtzoo.load(MID, revision="step8", hub="hf", registry=os.environ["DTZOO_REGISTRY"])
+    assert model.config.step == 8
     ref, _ = load_model(run / "checkpoints" / "step8")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in ref.state_dict().items())
     revs = zoo.revisions(MID, registry, hub="hf")
@@ -325,7 +324,7 @@ def test_pull_verifies_into_the_hf_cache_and_a_second_pull_makes_no_request(hub_
     assert zoo.pull(MID, registry, hub="hf") == path
     import dtzoo
 
-    model, _ = dtzoo.load(MID, hub="hf", registry=zoo_env["DTZOO_REGISTRY"])
+    model = dtzoo.load(MID, hub="hf", registry=zoo_env["DTZOO_REGISTRY"])
     ref, _ = load_model(run)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in ref.state_dict().items())
     assert hub_server.request_log == []

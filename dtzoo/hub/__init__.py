@@ -1,6 +1,6 @@
 """Hub backends: where models are published and pulled from.
 
-    >>> hub = get_hub("local")                       # or "hf"; default $DTZOO_HUB or "local"
+    >>> hub = get_hub()                              # "hf" (default), or $DTZOO_HUB, or "local"
     >>> result = hub.publish(run_dir, "dtzoo/pendulum-1L-seed0", revision="main")
     >>> path = hub.pull("dtzoo/pendulum-1L-seed0", revision="main")
 
@@ -19,7 +19,8 @@ from typing import Protocol
 
 from dtzoo.errors import UsageError
 
-HUBS = ("local", "hf")
+HUBS = ("hf", "local")
+DEFAULT_HUB = "hf"  # the Hugging Face Hub; "local" (DTZOO_HUB=local) for offline work and tests
 REVISION_RE = re.compile(r"^(main|step\d+|[0-9a-f]{40}|[0-9a-f]{64})$")
 ORG_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 
@@ -65,7 +66,7 @@ def repo_id(org: str, model_id: str) -> str:
 
 
 def get_hub(name: str | None = None) -> Hub:
-    name = name or os.environ.get("DTZOO_HUB") or "local"
+    name = name or os.environ.get("DTZOO_HUB") or DEFAULT_HUB
     if name == "local":
         from dtzoo.hub.local import LocalHub
 

@@ -89,18 +89,22 @@ def same_file(remote, path: Path) -> bool:
 
 def card_results(model_index: Any) -> list[dict[str, Any]]:
     """Numeric eval results from a card's raw `model-index`, one dict per target return:
-    `{"target_return": -150.0, "mean_reward": -984.79, "normalized_score": 22.49, "episodes": 2}`.
+    `{"target_return": -150.0, "mean_reward": -984.79, "normalized_score": 22.49, "episodes": 2,
+    "dataset": "dtzoo/pendulum/scripted-v0"}`.
     Values that are not numbers come back as None (never as strings)."""
     rows: dict[Any, dict[str, Any]] = {}
     for entry in model_index if isinstance(model_index, list) else []:
         for result in (entry or {}).get("results") or []:
-            config = str(((result or {}).get("dataset") or {}).get("config") or "")
+            dataset = (result or {}).get("dataset") or {}
+            config = str(dataset.get("config") or "")
             for metric in result.get("metrics") or []:
                 args = metric.get("args") if isinstance(metric.get("args"), dict) else {}
                 target = _number(args.get("target_return"))
                 if target is None and config.startswith("target_return="):
                     target = _number(config.split("=", 1)[1])
                 row = rows.setdefault(target, {"target_return": target})
+                if isinstance(dataset.get("type"), str):
+                    row["dataset"] = dataset["type"]
                 if metric.get("type"):
                     row[str(metric["type"])] = _number(metric.get("value"))
                 if _number(args.get("episodes")) is not None:
@@ -158,7 +162,7 @@ class HFHub:
         check_required_files(src)
         write_manifest(src)
         verify(src)
-        local = {p.name: p for p in model_files(src)}
+        local = {p.relative_to(src).as_posix(): p for p in model_files(src)}
         step = _config_step(src)
         with self._errors("publish", repo_id, revision):
             self._connect()

@@ -21,20 +21,29 @@ from dtzoo.checkpoint import MANIFEST, REQUIRED_FILES, WEIGHTS, check_safetensor
 from dtzoo.errors import CheckpointError, HubError
 from dtzoo.fsutil import (
     atomic_write_text,
+    check_owned,
     file_lock,
     fsync_dir,
     make_temp_dir,
     read_json,
+    remove_stale,
     sha256_file,
 )
 from dtzoo.hub import PublishResult, check_revision
 
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")  # a local-hub commit: sha1 of the manifest
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")  # a local-hub commit: sha1 of the manifest
+
+
+SUBFOLDERS = ("transformers",)  # published beside the model: the transformers export
 
 
 def model_files(src: Path) -> list[Path]:
-    """The files of a model directory (sub-directories such as checkpoints/ are not part of it)."""
-    return sorted(p for p in Path(src).iterdir() if p.is_file() and not p.name.startswith("."))
+    """The files of a model directory, and of its `transformers/` folder where it has one
+    (other sub-directories, such as a run's checkpoints/, are not part of it)."""
+    src = Path(src)
+    dirs = [src] + [src / d for d in SUBFOLDERS if (src / d).is_dir() and not (src / d).is_symlink()]
+    return sorted(p for d in dirs for p in d.iterdir()
+                  if p.is_file() and not p.is_symlink() and not p.name.startswith("."))
 
 
 def check_required_files(src: Path) -> None:
@@ -64,8 +73,10 @@ def _copy_verified(src: Path, dest: Path) -> None:
     tmp = make_temp_dir(dest)
     try:
         for p in model_files(src):
-            shutil.copy2(p, tmp / p.name)
-            with open(tmp / p.name, "rb") as f:  # on disk before the rename makes it visible
+            dest_file = tmp / p.relative_to(src)
+            dest_file.parent.mkdir(exist_ok=True)
+            shutil.copy2(p, dest_file)
+            with open(dest_file, "rb") as f:  # on disk before the rename makes it visible
                 os.fsync(f.fileno())
         verify(tmp)
         try:
@@ -97,11 +108,29 @@ def verify_commit(path: Path, commit: str) -> None:
 
 def _remove_stale_temp_dirs(parent: Path) -> None:
     """Temp dirs (`.<name>.*.tmp`) left by a killed publish or pull. Call with the lock held
-    that every writer of `parent` takes, so none of them is still being filled."""
-    if parent.is_dir():
-        for p in parent.glob(".*.tmp"):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
+    that every writer of `parent` takes, so none of them is still being filled. A linked
+    `parent` is refused (fsutil.remove_stale): nothing outside it is ever deleted."""
+    remove_stale(parent, lambda p: p.name.startswith(".") and p.name.endswith(".tmp"))
+
+
+def _discard(path: Path) -> None:
+    """Remove a damaged cache entry or snapshot: a link or a file is unlinked (never what a
+    link points to), a directory removed."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _intact(path: Path, commit: str) -> bool:
+    """A real directory (not a link) holding exactly the files of `commit`."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        verify_commit(path, commit)
+        return True
+    except CheckpointError:
+        return False
 
 
 class LocalHub:
@@ -126,13 +155,17 @@ class LocalHub:
         verify(src)
         commit = commit_of(manifest)
         repo = self.repo(repo_id)
+        check_owned(repo / "snapshots")
         (repo / "snapshots").mkdir(parents=True, exist_ok=True)
         with file_lock(repo / ".lock"):
             _remove_stale_temp_dirs(repo / "snapshots")
-            if self.revisions(repo_id).get(revision) == commit:
-                return PublishResult(repo_id, revision, commit, self.url(repo_id, revision), True)
             snap = repo / "snapshots" / commit
-            if not snap.is_dir():
+            # the snapshot is checked, not trusted: a damaged one is replaced from `src`
+            intact = _intact(snap, commit)
+            if intact and self.revisions(repo_id).get(revision) == commit:
+                return PublishResult(repo_id, revision, commit, self.url(repo_id, revision), True)
+            if not intact:
+                _discard(snap)
                 _copy_verified(src, snap)
             atomic_write_text(repo / "refs" / revision, commit + "\n")
         return PublishResult(repo_id, revision, commit, self.url(repo_id, revision), False)
@@ -141,7 +174,7 @@ class LocalHub:
         refs = self.repo(repo_id) / "refs"
         if not refs.is_dir():
             return {}
-        return {p.name: p.read_text().strip() for p in refs.iterdir() if not p.name.startswith(".")}
+        return {p.name: _read_ref(p) for p in refs.iterdir() if not p.name.startswith(".")}
 
     def resolve(self, repo_id: str, revision: str) -> str:
         check_revision(revision)
@@ -151,7 +184,7 @@ class LocalHub:
                            "with `dtzoo publish`")
         if revision in revs:
             commit = revs[revision]
-            if not COMMIT_RE.match(commit):  # it becomes a path: never let it leave the repo
+            if not COMMIT_RE.fullmatch(commit):  # it becomes a path: never let it leave the repo
                 raise HubError(f"{self.repo(repo_id) / 'refs' / revision}: corrupt ref "
                                f"{commit[:60]!r} (expected a 40-hex commit): publish again")
             return commit
@@ -163,16 +196,15 @@ class LocalHub:
     def pull(self, repo_id: str, revision: str = "main") -> Path:
         """Copy a revision into the cache (verified) and return its directory."""
         commit = self.resolve(repo_id, revision)
-        dest = paths.cache_dir() / repo_id / commit
+        dest = check_owned(paths.cache_dir() / repo_id / commit)
+        if _intact(dest, commit):  # a verified cache hit writes nothing (a read-only home works)
+            return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(dest.parent / ".lock"):  # pulls of one repo take turns
             _remove_stale_temp_dirs(dest.parent)
-            if dest.is_dir():
-                try:
-                    verify_commit(dest, commit)
-                    return dest
-                except CheckpointError:
-                    shutil.rmtree(dest)  # corrupt cache entry: fetch a clean copy below
+            if _intact(dest, commit):
+                return dest
+            _discard(dest)  # corrupt, or a file or a link in its place: fetch a clean copy below
             snap = self.repo(repo_id) / "snapshots" / commit
             try:
                 verify_commit(snap, commit)
@@ -193,7 +225,7 @@ class LocalHub:
         for rid in self.list_models(org):
             commit = self.revisions(rid)["main"]
             readme = self.repo(rid) / "snapshots" / commit / "README.md"
-            ok = COMMIT_RE.match(commit) and readme.is_file()  # a corrupt ref reads nothing
+            ok = COMMIT_RE.fullmatch(commit) and readme.is_file()  # a corrupt ref reads nothing
             meta = (metadata_load(readme) if ok else None) or {}
             mtime = (self.repo(rid) / "refs" / "main").stat().st_mtime
             rows.append({"repo_id": rid, "model_id": rid.split("/", 1)[1], "sha": commit,
@@ -207,6 +239,16 @@ class LocalHub:
         if not base.is_dir():
             return []
         return sorted(f"{org}/{p.name}" for p in base.iterdir() if (p / "refs" / "main").is_file())
+
+
+def _read_ref(path: Path) -> str:
+    """A ref's content (a commit when intact); a damaged ref reads as what it holds, which
+    `resolve` then refuses in one line (a directory or unreadable bytes read as "")."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(256).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
 
 
 def _rev_order(rev: str) -> tuple[int, int]:

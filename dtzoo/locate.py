@@ -1,0 +1,120 @@
+"""Where a model to use comes from: a run trained here, a hub snapshot, or a directory.
+
+Every consumer command (`dtzoo eval`, `export`, `data collect`, `dtzoo.load`) takes one string:
+
+    pendulum-1L-seed0          trained on this machine? its run directory; else pulled from the hub
+    someone/hopper-1L-seed0    pulled from the hub (any org; the env need not be in the registry)
+    ./my-model                 a model directory (a run directory takes --revision step<N> too)
+
+    >>> ref = locate("dtzoo/hopper-1L-seed0", registry, revision="step64")
+    >>> ref.path, ref.repo_id, ref.commit
+
+The registry is needed to train a model, not to use one: a pulled model's config.json holds
+everything (state statistics, action space, gym id, reference scores).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from dtzoo import paths
+from dtzoo.checkpoint import CONFIG, MANIFEST, WEIGHTS, is_model_dir, read_config
+from dtzoo.errors import CheckpointError, HubError, UsageError
+from dtzoo.fsutil import read_json
+from dtzoo.hub import check_revision, get_hub, repo_id
+from dtzoo.registry import MODEL_ID_RE, Registry
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A located model directory and where it came from (`source`: run, hub or dir)."""
+
+    path: Path
+    model_id: str
+    source: str
+    revision: str = "main"
+    repo_id: str | None = None
+    commit: str | None = None  # the hub's commit, or a content hash of weights + config
+
+    @property
+    def trained_here(self) -> bool:
+        """The final model of a run of this machine: its evaluations go into its card."""
+        return self.source == "run" and self.revision == "main"
+
+    def describe(self) -> dict:
+        """The provenance recorded beside an evaluation."""
+        return {"source": self.source, "repo_id": self.repo_id, "revision": self.revision,
+                "commit": self.commit, "path": str(self.path)}
+
+
+def org_for(registry: Registry, org: str | None = None) -> str:
+    """The hub org: `--org`, else $DTZOO_ORG, else the registry's `hub.org`."""
+    import os
+
+    return org or os.environ.get("DTZOO_ORG") or registry.org
+
+
+def hub_repo_id(model: str, registry: Registry, org: str | None = None) -> str:
+    """`ORG/ID` as given, or `ID` in the default org: `hub_repo_id("hopper-1L-seed0", reg)`."""
+    if "/" in model:
+        return model
+    return repo_id(org_for(registry, org), model)
+
+
+def content_hash(model_dir: Path) -> str:
+    """A 40-hex id of a model directory's weights and config (its manifest's sha256 sums)."""
+    try:
+        files = read_json(Path(model_dir) / MANIFEST)["files"]
+        key = f"{files[WEIGHTS]['sha256']}\n{files[CONFIG]['sha256']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{model_dir}: missing or unreadable {MANIFEST}") from None
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def revision_dir(run: Path, revision: str) -> Path:
+    """A run directory's model for `revision`: the run itself for main, else its
+    checkpoints/<revision>; a UsageError if that checkpoint does not exist."""
+    check_revision(revision)
+    if revision == "main":
+        return run
+    ckpt = run / "checkpoints" / revision
+    if not ckpt.is_dir():
+        raise UsageError(f"{run} has no checkpoint {revision!r} (looked in {run / 'checkpoints'})")
+    return ckpt
+
+
+def local_run(model_id: str, revision: str = "main") -> Path | None:
+    """The directory of `model_id` at `revision` if it was trained here, else None."""
+    if not MODEL_ID_RE.fullmatch(model_id):  # (never a path: "../x" is not a run)
+        return None
+    run = paths.run_dir(model_id)
+    if revision == "main":
+        return run if paths.is_trained(model_id) else None
+    ckpt = run / "checkpoints" / revision
+    return ckpt if revision.startswith("step") and is_model_dir(ckpt) else None
+
+
+def locate(model: str, registry: Registry, revision: str = "main", hub: str | None = None,
+           org: str | None = None) -> ModelRef:
+    """Find `model` (a directory, a model id trained here, or `[ORG/]ID` on the hub)."""
+    check_revision(revision)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        d = revision_dir(path, revision)
+        return ModelRef(d, read_config(d).model_id, "dir", revision, commit=content_hash(d))
+    if "/" not in model:
+        run = local_run(model, revision)
+        if run is not None:
+            commit = None if revision == "main" else content_hash(run)
+            return ModelRef(run, model, "run", revision, commit=commit)
+    rid = hub_repo_id(model, registry, org)
+    try:
+        snap = get_hub(hub).pull(rid, revision)
+    except HubError as e:
+        if "/" not in model and model in registry.all_model_ids():
+            raise HubError(f"{model} is not trained here (`dtzoo train {model}`), and {e}") from None
+        raise
+    config = read_config(snap)
+    return ModelRef(snap, config.model_id, "hub", revision, repo_id=rid, commit=snap.name)
