@@ -143,6 +143,64 @@ def attention_cmd(
     emit(r, as_json, lines)
 
 
+@interp_app.command("probe")
+def probe_cmd(
+    model: ModelArg,
+    targets: Annotated[list[str], typer.Option(
+        "--target", help="rtg, timestep, action or state[i] (repeatable).")] = ["rtg"],  # noqa: B006
+    hooks: Annotated[Optional[list[str]], typer.Option(
+        "--hook", help="Hook point (repeatable; default: resid_pre of block 0 and every "
+                       "resid_post).")] = None,
+    token: Annotated[str, typer.Option("--token", help="Token read: R, s or a.")] = "s",
+    source: Annotated[str, typer.Option(
+        "--source", help="auto, data (held-out episodes) or rollout.")] = "auto",
+    out: OutOpt = None, hub: HubOpt = None, org: OrgOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Linear probes at every revision: R² (accuracy for discrete actions) against step.
+
+    Closed-form ridge (logistic for discrete) on held-out episodes' activations, fit on half
+    the episodes and scored on the rest. Writes probe.json and probe.png."""
+    from dtzoo.dynamics import write_probe_report
+
+    r = write_probe_report(model, targets, hooks, token=token, source=source, out_dir=out,
+                           hub=hub, org=org)
+    lines = [f"{len(r['steps'])} revisions (steps {r['steps'][0]}..{r['steps'][-1]}); "
+             f"{r['source']}"]
+    for h in r["hooks"]:
+        for t in r["targets"]:
+            s = r["scores"][h][t]
+            lines.append(f"  {h:<28} {t:<10} {r['metric'][t]} first {s[0]:+.3f} "
+                         f"final {s[-1]:+.3f} best {max(s):+.3f}")
+    emit(r, as_json, lines)
+
+
+@interp_app.command("report")
+def report_cmd(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
+    episodes: Annotated[int, typer.Option("--episodes", min=1, help="Episodes per sweep target.")] = 3,
+    targets: Annotated[Optional[str], typer.Option(
+        "--targets", help="Sweep targets LO:HI:N (default: random score to 1.5x expert).")] = None,
+    probe_targets: Annotated[str, typer.Option(
+        "--probe-targets", help="Comma-separated probe targets.")] = "rtg,timestep",
+    no_probes: Annotated[bool, typer.Option("--no-probes", help="Skip probes across training.")] = False,
+    seed: SeedOpt = 0, hub: HubOpt = None, org: OrgOpt = None,
+) -> None:
+    """One self-contained HTML page: attention on a rollout, RTG sweep, patching, probes."""
+    from rich.console import Console
+
+    from dtzoo.evaluate import parse_targets
+    from dtzoo.report import write_report
+
+    err = Console(stderr=True)
+    path = write_report(model, out, note=lambda m: err.print(f"report: {m}"), hub=hub, org=org,
+                        episodes=episodes, seed=seed,
+                        targets=parse_targets(targets) if targets else None,
+                        probe_targets=tuple(t for t in probe_targets.split(",") if t),
+                        probes=not no_probes)
+    print(path)
+
+
 def fmt(v) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(f"{x:+.3f}" for x in v) + "]"
