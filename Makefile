@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DTZOO := $(BIN)/dtzoo
 
-.PHONY: demo test bench clean-demo
+.PHONY: demo test bench clean-demo chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,8 +32,14 @@ demo: $(VENV)/.installed
 	$(DTZOO) pull pendulum-1L-seed0 --hub local
 	$(DTZOO) leaderboard --grid tiny
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q
+
+# tests/test_report.py opens the HTML report in Debian's chromium (Playwright drives it; its
+# own browser download is not used): installed here when missing (CI: root on a fresh machine)
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks

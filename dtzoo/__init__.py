@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load", "Agent", "DecisionTransformer", "DTConfig"]
+__all__ = ["__version__", "load", "revisions", "Agent", "DecisionTransformer", "DTConfig"]
 
 
 def __getattr__(name: str):
@@ -20,6 +20,10 @@ def __getattr__(name: str):
         from dtzoo.api import load
 
         return load
+    if name == "revisions":  # (step, model) for every training-time checkpoint, in step order
+        from dtzoo.dynamics import revisions
+
+        return revisions
     if name == "Agent":
         from dtzoo.agent import Agent
 

@@ -65,14 +65,16 @@ def revision_dirs(model: str | os.PathLike, hub: str | None = None, org: str | N
     """(step, model directory or hub revision name) of every revision, in step order.
 
     A directory: its `checkpoints/step<N>` (and the directory itself when its step is not
-    among them). A model id trained here: its run. Otherwise the hub's `step<N>` revisions
-    (and `main`), pulled one at a time by `revisions`."""
+    among them). A model id trained (or training) here: its run. Otherwise `[ORG/]ID` on the
+    hub: its `step<N>` revisions (or `main` alone), pulled one at a time by `revisions`."""
     from dtzoo import paths
     from dtzoo.checkpoint import read_config
+    from dtzoo.registry import MODEL_ID_RE
 
     path = Path(os.path.expanduser(str(model)))
-    if not path.is_dir() and "/" not in str(model) and paths.run_dir(str(model)).is_dir():
-        path = paths.run_dir(str(model))
+    if not path.is_dir() and MODEL_ID_RE.fullmatch(str(model)):
+        if paths.run_dir(str(model)).is_dir():
+            path = paths.run_dir(str(model))
     if path.is_dir():
         found = {int(p.name[4:]): p for p in (path / "checkpoints").glob("step*")
                  if p.name[4:].isdigit() and (p / "config.json").is_file()}
@@ -81,38 +83,33 @@ def revision_dirs(model: str | os.PathLike, hub: str | None = None, org: str | N
         if not found:
             raise UsageError(f"{path} holds no model and no checkpoints/step<N>")
         return sorted(found.items())
-    from dtzoo.hub import get_hub, repo_id
-    from dtzoo.registry import load_registry
-    from dtzoo.zoo import org_for
+    from dtzoo.hub import get_hub
+    from dtzoo.locate import hub_repo_id
 
-    reg = registry if registry is not None else load_registry()
-    org, mid = str(model).split("/", 1) if "/" in str(model) else (org, str(model))
-    reg.resolve(mid)
-    revs = get_hub(hub).revisions(repo_id(org_for(reg, org), mid))
+    rid = hub_repo_id(str(model), _registry(registry), org)
+    revs = get_hub(hub).revisions(rid)
     steps = sorted(int(r[4:]) for r in revs if r.startswith("step") and r[4:].isdigit())
     if not steps and "main" not in revs:
-        raise UsageError(f"{model} has no revisions on the {hub or 'default'} hub")
+        raise UsageError(f"{rid} has no revisions on the {hub or 'default'} hub")
     return [(s, f"step{s}") for s in steps] or [(-1, "main")]
 
 
+def _registry(registry):
+    from dtzoo.registry import load_registry
+
+    return registry if registry is not None else load_registry()
+
+
 def load_model_ref(model: str | os.PathLike, revision: str = "main", hub: str | None = None,
-                   org: str | None = None, device: str = "cpu"):
-    """A model directory, a run trained here, or (else) `dtzoo.load` from the hub; the model
-    with its ModelConfig at `model.config`."""
-    from dtzoo import paths
+                   org: str | None = None, device: str = "cpu", registry=None):
+    """`dtzoo.load` with an already loaded registry: the model, ModelConfig at `model.config`."""
     from dtzoo.checkpoint import load_model
-    from dtzoo.zoo import revision_dir
+    from dtzoo.locate import locate
 
-    path = Path(os.path.expanduser(str(model)))
-    if not path.is_dir() and "/" not in str(model) and paths.is_trained(str(model)):
-        path = paths.run_dir(str(model))
-    if path.is_dir():
-        net, config = load_model(revision_dir(path, revision), device=device)
-        net.config = config
-        return net
-    from dtzoo.api import load
-
-    return load(str(model), revision=revision, hub=hub, org=org, device=device)
+    ref = locate(os.path.expanduser(str(model)), _registry(registry), revision, hub, org)
+    net, config = load_model(ref.path, device=device)
+    net.config = config
+    return net
 
 
 def revisions(model: str | os.PathLike, hub: str | None = None, org: str | None = None,
@@ -121,19 +118,18 @@ def revisions(model: str | os.PathLike, hub: str | None = None, org: str | None 
     at a time (each model has its ModelConfig at `model.config`; the last one is `main`).
 
     >>> for step, m in dtzoo.revisions("pendulum-1L-seed0"):            # a run trained here
-    >>> for step, m in dtzoo.revisions("pendulum-1L-seed0", hub="hf")    # step<N> revisions
+    >>> for step, m in dtzoo.revisions("someone/pendulum-1L-seed0")      # hub step<N> revisions
     >>> for step, m in dtzoo.revisions("~/.cache/dtzoo/runs/pendulum-1L-seed0")
     """
     from dtzoo.checkpoint import load_model
 
+    reg = None
     for _, where in revision_dirs(model, hub, org, registry):
-        if isinstance(where, str):  # a hub revision: pull (verified, cached), then load
-            from dtzoo.registry import load_registry
-            from dtzoo.zoo import pull
-
-            o, mid = str(model).split("/", 1) if "/" in str(model) else (org, str(model))
-            where = pull(mid, registry if registry is not None else load_registry(),
-                         revision=where, hub=hub, org=o)
+        if isinstance(where, str):  # a hub revision: pulled (verified, cached), then loaded
+            reg = reg or _registry(registry)
+            yield (lambda m: (m.config.step, m))(
+                load_model_ref(str(model), where, hub, org, device, reg))
+            continue
         net, config = load_model(where, device=device)
         net.config = config
         yield config.step, net

@@ -238,6 +238,15 @@ function hover(e, text) {
   el("title", {}, e).textContent = text;
 }
 function fmt(v) { return Math.abs(v) >= 100 ? v.toFixed(1) : v.toPrecision(3); }
+function tickFmt(v) { return Math.abs(v) >= 1000 || Number.isInteger(v) ? String(Math.round(v))
+                                                                      : String(+v.toPrecision(3)); }
+function niceTicks(lo, hi) {  // about five round numbers covering [lo, hi]
+  const raw = (hi - lo) / 5, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  const step = [1, 2, 5, 10].map(m => m * mag).find(s => s >= raw);
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9 * step; v += step) out.push(v);
+  return out;
+}
 const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
 
 function heatmap(parent, h, labels) {
@@ -266,7 +275,7 @@ function heatmap(parent, h, labels) {
 }
 
 function lineChart(parent, o) {
-  const W = o.width || 520, H = o.height || 320, L = 58, R = 14, T = 22, B = 42;
+  const W = o.width || 520, H = o.height || 320, L = 58, R = 26, T = 22, B = 42;
   const pts = o.series.flatMap(s => s.points);
   const ys = pts.flatMap(p => [p[1] - (p[2] || 0), p[1] + (p[2] || 0)])
                 .concat((o.hlines || []).map(h => h.y)).filter(Number.isFinite);
@@ -278,16 +287,21 @@ function lineChart(parent, o) {
   const sx = x => L + (tx(x) - x0) / (x1 - x0) * (W - L - R);
   const sy = y => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
   const fig = document.createElement("figure"); parent.appendChild(fig);
+  fig.style.width = W + "px";
   const svg = el("svg", {width: W, height: H, class: "chart", id: o.id}, fig);
   el("rect", {x: L, y: T, width: W - L - R, height: H - T - B, fill: "none", stroke: "#bbb"}, svg);
-  for (let i = 0; i <= 4; i++) {
-    const yv = y0 + (y1 - y0) * i / 4, xv = x0 + (x1 - x0) * i / 4;
+  niceTicks(y0, y1).forEach(yv => {
+    el("line", {x1: L, x2: W - R, y1: sy(yv), y2: sy(yv), stroke: "#eee"}, svg);
     el("text", {x: L - 5, y: sy(yv) + 3, "font-size": 10, "text-anchor": "end"}, svg)
-      .textContent = fmt(yv);
-    const xl = o.xlog ? Math.pow(10, xv) : xv;
-    el("text", {x: L + (xv - x0) / (x1 - x0) * (W - L - R), y: H - B + 14, "font-size": 10,
-                "text-anchor": "middle"}, svg).textContent = fmt(xl);
-  }
+      .textContent = tickFmt(yv);
+  });
+  const xt = o.xlog ? niceTicks(x0, x1).filter(Number.isInteger).map(k => Math.pow(10, k))
+                    : niceTicks(x0, x1);
+  xt.forEach(xv => {
+    el("line", {x1: sx(xv), x2: sx(xv), y1: T, y2: H - B, stroke: "#eee"}, svg);
+    el("text", {x: sx(xv), y: H - B + 14, "font-size": 10, "text-anchor": "middle"}, svg)
+      .textContent = tickFmt(xv);
+  });
   el("text", {x: (L + W - R) / 2, y: H - 8, "font-size": 11, "text-anchor": "middle"}, svg)
     .textContent = o.xlabel;
   el("text", {x: 12, y: (T + H - B) / 2, "font-size": 11, "text-anchor": "middle",
