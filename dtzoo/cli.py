@@ -526,8 +526,9 @@ def main() -> None:
             print(f"error: {e.format_message()}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        err.print("interrupted: run the same command again to resume")
-        sys.exit(130)
+        code = 130
+    if code == 130:  # Ctrl-C: typer turns it into Exit(130), which app() returns here
+        print("interrupted: run the same command again to resume", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
 
 

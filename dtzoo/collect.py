@@ -35,6 +35,7 @@ reset seeds do not coincide with the small integers used for evaluation episodes
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -561,6 +562,7 @@ def prepare_dataset(
     if max_episode_steps is not None:
         params["max_episode_steps"] = int(max_episode_steps)
     target = _dataset_path(dataset_id)
+    remove_stale_staging(_datasets_root())  # what killed writes left (and put back what they moved)
     if target.exists() and not overwrite:
         try:
             ds = minari.load_dataset(dataset_id)
@@ -595,14 +597,14 @@ def prepare_dataset(
     params["numpy_version"] = np.__version__
 
     root = _datasets_root()
-    staging = root / f".dtzoo-staging-{uuid.uuid4().hex}"
-    trash = root / f".dtzoo-trash-{uuid.uuid4().hex}"
+    staging, lock_fd = _locked_staging(root)
+    trash = staging / ".old"  # the dataset being replaced: inside staging, so it is found again
     with _WRITE_LOCK:
         try:
             # Minari records the dataset id inside metadata.json and resolves every path from
             # $MINARI_DATASETS_PATH at call time; pointing it at a hidden staging root (which
             # Minari's listings skip) writes a complete dataset under its real id there.
-            staging.mkdir(parents=True)
+            staging.mkdir(parents=True, exist_ok=True)
             with _datasets_path_env(staging), warnings.catch_warnings():
                 warnings.filterwarnings(
                     "ignore", message=r"`(code_permalink|author|author_email)` is set to None"
@@ -638,8 +640,70 @@ def prepare_dataset(
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.rmtree(trash, ignore_errors=True)
+            os.close(lock_fd)
     return minari.load_dataset(dataset_id)
+
+
+_STAGING, _LEGACY_TRASH = ".dtzoo-staging-", ".dtzoo-trash-"
+
+
+def _locked_staging(root: Path) -> tuple[Path, int]:
+    """A hidden staging folder in `root`, flock'ed for as long as this process writes it:
+    made under another name and renamed once locked, so a cleaner never sees it unlocked."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    name = uuid.uuid4().hex
+    new = root / f".dtzoo-new-{name}"
+    new.mkdir()
+    fd = os.open(new, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(new, root / f"{_STAGING}{name}")
+    return root / f"{_STAGING}{name}", fd
+
+
+def remove_stale_staging(root: Path) -> int:
+    """Remove the staging folders of killed dataset writes (their lock is free: the writer is
+    gone). A dataset that a killed overwrite had moved aside is renamed back first when its
+    place is still empty, so a kill never loses the old dataset. Returns how many went.
+
+    >>> remove_stale_staging(Path(os.environ["MINARI_DATASETS_PATH"]))
+    0
+    """
+    import fcntl
+
+    n = 0
+    for p in sorted(root.glob(".dtzoo-*")) if root.is_dir() else []:
+        if not p.name.startswith((_STAGING, _LEGACY_TRASH)) or p.is_symlink() or not p.is_dir():
+            continue
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer
+            _put_back(p / ".old" if p.name.startswith(_STAGING) else p, root)
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
+        finally:
+            os.close(fd)
+    return n
+
+
+def _put_back(old: Path, root: Path) -> None:
+    """Rename a dataset moved aside back to its id's place, if that place is empty."""
+    from minari.dataset.minari_dataset import parse_dataset_id
+
+    try:
+        with open(old / "data" / "metadata.json") as f:
+            dataset_id = json.load(f)["dataset_id"]
+        parse_dataset_id(dataset_id)  # a well-formed id: no "..", no absolute path
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    target = root / dataset_id
+    if ".." not in Path(dataset_id).parts and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old, target)
 
 
 class _datasets_path_env:

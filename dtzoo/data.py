@@ -279,12 +279,40 @@ class SegmentSampler:
 
 
 def _returns_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Undiscounted reward-to-go within each episode, for every step."""
+    """Undiscounted reward-to-go within each episode, for every step.
+
+    Summed episode by episode: suffix sums over the whole array minus the sum after each
+    episode lose every other episode's precision to one episode of huge rewards (with 1e18 in
+    one episode, the others' returns-to-go came out 0)."""
     r = rewards.astype(np.float64)
-    total = np.cumsum(r[::-1])[::-1]  # suffix sums over the whole array
-    ends = starts + lengths
-    after_episode = np.append(total, 0.0)[np.repeat(ends, lengths)]
-    return (total - after_episode).astype(np.float32)
+    out = np.zeros(len(r), np.float64)
+    for s, n in zip(starts.tolist(), lengths.tolist()):
+        out[s:s + n] = np.cumsum(r[s:s + n][::-1])[::-1]
+    return out.astype(np.float32)
+
+
+def check_matches_env(data: Trajectories, gym_id: str, obs_kind: str = "vector") -> None:
+    """The dataset's observations and actions have the sizes the env gives, so an env paired
+    with the wrong dataset fails before training, not at the first evaluation.
+
+    >>> check_matches_env(load_trajectories("dtzoo/pendulum/scripted-v0"), "Pendulum-v1")
+    """
+    from dtzoo.observations import make_env
+
+    env = make_env(gym_id, obs_kind)
+    try:
+        obs_shape, space = env.observation_space.shape, ActionSpace.from_gym(env.action_space)
+    finally:
+        env.close()
+    want, have = int(np.prod(obs_shape or (0,))), int(np.prod(data.observations.shape[1:]))
+    if want != have:
+        raise DatasetError(f"dataset {data.dataset_id!r} has observations of size {have}, but "
+                           f"{gym_id} gives {want}: the registry pairs this env with another "
+                           "env's dataset")
+    if (space.kind, space.dim) != (data.action_space.kind, data.action_space.dim):
+        raise DatasetError(f"dataset {data.dataset_id!r} has {data.action_space.kind} actions of "
+                           f"size {data.action_space.dim}, but {gym_id} takes {space.kind} "
+                           f"actions of size {space.dim}")
 
 
 def dataset_summary(dataset_id: str, bins: int = 10, obs_kind: str = "vector") -> dict[str, Any]:

@@ -17,6 +17,7 @@ from dtzoo.checkpoint import ModelConfig
 
 ProgressFn = Callable[[int, int], None]  # (episodes done, episodes)
 MAX_ENVS = 64  # envs stepped together in one vector env
+MAX_TARGETS = 256  # target returns in one sweep (`--targets LO:HI:N`)
 
 
 def episode_seeds(model_seed: int, episodes: int, base: int = 0) -> list[int]:
@@ -116,14 +117,24 @@ def parse_targets(spec: str) -> list[float]:
     """"LO:HI:N" -> N evenly spaced target returns: `parse_targets("0:100:3")` -> [0, 50, 100]."""
     from dtzoo.errors import UsageError
 
+    shown = repr(spec) if len(spec) <= 60 else repr(spec[:55]) + "..."
     try:
         lo, hi, n = spec.split(":")
-        lo_f, hi_f, n_i = float(lo), float(hi), int(n)
+        # (a 5000-digit count: int() refuses it with a ValueError too; cap it before)
+        lo_f, hi_f, n_i = float(lo), float(hi), int(n) if len(n) < 20 else MAX_TARGETS + 1
     except ValueError:
-        raise UsageError(f"--targets {spec!r}: expected LO:HI:N, e.g. -1200:0:7") from None
+        raise UsageError(f"--targets {shown}: expected LO:HI:N, e.g. -1200:0:7") from None
+    if not (np.isfinite(lo_f) and np.isfinite(hi_f)):  # NaN would end up in rtg_sweep.json
+        raise UsageError(f"--targets {shown}: LO and HI must be finite numbers")
     if n_i < 2 or hi_f <= lo_f:
-        raise UsageError(f"--targets {spec!r}: need LO < HI and N >= 2")
-    return [float(x) for x in np.linspace(lo_f, hi_f, n_i)]
+        raise UsageError(f"--targets {shown}: need LO < HI and N >= 2")
+    if n_i > MAX_TARGETS:  # every target is `episodes` rollouts, and one row of memory each
+        raise UsageError(f"--targets {shown}: at most {MAX_TARGETS} targets")
+    with np.errstate(all="ignore"):
+        targets = np.linspace(lo_f, hi_f, n_i)
+    if not np.isfinite(targets).all():  # e.g. -1e308:1e308 (HI - LO overflows)
+        raise UsageError(f"--targets {shown}: LO and HI too far apart")
+    return [float(x) for x in targets]
 
 
 def default_sweep_targets(config: ModelConfig, n: int = 8) -> list[float]:

@@ -1,7 +1,14 @@
-"""Crash-safe file operations: atomic writes, atomic directories, sha256 and run locks."""
+"""Crash-safe file operations: atomic writes, atomic directories, sha256 and run locks.
+
+Everything written under $DTZOO_HOME stays inside it: below its top-level folders (`runs/`,
+`hub/`, `cache/`, which may themselves be links to a bigger disk), a symbolic link is never
+written, locked or cleaned through (`check_owned`), so a link planted at, say,
+`hub/<org>/<id>/snapshots` cannot make dtzoo write or delete files elsewhere.
+"""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -11,6 +18,36 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from dtzoo.errors import DtzooError
+
+
+class LinkRefused(DtzooError):
+    """A symbolic link (or a non-directory) where dtzoo owns a directory."""
+
+
+def check_owned(path: Path) -> Path:
+    """Refuse `path` when, below a top-level folder of $DTZOO_HOME, it or one of its parents is
+    a symbolic link (or a file where a directory belongs). Paths outside $DTZOO_HOME pass.
+
+    >>> check_owned(paths.run_dir("pendulum-1L-seed0") / "checkpoints")
+    """
+    from dtzoo import paths
+
+    path, home = Path(os.path.abspath(path)), Path(os.path.abspath(paths.home()))
+    try:
+        rel = path.relative_to(home)
+    except ValueError:
+        return path
+    p = home / rel.parts[0] if rel.parts else home
+    for part in rel.parts[1:]:
+        p = p / part
+        if p.is_symlink():
+            raise LinkRefused(f"{p} is a symbolic link: dtzoo does not write, lock or clean "
+                              f"through links inside {home} (remove the link)")
+        if p != path and p.exists() and not p.is_dir():
+            raise LinkRefused(f"{p} is not a directory (remove it)")
+    return path
 
 
 def fsync_dir(path: Path) -> None:
@@ -30,6 +67,7 @@ def _umask() -> int:
 def make_temp_dir(target: Path) -> Path:
     """A hidden temporary sibling of `target`, with normal permissions (mkdtemp makes 0700,
     which would lock other users out of a shared DTZOO_HOME once it is renamed into place)."""
+    check_owned(Path(target).parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
@@ -38,6 +76,7 @@ def make_temp_dir(target: Path) -> Path:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never half."""
     path = Path(path)
+    check_owned(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -75,6 +114,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     ...     (tmp / "config.json").write_text("{}")
     """
     target = Path(target)
+    check_owned(target.parent)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(target)
     try:
@@ -111,16 +151,46 @@ class LockBusy(Exception):
 
 @contextmanager
 def file_lock(path: Path, blocking: bool = True) -> Iterator[None]:
-    """An advisory lock held for the duration of the block (released if the process dies)."""
-    path = Path(path)
+    """An advisory lock held for the duration of the block (released if the process dies).
+    The lock file is never opened through a symbolic link (O_NOFOLLOW)."""
+    path = check_owned(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise LinkRefused(f"{path} is a symbolic link: remove it") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise DtzooError(f"cannot lock {path}: {e.strerror} (is DTZOO_HOME read-only?)") from None
+        raise
+    try:
         flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
         try:
-            fcntl.flock(f.fileno(), flags)
+            fcntl.flock(fd, flags)
         except BlockingIOError:
             raise LockBusy(str(path)) from None
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def remove_stale(parent: Path, is_stale) -> int:
+    """Remove the entries of `parent` for which `is_stale(path)` holds: temp files and
+    directories a killed writer left. Never follows a link: a linked `parent` is refused, and
+    a link among the entries is removed as a link. Call it holding the lock every writer of
+    `parent` takes. Returns how many entries went."""
+    parent = check_owned(Path(parent))
+    if parent.is_symlink() or not parent.is_dir():
+        return 0
+    n = 0
+    for p in parent.iterdir():
+        if is_stale(p):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            n += 1
+    return n

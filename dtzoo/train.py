@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +27,12 @@ import torch.nn.functional as F
 
 from dtzoo import paths
 from dtzoo.checkpoint import ModelConfig, save_model, write_manifest, write_weights
-from dtzoo.data import SegmentSampler, Trajectories, load_trajectories
+from dtzoo.data import SegmentSampler, Trajectories, check_matches_env, load_trajectories
 from dtzoo.dynamics import episode_segments, held_out_episodes
 from dtzoo.errors import TrainingError
 from dtzoo.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from dtzoo.model import DecisionTransformer
-from dtzoo.registry import CheckpointSchedule, ModelSpec
+from dtzoo.registry import MAX_STEPS, CheckpointSchedule, ModelSpec
 
 LOG_FIELDS = ["step", "loss", "lr", "elapsed_s", "val_loss"]  # val_loss: empty if none held out
 PRECISIONS = ("fp32", "bf16")
@@ -239,8 +241,11 @@ class Trainer:
         meta = {"step": self.step, "sampler": self.sampler.state(),
                 "scheduler": self.sched.state_dict(),  # plain numbers (the lambda is not saved)
                 "dataset_fingerprint": self.data.fingerprint, "total_steps": self.steps,
-                "pending_losses": self.pending}
-        data = save_tensors(tensors, metadata={"resume": json.dumps(meta)})
+                "pending_losses": self.pending,
+                "log": self.log}  # the rows so far: a damaged training_log.csv is rewritten
+        meta_json = json.dumps(meta)  # with the digest of it all: a flipped bit is caught
+        data = save_tensors(tensors, metadata={"resume": meta_json,
+                                               "sha256": resume_digest(meta_json, tensors)})
         resume = self.run / "resume"
         atomic_write_bytes(resume / f"state-{self.step}.safetensors", data)
         for old in resume.glob("state-*.safetensors"):
@@ -273,8 +278,15 @@ class Trainer:
         self.step = meta["step"]
         self.pending = list(meta.get("pending_losses", []))
         log_path = self.run / "training_log.csv"
-        if log_path.is_file():
-            self.log = [row for row in read_log(log_path) if row["step"] <= self.step]
+        if "log" in meta:  # (states written before the log was part of them read the CSV)
+            self.log = [dict(row) for row in meta["log"]]
+            self.flushed = 0  # rewrite the CSV with the next row: it may be damaged
+        elif log_path.is_file():
+            try:
+                self.log = [row for row in read_log(log_path) if row["step"] <= self.step]
+            except (ValueError, KeyError, TypeError) as e:
+                raise TrainingError(f"{log_path}: damaged ({str(e)[:80]}); delete {self.run} "
+                                    "to train from scratch") from None
             self.flushed = len(self.log)
         return self.step
 
@@ -293,16 +305,13 @@ class Trainer:
 
 def remove_stale_temps(run: Path) -> None:
     """Temp files and directories a killed run left behind: `.<name>.<random>.tmp` (atomic
-    writes) and `.<name>.old-<pid>` (a checkpoint directory being replaced). None is ever read."""
-    import shutil
+    writes) and `.<name>.old-<pid>` (a checkpoint directory being replaced). None is ever read.
+    A linked `checkpoints/` or `resume/` is refused (fsutil.remove_stale), not cleaned through."""
+    from dtzoo.fsutil import remove_stale
 
     for d in (run, run / "checkpoints", run / "resume"):
-        for p in d.glob(".*") if d.is_dir() else []:
-            if p.name.endswith(".tmp") or ".old-" in p.name:
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+        remove_stale(d, lambda p: p.name.startswith(".")
+                     and (p.name.endswith(".tmp") or ".old-" in p.name))
 
 
 def trained_steps(model_id: str) -> int | None:
@@ -332,19 +341,48 @@ def check_extendable(model_id: str, trained: int, steps: int, state: Path | None
             f"cannot be extended to {steps}: delete {run} to train it again with --steps {steps}")
 
 
+RESUME_RE = re.compile(r"state-(0|[1-9][0-9]{0,17})\.safetensors")
+
+
 def newest_resume_state(run: Path) -> Path | None:
-    states = sorted((run / "resume").glob("state-*.safetensors"),
+    """The newest `resume/state-<step>.safetensors` (a stray `state-foo.safetensors` is not one)."""
+    states = sorted((p for p in (run / "resume").glob("state-*.safetensors")
+                     if RESUME_RE.fullmatch(p.name)),
                     key=lambda p: int(p.stem.split("-")[1]), reverse=True)
     return states[0] if states else None
 
 
-def read_resume_state(path: Path, tensors: bool = True) -> tuple[dict, dict]:
-    """(metadata, tensors) of a resume state file; safetensors only, never pickle."""
-    from safetensors import safe_open
+def resume_digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over a resume state's metadata and every tensor's name, dtype, shape and bytes
+    (safetensors orders its header at random, so the file's own bytes cannot be re-made)."""
+    h = hashlib.sha256(meta_json.encode())
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"\0{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["resume"])
-        return meta, ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
+
+def read_resume_state(path: Path, tensors: bool = True) -> tuple[dict, dict]:
+    """(metadata, tensors) of a resume state file; safetensors only, never pickle. With the
+    tensors, the state is checked against the digest it was saved with: a damaged state is a
+    TrainingError, never resumed from (states from before the digest are read unchecked)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    hint = f"delete {path.parent.parent} to train from scratch"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            meta = json.loads(header["resume"])
+            if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+                raise ValueError("no step")
+            out = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise TrainingError(f"{path}: unreadable resume state ({str(e)[:80]}); {hint}") from None
+    if tensors and "sha256" in header and resume_digest(header["resume"], out) != header["sha256"]:
+        raise TrainingError(f"{path}: resume state is corrupt (its sha256 does not match); {hint}")
+    return meta, out
 
 
 def log_csv(rows: list[dict]) -> str:
@@ -369,6 +407,8 @@ def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None
                 device: str = "auto", progress: ProgressFn | None = None,
                 precision: str | None = None) -> TrainResult:
     """Train (or resume) one model. `precision` ("fp32" or "bf16") overrides the recipe's."""
+    if steps is not None and not 1 <= steps <= MAX_STEPS:  # before anything sized by it
+        raise TrainingError(f"--steps {str(steps)[:30]}: must be from 1 to {MAX_STEPS}")
     if precision:
         if precision not in PRECISIONS:
             raise TrainingError(f"unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
@@ -389,6 +429,7 @@ def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None
         steps = started
     steps = steps or spec.recipe.steps
     data = load_trajectories(spec.env.dataset, spec.env.obs)
+    check_matches_env(data, spec.env.gym_id, spec.env.obs)  # before any step, not at eval
     trainer = Trainer(spec, data, steps, schedule, pick_device(device))
     resumed = trainer.restore()
     final_loss = trainer.run_steps(progress)
