@@ -318,3 +318,138 @@ def test_the_example_script_runs(tiny):
     assert list(dump["layer_names"]) == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post",
                                          "blocks.1.hook_resid_post"]
     assert np.isfinite(dump["resid_2"]).all() and np.isfinite(dump["rtg"]).all()
+
+
+# ----------------------------------------------------------------------------- dtzoo.interp helpers
+
+
+@pytest.fixture(scope="module")
+def hooked_tiny(tiny):
+    pytest.importorskip("transformer_lens")
+    from dtzoo.interp import load_hooked
+
+    return load_hooked(tiny["run"])
+
+
+def test_patch_recovers_the_whole_change_at_the_read_token_and_nothing_after(hooked_tiny, tmp_path,
+                                                                               one_thread):
+    from dtzoo import interp
+    from dtzoo.model import token_position
+
+    model = hooked_tiny
+    r = interp.patch(model, -150, -1200, at=25, out_dir=tmp_path)
+    K, L = model.cfg.context_len, model.cfg.n_layers
+    rec = np.asarray(r["recovered"])
+    assert r["hooks"][-1] == f"blocks.{L - 1}.hook_resid_post" and rec.shape == (3 * L + 1, 3 * K)
+    read = token_position(K - 1, "state")
+    # the whole last residual at the newest state token is what the head reads: all of it
+    assert rec[-1, read] == pytest.approx(1.0, abs=1e-4)
+    # the newest action token comes after it: no effect anywhere
+    assert np.abs(rec[:, -1]).max() < 1e-6
+    # one cell by hand: R token of the newest step, layer-0 residual
+    window = interp.rollout_window(model, target=-150, at=25)
+    assert window.step == 25 and r["episode_step"] == 25
+    src = window.inputs([-150.0], model.config.reward_scale)
+    dst = window.inputs([-1200.0], model.config.reward_scale)
+    _, cache = model.run_with_cache(*src)
+    pos = token_position(K - 1, "rtg")
+
+    def put(act, hook):
+        act = act.clone()
+        act[:, pos] = cache[hook.name][:, pos]
+        return act
+
+    with torch.no_grad():
+        a = model.run_with_hooks(*dst, fwd_hooks=[("blocks.0.hook_resid_pre", put)])[0, -1]
+    a_src, a_dst = torch.tensor(r["action_from"]), torch.tensor(r["action_to"])
+    d = a_src - a_dst
+    assert rec[0, pos] == pytest.approx(float((a - a_dst) @ d / (d @ d)), abs=1e-5)
+    assert torch.allclose(a_src, model(*src)[0, -1].detach())
+    saved = json.loads((tmp_path / "patch.json").read_text())
+    assert saved["recovered"] == r["recovered"] and saved["tokens"][pos] == "R25"
+    assert (tmp_path / "patch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rtg_scan_actions_are_the_models_and_attention_sums_to_one(hooked_tiny, tmp_path):
+    from dtzoo import interp
+
+    model = hooked_tiny
+    r = interp.rtg_scan(model, targets="-1200:0:5", at=25, target=-600, out_dir=tmp_path)
+    assert r["targets"] == [-1200.0, -900.0, -600.0, -300.0, 0.0]
+    window = interp.rollout_window(model, target=-600, at=25)
+    own = model(*window.inputs())[0, -1].detach()
+    assert torch.allclose(torch.tensor(r["actions"][2]), own, atol=1e-6)  # its own target
+    assert len(set(map(tuple, np.round(r["actions"], 6)))) > 1  # the RTG moves the action
+    assert set(r["attention"]) == {f"L{i}H0" for i in range(model.cfg.n_layers)}
+    for att in r["attention"].values():
+        total = np.asarray(att["R"]) + np.asarray(att["s"]) + np.asarray(att["a"])
+        assert np.allclose(total, 1.0, atol=1e-5)
+    assert r["data_return_max"] is not None
+    assert (tmp_path / "rtg_scan.png").is_file() and (tmp_path / "rtg_scan.json").is_file()
+
+
+def test_attribution_sums_to_the_pre_tanh_action(hooked_tiny, tmp_path):
+    from dtzoo import interp
+
+    model = hooked_tiny
+    r = interp.attribute(model, at=25, out_dir=tmp_path)
+    L = model.cfg.n_layers
+    assert r["labels"] == ([f"L{i}H0" for i in range(L)] + [f"{i}_mlp_out" for i in range(L)]
+                           + ["embed", "bias", "ln_final.b+b_U"])
+    parts = np.asarray(r["attribution"])
+    assert np.allclose(parts.sum(0), r["total"]) and np.allclose(r["total"], r["pre_tanh"],
+                                                                 atol=1e-4)
+    window = interp.rollout_window(model, at=25)
+    assert np.allclose(np.tanh(r["pre_tanh"]), model(*window.inputs())[0, -1].detach().numpy(),
+                       atol=1e-5)
+    for i in range(L):  # a head's split by source kind sums to its attribution
+        split = r["by_source_kind"][f"L{i}H0"]
+        assert np.allclose(np.sum([split[k] for k in "Rsa"], axis=0), parts[i], atol=1e-5)
+    assert (tmp_path / "attribution.png").is_file()
+
+
+def test_attention_summary_by_kind(hooked_tiny, tmp_path):
+    from dtzoo import interp
+
+    model = hooked_tiny
+    r = interp.attention(model, at=5, out_dir=tmp_path)  # a partly padded window
+    K = model.cfg.context_len
+    n_real = 6 * 3
+    assert sum(r["mask"]) == 6 and len(r["heads"]) == model.cfg.n_layers
+    for head in r["heads"]:
+        p = np.asarray(head["pattern"])
+        assert p.shape == (n_real, n_real)
+        assert np.allclose(p.sum(1), 1, atol=1e-5) and np.allclose(np.triu(p, 1), 0)
+        for q, row in head["by_kind"].items():
+            assert sum(row.values()) == pytest.approx(1, abs=1e-5)
+        # by hand: mean mass of real state queries on R keys
+        s_rows = p[1::3]
+        assert head["by_kind"]["s"]["R"] == pytest.approx(s_rows[:, 0::3].sum(1).mean(),
+                                                          abs=1e-6)
+        assert head["own_step"]["R"] == pytest.approx(np.diag(p)[0::3].mean(), abs=1e-6)
+    assert len(r["tokens"]) == 3 * K and r["tokens"][-1] == "a5"
+    assert (tmp_path / "attention.png").is_file()
+
+
+def test_interp_cli_writes_json_and_png_and_errors_are_one_line(tiny, tmp_path):
+    env = tiny["env"]
+    out = run_cli("interp", "patch", MID, "--from", "-150", "--to", "-1200", "--at", "25",
+                  "--out", str(tmp_path), "--json", env=env)
+    r = json.loads(out.stdout)
+    assert r["kind"] == "patch" and r["files"]["png"] == str(tmp_path / "patch.png")
+    assert (tmp_path / "patch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = run_cli("interp", "rtg-scan", MID, "--targets", "-1200:0:3", "--out", str(tmp_path),
+                   env=env).stdout
+    assert "target    -1200.0  action" in text and str(tmp_path / "rtg_scan.png") in text
+    for cmd in ("attribute", "attention"):
+        assert str(tmp_path / f"{cmd.replace('attribute', 'attribution')}.json") in run_cli(
+            "interp", cmd, MID, "--out", str(tmp_path), env=env).stdout
+    bad = [("interp", "patch", "nosuch-1L-seed0", "--from", "-1", "--to", "-2"),
+           ("interp", "patch", MID, "--from", "-150", "--to", "-150"),
+           ("interp", "rtg-scan", MID, "--targets", "3:1:2"),
+           ("interp", "patch", MID, "--to", "-150")]
+    for args in bad:
+        proc = run_cli(*args, env=env, check=False)
+        assert proc.returncode != 0, args
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), (args, proc.stderr)

@@ -36,6 +36,8 @@ from dtzoo.interp.hooked import (
     load_hooked,
     to_transformer_lens,
 )
+from dtzoo.interp.tools import attention, attribute, patch, rollout_window, rtg_scan
 
-__all__ = ["DTInput", "HookPoint", "HookedDTConfig", "HookedDecisionTransformer", "load_hooked",
+__all__ = ["DTInput", "HookPoint", "HookedDTConfig", "HookedDecisionTransformer", "attention",
+           "attribute", "load_hooked", "patch", "rollout_window", "rtg_scan",
            "to_transformer_lens"]
