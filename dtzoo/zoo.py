@@ -375,6 +375,7 @@ def publish_cell(spec: ModelSpec, registry: Registry, hub: str | None = None,
     h = get_hub(hub)
     org = org_for(registry, org)
     rid = repo_id(org, spec.model_id)
+    h.check_reachable(rid)  # fail in one request, before staging anything
     sources = []
     if checkpoints:
         ckpts = [p for p in (run / "checkpoints").glob("step*") if p.name[4:].isdigit()]
@@ -396,12 +397,13 @@ def staged_model_dir(src: Path, registry: Registry, org: str):
     from dtzoo.hub.local import check_required_files, model_files
 
     check_required_files(src)  # corrupt weights are never published under a fresh hash
+    (paths.home() / "staging").mkdir(parents=True, exist_ok=True)
     stage = make_temp_dir(paths.home() / "staging" / src.name)
     try:
         for f in model_files(src):
             if f.parent == src and f.name not in ("README.md", MANIFEST):
                 shutil.copy2(f, stage / f.name)
-        has_transformers = write_transformers_dir(stage, stage / "transformers")
+        has_transformers = write_transformers_dir(src, stage / "transformers")
         card = build_model_card(stage, registry, org, transformers=has_transformers)
         atomic_write_text(stage / "README.md", str(card))
         write_manifest(stage)

@@ -78,16 +78,28 @@ def home(zoo_env, trained_home) -> Path:
     return h
 
 
-def model_files(path: Path) -> dict[str, bytes]:
-    """What a model directory publishes: its top-level files."""
+# regenerated for the hub (the card names the org and the transformers/ folder), and the
+# transformers export published beside the model
+STAGED = {"README.md", MANIFEST}
+TRANSFORMERS = {"transformers/config.json", "transformers/model.safetensors"}
+
+
+def model_files(path: Path, staged: bool = True) -> dict[str, bytes]:
+    """What a model directory publishes as it is: its top-level files (but card and manifest,
+    when published through zoo.publish_cell, which stages them anew)."""
+    skip = STAGED if staged else set()
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())
-            if p.is_file() and not p.name.startswith(".")}
+            if p.is_file() and not p.name.startswith(".") and p.name not in skip}
 
 
-def hub_files(server, repo: str, revision: str = "main") -> dict[str, bytes]:
+def hub_files(server, repo: str, revision: str = "main", staged: bool = True) -> dict[str, bytes]:
+    """A revision's files but the staged ones (checked to be there), or all of them for a
+    direct HFHub.publish (staged=False)."""
     files = server.files(repo, revision)
     assert ".gitattributes" in files  # the Hub's own file stays on every branch
-    return {k: v for k, v in files.items() if k != ".gitattributes"}
+    skip = STAGED | TRANSFORMERS if staged else set()
+    assert skip <= set(files), sorted(files)
+    return {k: v for k, v in files.items() if k != ".gitattributes" and k not in skip}
 
 
 def dtzoo_commits(server, repo: str, revision: str) -> list[dict]:
@@ -141,13 +153,13 @@ def assert_one_line_error(proc, *needles: str, exit_code: int | None = None) -> 
 
 def test_publish_main_stores_exactly_the_model_directory_inline(hub_server, home, registry):
     run = home / "runs" / MID
-    (res,) = zoo.publish_cell(registry.resolve(MID), registry, hub="hf")
+    (res,) = zoo.publish_cell(registry.resolve(MID), registry, hub="hf", checkpoints=False)
     assert (res.repo_id, res.revision, res.skipped) == (RID, "main", False)
     assert res.commit == hub_server.head(RID, "main")
     assert res.url == f"{hub_server.url}/{RID}/tree/main"
     # the server holds the model directory byte for byte, as regular (inline) files
     assert hub_files(hub_server, RID) == model_files(run)
-    assert {"README.md", "config.json", "eval.json", MANIFEST, WEIGHTS, "training_log.csv",
+    assert {"config.json", "eval.json", WEIGHTS, "training_log.csv",
             "learning_curve.png"} <= set(model_files(run))
     assert hub_server.lfs_files(RID) == set()
     assert hub_server.count_requests(path_contains="/info/lfs/") == 0
@@ -155,7 +167,7 @@ def test_publish_main_stores_exactly_the_model_directory_inline(hub_server, home
     (commit,) = dtzoo_commits(hub_server, RID, "main")
     assert commit["oid"] == res.commit and commit["author"] == "alice"
     assert commit["message"] == f"dtzoo: publish {MID} main (training step 40)"
-    assert set(commit["files"]) == set(model_files(run)) | {".gitattributes"}
+    assert set(commit["files"]) == set(model_files(run)) | STAGED | TRANSFORMERS | {".gitattributes"}
     assert hub_server.branches(RID) == {"main": res.commit}
     assert get_hub("hf").revisions(RID) == {"main": res.commit}
 
@@ -172,12 +184,13 @@ def test_publish_checkpoints_as_branches_through_lfs(hub_server_factory, home, r
         local = run if r.revision == "main" else run / "checkpoints" / r.revision
         files = hub_files(server, RID, r.revision)
         assert files == model_files(local), r.revision
-        assert server.lfs_files(RID, r.revision) == set(files)  # stored as LFS objects
+        assert server.lfs_files(RID, r.revision) == \
+            set(server.files(RID, r.revision)) - {".gitattributes"}  # stored as LFS objects
         (commit,) = dtzoo_commits(server, RID, r.revision)  # initial commit + exactly one
         assert commit["oid"] == r.commit
         if r.revision != "main":
             assert load_model(local)[1].step == int(r.revision[4:])
-            assert {"config.json", WEIGHTS, MANIFEST, "README.md"} == set(files)
+            assert {"config.json", WEIGHTS} == set(files)
     assert server.count_requests("POST", "/info/lfs/objects/batch") == len(results)
     # main is the final checkpoint's weights
     assert (server.files(RID, "main")[WEIGHTS] == server.files(RID, "step40")[WEIGHTS]
@@ -235,14 +248,14 @@ def test_a_removed_file_is_deleted_in_the_same_commit(hub_server, home):
     res = hub.publish(run, RID)
     assert not res.skipped
     assert "learning_curve.png" not in hub_server.files(RID)
-    assert hub_files(hub_server, RID) == model_files(run)
+    assert hub_files(hub_server, RID, staged=False) == model_files(run, staged=False)
     assert len(dtzoo_commits(hub_server, RID, "main")) == 2
 
 
 def test_the_card_loads_back_with_numbers_in_the_model_index(hub_server, home, registry):
     from huggingface_hub import ModelCard
 
-    zoo.publish_cell(registry.resolve(MID), registry, hub="hf")
+    zoo.publish_cell(registry.resolve(MID), registry, hub="hf", checkpoints=False)
     card = ModelCard.load(RID)  # through huggingface_hub, from the server
     assert card.data.library_name == "dtzoo" and card.data.license == "mit"
     assert {"decision-transformer", "offline-rl", "pendulum"} <= set(card.data.tags)
@@ -303,7 +316,7 @@ def test_a_concurrent_commit_makes_the_publish_fail_whole(hub_server, home, monk
     assert [c["oid"] for c in history][1:] == [first.commit]  # only the other commit landed
     assert hub_server.files(RID)["eval.json"] != (run / "eval.json").read_bytes()
     res = hub.publish(run, RID)  # run again: our files, with the other file removed
-    assert not res.skipped and hub_files(hub_server, RID) == model_files(run)
+    assert not res.skipped and hub_files(hub_server, RID, staged=False) == model_files(run, staged=False)
 
 
 # ----------------------------------------------------------------------------- pull
@@ -312,7 +325,7 @@ def test_a_concurrent_commit_makes_the_publish_fail_whole(hub_server, home, monk
 def test_pull_verifies_into_the_hf_cache_and_a_second_pull_makes_no_request(hub_server, home,
                                                                              registry, zoo_env):
     run = home / "runs" / MID
-    zoo.publish_cell(registry.resolve(MID), registry, hub="hf")
+    zoo.publish_cell(registry.resolve(MID), registry, hub="hf", checkpoints=False)
     hub_server.reset_request_log()
     path = zoo.pull(MID, registry, hub="hf")
     assert path.is_relative_to(hf_cache()) and path.name == hub_server.head(RID)
@@ -358,7 +371,7 @@ def test_offline_pulls_cached_models_and_refuses_others_in_one_line(hub_server, 
 
 def test_a_corrupt_cached_file_is_downloaded_again(hub_server, home, registry, monkeypatch):
     run = home / "runs" / MID
-    zoo.publish_cell(registry.resolve(MID), registry, hub="hf")
+    zoo.publish_cell(registry.resolve(MID), registry, hub="hf", checkpoints=False)
     path = zoo.pull(MID, registry, hub="hf")
     flip_byte(path / WEIGHTS, (path / WEIGHTS).stat().st_size - 3)  # writes through to the blob
     assert (path / WEIGHTS).read_bytes() != (run / WEIGHTS).read_bytes()
@@ -382,7 +395,7 @@ def test_pull_of_a_missing_repo_or_revision_is_one_line(hub_server, home, regist
     with pytest.raises(HubError) as e:
         zoo.pull(MID, registry, hub="hf")
     assert f"{RID} is not on {hub_server.url}" in str(e.value) and "\n" not in str(e.value)
-    zoo.publish_cell(registry.resolve(MID), registry, hub="hf")
+    zoo.publish_cell(registry.resolve(MID), registry, hub="hf", checkpoints=False)
     with pytest.raises(HubError) as e:
         zoo.pull(MID, registry, revision="step3", hub="hf")
     assert str(e.value) == f"{RID} has no revision 'step3' on {hub_server.url}; revisions: main"
@@ -399,7 +412,7 @@ def test_publish_failures_are_one_line_and_a_nonzero_exit(case, hub_server_facto
     token = {"invalid-token": ALL_TOKENS[-1], "no-token": None, "read-only": READ_TOKEN,
              "outsider": OUTSIDER_TOKEN}.get(case, WRITE_TOKEN)
     server = hub_server_factory(token=token)
-    args = ["publish", MID, "--hub", "hf"]
+    args = ["publish", MID, "--hub", "hf", "--no-checkpoints"]
     if case == "unreachable":
         point_at(monkeypatch, dead_endpoint())
     if case == "bad-org":
@@ -494,7 +507,7 @@ def test_an_interrupted_grid_publish_resumes(hub_server_factory, home, registry,
             assert len(dtzoo_commits(server, repo, rev)) == 1
             local = home / "runs" / mid / ("" if rev == "main" else f"checkpoints/{rev}")
             assert hub_files(server, repo, rev) == model_files(local)
-            assert server.lfs_files(repo, rev) == {WEIGHTS}
+            assert server.lfs_files(repo, rev) == {WEIGHTS, "transformers/model.safetensors"}
     assert "0 failed" in proc.stderr
 
 
@@ -549,8 +562,8 @@ def test_live_publish_and_pull_on_the_real_hub(home, zoo_env, tmp_path, monkeypa
     repo = f"{org}/{MID}"
     existed = api.repo_exists(repo)
     try:
-        run_cli("publish", MID, "--hub", "hf", "--org", org, env=env)
-        again = run_cli("publish", MID, "--hub", "hf", "--org", org, env=env)
+        run_cli("publish", MID, "--hub", "hf", "--no-checkpoints", "--org", org, env=env)
+        again = run_cli("publish", MID, "--hub", "hf", "--no-checkpoints", "--org", org, env=env)
         assert "unchanged (skipped)" in again.stdout
         pulled = run_cli("pull", MID, "--hub", "hf", "--org", org, env=env)
         path = Path(pulled.stdout.strip().splitlines()[-1])
@@ -563,7 +576,7 @@ def test_live_publish_and_pull_on_the_real_hub(home, zoo_env, tmp_path, monkeypa
 
 @pytest.mark.parametrize("hub", ["hf", "local"])
 def test_list_remote_shows_published_missing_and_stale(hub, hub_server, home, registry, zoo_env):
-    zoo.publish_cell(registry.resolve(MID), registry, hub=hub)
+    zoo.publish_cell(registry.resolve(MID), registry, hub=hub, checkpoints=False)
     rows = {r["model_id"]: r for r in json.loads(run_cli(
         "list", "--remote", "--grid", "pair", "--hub", hub, "--json", env=zoo_env).stdout)}
     assert rows[MID]["status"] == "published" and rows[MID2]["status"] == "missing"

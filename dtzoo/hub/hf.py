@@ -333,6 +333,12 @@ class HFHub:
 
     # ------------------------------------------------------------------------- errors
 
+    def check_reachable(self, repo_id: str) -> None:
+        """One bounded request: a HubError now, before a publish stages anything."""
+        check_repo_id(repo_id)
+        with self._errors("publish", repo_id):
+            self._connect()
+
     def _connect(self) -> None:
         """Fail fast (one request, bounded time) when the Hub cannot be reached, rather than in
         huggingface_hub's retry loop (5 retries over ~25 s on connection errors)."""

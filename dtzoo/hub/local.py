@@ -170,6 +170,9 @@ class LocalHub:
             atomic_write_text(repo / "refs" / revision, commit + "\n")
         return PublishResult(repo_id, revision, commit, self.url(repo_id, revision), False)
 
+    def check_reachable(self, repo_id: str) -> None:
+        """Always reachable (a directory); the HF backend asks its endpoint once."""
+
     def revisions(self, repo_id: str) -> dict[str, str]:
         refs = self.repo(repo_id) / "refs"
         if not refs.is_dir():
