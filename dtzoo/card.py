@@ -52,7 +52,9 @@ def sweep_table(sweep: dict) -> str:
     for r in sweep["results"]:
         rows.append(f"| {r['target_return']:.1f} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
                     f"{r['normalized_mean']:.1f} |")
-    return "\n".join(rows)
+    from dtzoo.evaluate import sweep_summary  # the data's best return, the expert score
+
+    return "\n".join(rows) + f"\n\n{sweep_summary(sweep)}."
 
 
 def results_table(report: dict) -> str:

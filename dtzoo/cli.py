@@ -319,7 +319,7 @@ def _sweep(names: list[str], reg, targets: str | None, episodes: int | None, rev
            hub: str | None, org: str | None, as_json: bool) -> None:
     from dtzoo import grid as executor
     from dtzoo import zoo
-    from dtzoo.evaluate import parse_targets
+    from dtzoo.evaluate import parse_targets, sweep_summary
 
     target_list = parse_targets(targets) if targets else None
     with progress_bar() as bar:
@@ -340,6 +340,7 @@ def _sweep(names: list[str], reg, targets: str | None, episodes: int | None, rev
             table.add_row(f"{r['target_return']:.1f}", f"{r['return_mean']:.1f}",
                           f"{r['return_std']:.1f}", f"{r['normalized_mean']:.1f}")
         out.print(table)
+        out.print(sweep_summary(rep))  # the data's best, the expert, beyond the data
     _report(results, "swept", quiet=True)
 
 

@@ -161,3 +161,21 @@ def rtg_sweep(model, config: ModelConfig, targets: list[float], episodes: int = 
                                  if data_best is not None and best["return_mean"] > data_best
                                  else None)
     return report
+
+
+def sweep_summary(report: dict) -> str:
+    """One line under a sweep's table: the data's best return, the expert score and how far the
+    best achieved return lies above the data's best (works on rtg_sweep.json of any age)."""
+    from dtzoo.plots import sweep_marks
+
+    m = sweep_marks(report)
+    parts = [f"data's best return {m['data_best']:.1f}" if m["data_best"] is not None
+             else "data's best return unknown",
+             f"expert score {m['expert']:.1f}" if m["expert"] is not None else ""]
+    best = m["best_achieved"]
+    if best is not None:
+        where = (f"{m['above_data_best']:.1f} above the data's best" if m["above_data_best"]
+                 is not None else "not above the data's best")
+        parts.append(f"best achieved {best['return_mean']:.1f} at target "
+                     f"{best['target_return']:.1f} ({where})")
+    return "; ".join(p for p in parts if p)

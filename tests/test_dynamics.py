@@ -279,6 +279,15 @@ def test_rtg_sweep_marks_the_datas_best_return_and_the_expert_score(run):
     assert marks["above_data_best"] == 3.0 and marks["expert"] == 9.0  # an old rtg_sweep.json
     rtg_sweep_plot(rep, run["base"] / "sweep.png")
     assert (run["base"] / "sweep.png").stat().st_size > 10_000
+    # the tables (CLI, model card) carry the same marks in one line
+    from dtzoo.card import sweep_table
+    from dtzoo.evaluate import sweep_summary
+
+    line = sweep_summary(rep)
+    assert f"data's best return {rep['data_best_return']:.1f}" in line
+    assert f"expert score {rep['expert_return']:.1f}" in line and line in sweep_table(rep)
+    assert "3.0 above the data's best" in sweep_summary({"results": [
+        {"target_return": 1.0, "return_mean": 5.0}], "data_returns": {"max": 2.0}})
 
 
 def test_config_records_the_datas_best_return(run):
