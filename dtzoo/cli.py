@@ -259,6 +259,7 @@ def eval_cmd(models: ModelsArg = None, grid: GridOpt = None, revision: RevisionO
              episodes: Annotated[Optional[int], typer.Option(help="Episodes per target return.", min=1)] = None,
              rtg_sweep: Annotated[bool, typer.Option("--rtg-sweep", help="Sweep target returns; writes rtg_sweep.json/.png.")] = False,
              targets: Annotated[Optional[str], typer.Option(help="Sweep targets LO:HI:N (default: random score to 1.5x expert).")] = None,
+             revisions: Annotated[bool, typer.Option("--revisions", help="Every training-time checkpoint: return against training step (revisions.json/.png under $DTZOO_HOME/evals/revisions/<id>).")] = False,
              hub: HubOpt = None, org: OrgOpt = None, as_json: JsonOpt = False,
              executor_name: ExecOpt = "local", workers: WorkersOpt = 1, address: AddressOpt = None,
              cpus_per_cell: CpusOpt = 1, gpus_per_cell: GpusOpt = 0, partition: PartitionOpt = None,
@@ -273,6 +274,8 @@ def eval_cmd(models: ModelsArg = None, grid: GridOpt = None, revision: RevisionO
     names = _model_names(reg, grid, models)
     ex = executor.make_executor(executor_name, workers, address, cpus_per_cell, gpus_per_cell,
                                 partition, time_limit)
+    if revisions:
+        return _eval_revisions(names, reg, episodes, hub, org, as_json)
     if rtg_sweep or targets:
         if not _in_process(ex):
             raise typer.BadParameter("--rtg-sweep runs in this process: drop --executor/--workers",
@@ -313,6 +316,30 @@ def _model_names(reg, grid: str | None, models: list[str] | None) -> list[str]:
         raise typer.BadParameter("nothing to do: give --grid NAME or models (ID, ORG/ID or a "
                                  "directory)", param_hint="MODELS")
     return reg.grid(grid) if grid else list(models)
+
+
+def _eval_revisions(names: list[str], reg, episodes: int | None, hub: str | None,
+                    org: str | None, as_json: bool) -> None:
+    from dtzoo.dynamics import eval_revisions
+
+    reports = []
+    with progress_bar() as bar:
+        for name in names:
+            task = bar.add_task(f"{name} revisions", total=None, info="")
+            reports.append(eval_revisions(name, episodes, hub, org, reg, progress=lambda i, n:
+                                          bar.update(task, completed=i, total=n)))
+    if as_json:
+        return out.print_json(json.dumps(reports))
+    for rep in reports:
+        targets = [r["target_return"] for r in rep["revisions"][0]["results"]]
+        table = Table("step", *[f"return @ {t:g}" for t in targets],
+                      title=f"{rep['model_id']}: return against training step "
+                            f"({rep['episodes']} episodes)")
+        for row in rep["revisions"]:
+            table.add_row(str(row["step"]), *[f"{r['return_mean']:.1f} ± {r['return_std']:.1f}"
+                                              for r in row["results"]])
+        out.print(table)
+        out.print(rep["files"]["png"])
 
 
 def _sweep(names: list[str], reg, targets: str | None, episodes: int | None, revision: str,

@@ -405,3 +405,47 @@ def write_probe_report(model: str | os.PathLike, targets: list[str], hooks: list
     probe_plot(rep, out / "probe.png")
     atomic_write_json(out / "probe.json", rep)
     return rep
+
+
+# ----------------------------------------------------------------------------- return vs step
+
+
+def eval_revisions(model: str | os.PathLike, episodes: int | None = None, hub: str | None = None,
+                   org: str | None = None, registry=None, out_dir: Path | None = None,
+                   progress=None) -> dict:
+    """Roll every revision out at the model's target returns (the same episode seeds at each):
+    return against training step. Writes revisions.json and revisions.png under `out_dir`
+    (default $DTZOO_HOME/evals/revisions/<model id>).
+
+    >>> rep = eval_revisions("pendulum-1L-seed0", episodes=5)
+    >>> [(r["step"], r["results"][0]["return_mean"]) for r in rep["revisions"]]
+    """
+    from dtzoo.evaluate import evaluate
+    from dtzoo.fsutil import atomic_write_json
+    from dtzoo.plots import revisions_plot
+    from dtzoo.zoo import default_episodes
+
+    reg = _registry(registry)
+    revs = revision_dirs(model, hub, org, reg)
+    rows, config = [], None
+    for i, (step, net) in enumerate(revisions(model, hub, org, registry=reg)):
+        config = net.config
+        n = episodes or default_episodes(reg, config)
+        rep = evaluate(net, config, episodes=n, seed_base=reg.eval_seed)
+        rows.append({"step": step, "results": [
+            {k: r[k] for k in ("target_return", "return_mean", "return_std", "normalized_mean")}
+            for r in rep["results"]]})
+        if progress:
+            progress(i + 1, len(revs))
+    if out_dir is None:
+        from dtzoo import paths
+
+        out_dir = paths.home() / "evals" / "revisions" / config.model_id
+    out = Path(out_dir)
+    report = {"model_id": config.model_id, "kind": "eval_revisions", "episodes": n,
+              "eval_seed": reg.eval_seed, "ref_scores": config.env["ref_scores"],
+              "data_best_return": config.dataset.get("return_max"), "revisions": rows,
+              "files": {"json": str(out / "revisions.json"), "png": str(out / "revisions.png")}}
+    revisions_plot(report, out / "revisions.png")
+    atomic_write_json(out / "revisions.json", report)
+    return report

@@ -121,6 +121,30 @@ def probe_plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def revisions_plot(report: dict, path: Path) -> None:
+    """Achieved return (mean ± std over episodes) against training step, one line per target
+    return, with the data's best return and the expert score (dtzoo eval --revisions)."""
+    plt = _figure()
+    revs = report["revisions"]
+    fig, ax = plt.subplots(figsize=(5.4, 3.6))
+    steps = [max(r["step"], 0) + 1 for r in revs]
+    for i, target in enumerate(r["target_return"] for r in revs[0]["results"]):
+        y = [r["results"][i]["return_mean"] for r in revs]
+        e = [r["results"][i]["return_std"] for r in revs]
+        ax.errorbar(steps, y, yerr=e, marker=".", capsize=2, label=f"target {target:g}")
+    if report.get("data_best_return") is not None:
+        ax.axhline(report["data_best_return"], color="tab:green", lw=1, label="data's best return")
+    ax.axhline(report["ref_scores"]["expert"], color="tab:red", lw=1, ls=":", label="expert score")
+    ax.set_xscale("log")
+    ax.set_xlabel("training step + 1")
+    ax.set_ylabel("achieved return")
+    ax.set_title(f"{report['model_id']}: return across {len(revs)} revisions")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
+
+
 def leaderboard_plot(rows: list[dict], path: Path) -> None:
     """Normalised score (mean ± std over seeds) against layers: one panel per env, one line per
     target return."""

@@ -296,3 +296,24 @@ def test_config_records_the_datas_best_return(run):
 
     data = load_trajectories(config.dataset["id"])
     assert config.dataset["return_max"] == pytest.approx(float(data.returns.max()))
+
+
+def test_eval_revisions_gives_return_against_training_step(run):
+    from dtzoo.dynamics import eval_revisions
+    from dtzoo.evaluate import evaluate
+
+    out = run["base"] / "evalrev"
+    rep = eval_revisions(MID, episodes=1, registry=run["registry"], out_dir=out)
+    assert [r["step"] for r in rep["revisions"]] == SCHEDULE
+    assert (out / "revisions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "revisions.json").read_text())["revisions"] == rep["revisions"]
+    # each row is that checkpoint's own evaluation (same seeds as `dtzoo eval --revision`)
+    model, config = load_model(run["run"] / "checkpoints" / "step8")
+    want = evaluate(model, config, episodes=1, seed_base=run["registry"].eval_seed)
+    row = next(r for r in rep["revisions"] if r["step"] == 8)
+    assert [r["return_mean"] for r in row["results"]] == [r["return_mean"] for r in
+                                                          want["results"]]
+    cli = run_cli("eval", MID, "--revisions", "--episodes", "1", env=run["env"])
+    assert "return against" in cli.stdout and cli.stdout.count("±") == 2 * len(SCHEDULE)
+    png = paths.home() / "evals" / "revisions" / MID / "revisions.png"
+    assert cli.stdout.strip().endswith(str(png)) and png.is_file()
