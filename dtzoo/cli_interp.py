@@ -203,8 +203,8 @@ def report_cmd(
 
 def fmt(v) -> str:
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(f"{x:+.3f}" for x in v) + "]"
-    return f"{v:+.3f}"
+        return "[" + ", ".join(f"{x:+.4f}" for x in v) + "]"
+    return f"{v:+.4f}"
 
 
 __all__ = ["interp_app"]

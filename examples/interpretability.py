@@ -10,7 +10,11 @@
    does to the return of real episodes;
 3. a probe-ready activation dump (the residual stream at every state token, after every layer,
    with the true return-to-go) -> .npz, and a least-squares linear probe for the RTG per layer;
-4. (--revisions) the same probe at training-time checkpoints.
+4. (--revisions) the same probe at training-time checkpoints;
+5. (with TransformerLens) TL's own analysis on the same segments: `decompose_resid`, direct
+   action attribution with `cache.logit_attrs`, and the one-call helpers of dtzoo.interp on a
+   real rollout: activation patching between two returns-to-go and an in-context RTG scan
+   (JSON + PNG each).
 
 MODEL is a model id (pulled from the hub, like `dtzoo.load`) or a model directory. The model's
 dataset must be available locally (`dtzoo data prepare ENV`). Only dtzoo's own hooks are used
@@ -207,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     out_dir = Path(args.out_dir)
-    model, config = dtzoo.load(args.model, hub=args.hub)
+    model = dtzoo.load(args.model, hub=args.hub)
+    config = model.config
     stem = config.model_id
 
     print(f"== {stem} (step {config.step}): {model.cfg.n_layers} layers, d_model "
@@ -268,10 +273,49 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {'revision':10s} " + " ".join(f"{'layer ' + str(i):>9s}"
                                                     for i in range(len(names))))
             for rev in args.revisions.split(","):
-                m, _ = dtzoo.load(args.model, revision=rev, hub=args.hub)
+                m = dtzoo.load(args.model, revision=rev, hub=args.hub)
                 r2 = probe_table(residual_dump(m, x, seg))
                 print(f"  {rev:10s} " + " ".join(f"{v:9.3f}" for k, v in r2.items()
                                                  if not k.startswith("baseline")))
+
+    # 5. TransformerLens's analysis and the dtzoo.interp helpers
+    try:
+        from dtzoo import interp
+    except ImportError:
+        print("\n== 5. skipped: pip install 'dtzoo[interp]' for TransformerLens")
+        return
+    print("\n== 5. TransformerLens on the same segments, and dtzoo.interp helpers")
+    transformer_lens_tour(interp.to_transformer_lens(model), x, out_dir, stem)
+
+
+def transformer_lens_tour(hooked, x, out_dir: Path, stem: str) -> None:
+    """decompose_resid and logit_attrs on dataset segments; patch and rtg_scan on a rollout."""
+    from dtzoo import interp
+
+    hooked.set_use_attn_result(True)
+    with torch.no_grad():
+        preds, cache = hooked.run_with_cache(*x)
+        parts, labels = cache.decompose_resid(return_labels=True)
+        err = (parts.sum(0) - cache["resid_post", -1]).abs().max()
+        print(f"  decompose_resid: {labels}; sum - final residual: max |err| = {err:.1e}")
+        full, labels = cache.get_full_resid_decomposition(expand_neurons=False,
+                                                          return_labels=True)
+        attrs = cache.logit_attrs(full, tokens=0)[:, :, 1::3]  # state tokens, action dim 0
+        print("  direct attribution to action[0] (pre-tanh), mean |.| over state tokens:")
+        for name, a in sorted(zip(labels, attrs.abs().mean((1, 2)).tolist()),
+                              key=lambda t: -t[1]):
+            print(f"    {name:10s} {a:.3f}")
+    target = hooked.config.target_returns
+    low = hooked.config.env["ref_scores"]["random"]
+    r = interp.patch(hooked, target[0], low, out_dir=out_dir / f"{stem}_interp")
+    best = r["top"][0]
+    print(f"  patch RTG {target[0]:g} -> {low:g}: action {r['action_from'][0]:+.3f} vs "
+          f"{r['action_to'][0]:+.3f}; largest share: {best['hook']} {best['kind']}"
+          f"{best['step']} ({best['recovered']:+.2f}) -> {r['files']['png']}")
+    scan = interp.rtg_scan(hooked, out_dir=out_dir / f"{stem}_interp")
+    a = np.asarray(scan["actions"])[:, 0]
+    print(f"  rtg scan over {len(a)} targets: action[0] from {a.min():+.3f} to {a.max():+.3f}"
+          f" -> {scan['files']['png']}")
 
 
 if __name__ == "__main__":

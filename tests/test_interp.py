@@ -308,8 +308,11 @@ def test_the_example_script_runs(tiny):
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     for needle in ("== 1. attention", "== 2. ablating", "zero-ablate R embeddings",
-                   "rollouts at target", "== 3. probe", "R^2 =", "== 4.", f"step{STEP}"):
+                   "rollouts at target", "== 3. probe", "R^2 =", "== 4.", f"step{STEP}",
+                   "== 5.", "sum - final residual", "patch RTG", "rtg scan over"):
         assert needle in text, needle
+    assert (out_dir / f"{MID}_interp" / "patch.png").is_file()
+    assert (out_dir / f"{MID}_interp" / "rtg_scan.json").is_file()
     png = out_dir / f"{MID}_attention.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     dump = np.load(out_dir / f"{MID}_probe.npz")

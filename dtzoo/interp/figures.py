@@ -10,14 +10,16 @@ import numpy as np
 from dtzoo.plots import _figure, _save
 
 
-def _token_ticks(ax, tokens: list[str], axis: str = "x") -> None:
-    """Every token's kind letter; the step number under each step's R token."""
-    labels = [t[0] if i % 3 else t for i, t in enumerate(tokens)]
+def _token_ticks(ax, tokens: list[str], axis: str = "x", every: int = 1) -> None:
+    """Token labels: the kind letter, with the step number on each step's R token
+    (`every=3`: only the R tokens, for square plots)."""
+    idx = [i for i in range(len(tokens)) if i % every == 0]
+    labels = [tokens[i] if i % 3 == 0 else tokens[i][0] for i in idx]
     if axis == "x":
-        ax.set_xticks(range(len(tokens)))
+        ax.set_xticks(idx)
         ax.set_xticklabels(labels, fontsize=6, rotation=90)
     else:
-        ax.set_yticks(range(len(tokens)))
+        ax.set_yticks(idx)
         ax.set_yticklabels(labels, fontsize=6)
 
 
@@ -110,8 +112,8 @@ def attention_plot(result: dict, path: Path) -> None:
                              gridspec_kw={"width_ratios": [3, 1]})
     for (ax, ax_k), head in zip(axes, heads):
         ax.imshow(np.asarray(head["pattern"]), cmap="viridis", vmin=0, vmax=1)
-        _token_ticks(ax, tokens, "x")
-        _token_ticks(ax, tokens, "y")
+        _token_ticks(ax, tokens, "x", every=3)
+        _token_ticks(ax, tokens, "y", every=3)
         ax.set_xlabel("key")
         ax.set_ylabel("query")
         ax.set_title(f"L{head['layer']}H{head['head']} attention pattern", fontsize=9)
