@@ -215,6 +215,7 @@ def train(ids: IdsArg = None, grid: GridOpt = None,
           steps: Annotated[Optional[int], typer.Option(help="Override the recipe's step count.", min=1)] = None,
           device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Where to train.")] = "auto",
           precision: Annotated[Optional[Literal["fp32", "bf16"]], typer.Option(help="bf16: bfloat16 autocast; default: the recipe's.", show_default=False)] = None,
+          checkpoints: Annotated[Optional[str], typer.Option("--checkpoints", help="Override the checkpoint schedule, e.g. log=16,evenly=20 (keys: log_until, every, log, evenly).", show_default=False)] = None,
           executor_name: ExecOpt = "local", workers: WorkersOpt = 1, address: AddressOpt = None,
           cpus_per_cell: CpusOpt = 1, gpus_per_cell: GpusOpt = 0, partition: PartitionOpt = None,
           time_limit: TimeOpt = None) -> None:
@@ -222,6 +223,7 @@ def train(ids: IdsArg = None, grid: GridOpt = None,
     `--steps N` above a finished run's length extends it (the same weights as N steps at once)."""
     from dtzoo import grid as executor
     from dtzoo import zoo
+    from dtzoo.registry import CheckpointSchedule, with_checkpoints
 
     if device == "cuda":  # once, up front, rather than once per cell
         from dtzoo.train import pick_device
@@ -231,6 +233,11 @@ def train(ids: IdsArg = None, grid: GridOpt = None,
     specs = reg.select(grid, ids or [])
     ex = executor.make_executor(executor_name, workers, address, cpus_per_cell, gpus_per_cell,
                                 partition, time_limit)
+    if checkpoints:  # over the registry's schedule (global and per env)
+        if not _in_process(ex):
+            raise typer.BadParameter("set the schedule in the registry for --executor/--workers",
+                                     param_hint="--checkpoints")
+        specs = with_checkpoints(specs, CheckpointSchedule.parse_override(checkpoints))
     if not _in_process(ex):
         options = {"registry": str(reg.path.resolve()), "steps": steps, "device": device,
                    "precision": precision}

@@ -122,9 +122,32 @@ class CheckpointSchedule:
         """The steps of one run as a lazy container: `step in sched.for_run(1500)`."""
         return RunCheckpoints(self, total)
 
+    @staticmethod
+    def parse_override(text: str) -> dict[str, int]:
+        """`dtzoo train --checkpoints log=16,evenly=20` -> {"log": 16, "evenly": 20}."""
+        names = [f.name for f in dataclasses.fields(CheckpointSchedule)]
+        out = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, _, value = part.partition("=")
+            if key not in names:
+                raise UsageError(f"--checkpoints {text!r}: unknown key {key!r}; keys: "
+                                 f"{', '.join(names)}")
+            if not re.fullmatch(r"[0-9]{1,19}", value):  # (isdigit() takes "²")
+                raise UsageError(f"--checkpoints {text!r}: {key} must be an integer >= 0")
+            out[key] = int(value)
+        if not out:
+            raise UsageError(f"--checkpoints {text!r}: expected KEY=N[,KEY=N], e.g. log=16,evenly=20")
+        return out
+
     def merged(self, override: dict[str, int] | None) -> "CheckpointSchedule":
         """This schedule with an env's (or the command line's) keys replaced."""
         return dataclasses.replace(self, **(override or {}))
+
+
+def with_checkpoints(specs: list["ModelSpec"], override: dict[str, int]) -> list["ModelSpec"]:
+    """The specs with `override` over their env's checkpoint keys (`dtzoo train --checkpoints`)."""
+    return [dataclasses.replace(s, env=dataclasses.replace(
+        s.env, checkpoints={**s.env.checkpoints, **override})) for s in specs]
 
 
 @dataclass(frozen=True)

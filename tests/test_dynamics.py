@@ -83,6 +83,24 @@ def test_registry_sets_the_schedule_globally_and_per_env(tmp_path):
         load_registry(tmp_path / "r.yaml")
 
 
+def test_command_line_overrides_the_schedule(zoo_env, registry):
+    from dtzoo.registry import with_checkpoints
+
+    over = CheckpointSchedule.parse_override("log=4, evenly=3")
+    assert over == {"log": 4, "evenly": 3}
+    spec = with_checkpoints([registry.resolve(MID)], over)[0]
+    assert spec.env.checkpoints == over and registry.env("pendulum").checkpoints == {}
+    assert registry.checkpoints.merged(spec.env.checkpoints).steps(30) == [
+        0, 1, 2, 3, 4, 8, 10, 16, 20, 30]
+    for bad, msg in (("evnly=3", "unknown key 'evnly'"), ("log=-1", "log must be an integer"),
+                     ("", "expected KEY=N")):
+        with pytest.raises(UsageError, match=msg):
+            CheckpointSchedule.parse_override(bad)
+    proc = run_cli("train", MID, "--checkpoints", "evnly=3", env=zoo_env, check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
+        "error: --checkpoints 'evnly=3': unknown key 'evnly'; keys: log_until, every, log, evenly"]
+
+
 def test_held_out_episodes_are_fixed_by_the_seed():
     a, b = held_out_episodes(100, 0.05, 0), held_out_episodes(100, 0.05, 1)
     assert len(a) == 5 and np.array_equal(a, held_out_episodes(100, 0.05, 0))
