@@ -135,6 +135,8 @@ class CheckpointSchedule:
             if not re.fullmatch(r"[0-9]{1,19}", value):  # (isdigit() takes "²")
                 raise UsageError(f"--checkpoints {text!r}: {key} must be an integer >= 0")
             out[key] = int(value)
+            if key == "every" and out[key] < 1:
+                raise UsageError(f"--checkpoints {text!r}: every must be >= 1")
         if not out:
             raise UsageError(f"--checkpoints {text!r}: expected KEY=N[,KEY=N], e.g. log=16,evenly=20")
         return out
@@ -508,11 +510,14 @@ class _Parser:
         return out
 
     def checkpoint_fields(self, node: _Map, what: str) -> dict[str, int]:
-        """CheckpointSchedule keys: integers >= 0 (`every: 0` or `log: 0` turn that part off)."""
+        """CheckpointSchedule keys: integers >= 0 (`log: 0`, `evenly: 0`: that part is off),
+        `every` >= 1."""
         out = self.dataclass_fields(node, CheckpointSchedule, what)
         for k, v in out.items():
             if v < 0:
                 raise self.fail(node, k, f"{what}.{k} must be an integer >= 0, got {v!r}")
+        if out.get("every", 1) < 1:
+            raise self.fail(node, "every", f"{what}.every must be >= 1")
         return out
 
     def registry(self, raw: Any) -> Registry:

@@ -68,13 +68,13 @@ def test_schedule_is_lazy_for_huge_runs():
 
 def test_registry_sets_the_schedule_globally_and_per_env(tmp_path):
     reg = yaml.safe_load(make_test_registry(tmp_path / "r.yaml").read_text())
-    reg["checkpoints"] = {"log_until": 8, "every": 0, "evenly": 4}
+    reg["checkpoints"] = {"log_until": 8, "every": 1000, "evenly": 4}
     reg["envs"]["pendulum"]["checkpoints"] = {"log": 5}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(reg, sort_keys=False))
     loaded = load_registry(tmp_path / "r.yaml")
-    assert loaded.checkpoints == CheckpointSchedule(log_until=8, every=0, log=0, evenly=4)
+    assert loaded.checkpoints == CheckpointSchedule(log_until=8, every=1000, log=0, evenly=4)
     pend = loaded.checkpoints.merged(loaded.env("pendulum").checkpoints)
-    assert pend == CheckpointSchedule(log_until=8, every=0, log=5, evenly=4)
+    assert pend == CheckpointSchedule(log_until=8, every=1000, log=5, evenly=4)
     assert loaded.env("cartpole").checkpoints == {}
     reg["envs"]["pendulum"]["checkpoints"] = {"evenly": -1}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(reg, sort_keys=False))
