@@ -9,6 +9,7 @@ fast.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -76,6 +77,9 @@ def patch_cmd(
     m = load_model(model, revision, hub, org)
     r = interp.patch(m, source, dest, at=at, seed=seed, out_dir=out_dir(m, out, revision))
     top = r["top"][:5]
+    if r["action_change"] < 1e-3:  # plain print to stderr: one line
+        print(f"note: the action changes by only {r['action_change']:.1e} here: the shares are "
+              "noisy; try another --at or targets further apart", file=sys.stderr)
     emit(r, as_json, [f"action at RTG {source:g}: {fmt(r['action_from'])}, at {dest:g}: "
                       f"{fmt(r['action_to'])}"] +
          [f"  {t['hook']:<28} {t['kind']} t={t['step']:<4} recovers {t['recovered']:+.3f}"

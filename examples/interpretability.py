@@ -307,12 +307,13 @@ def transformer_lens_tour(hooked, x, out_dir: Path, stem: str) -> None:
             print(f"    {name:10s} {a:.3f}")
     target = hooked.config.target_returns
     low = hooked.config.env["ref_scores"]["random"]
-    r = interp.patch(hooked, target[0], low, out_dir=out_dir / f"{stem}_interp")
+    at = 3 * hooked.cfg.context_len  # past the swing-up, where the return-to-go matters
+    r = interp.patch(hooked, target[0], low, at=at, out_dir=out_dir / f"{stem}_interp")
     best = r["top"][0]
-    print(f"  patch RTG {target[0]:g} -> {low:g}: action {r['action_from'][0]:+.3f} vs "
+    print(f"  patch RTG {target[0]:g} -> {low:g} at step {at}: action {r['action_from'][0]:+.3f} vs "
           f"{r['action_to'][0]:+.3f}; largest share: {best['hook']} {best['kind']}"
           f"{best['step']} ({best['recovered']:+.2f}) -> {r['files']['png']}")
-    scan = interp.rtg_scan(hooked, out_dir=out_dir / f"{stem}_interp")
+    scan = interp.rtg_scan(hooked, at=at, out_dir=out_dir / f"{stem}_interp")
     a = np.asarray(scan["actions"])[:, 0]
     print(f"  rtg scan over {len(a)} targets: action[0] from {a.min():+.3f} to {a.max():+.3f}"
           f" -> {scan['files']['png']}")

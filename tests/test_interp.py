@@ -368,6 +368,15 @@ def test_patch_recovers_the_whole_change_at_the_read_token_and_nothing_after(hoo
     d = a_src - a_dst
     assert rec[0, pos] == pytest.approx(float((a - a_dst) @ d / (d @ d)), abs=1e-5)
     assert torch.allclose(a_src, model(*src)[0, -1].detach())
+    # the helper's resid_pre rows are what transformer_lens.patching computes
+    from transformer_lens import patching
+
+    def recovered(out):
+        return (out[0, -1] - a_dst) @ d / (d @ d)
+
+    tl = patching.get_act_patch_resid_pre(model, model.to_tokens(*dst), cache, recovered)
+    for layer in range(L):
+        assert np.allclose(tl[layer].numpy(), rec[3 * layer], atol=1e-5)
     saved = json.loads((tmp_path / "patch.json").read_text())
     assert saved["recovered"] == r["recovered"] and saved["tokens"][pos] == "R25"
     assert (tmp_path / "patch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

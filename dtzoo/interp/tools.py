@@ -180,6 +180,7 @@ def patch(model, source: float, dest: float, at: int | None = None, seed: int = 
              for p, v in enumerate(row)]
     r.update({"target_from": float(source), "target_to": float(dest),
               "action_from": a_src.tolist(), "action_to": a_dst.tolist(),
+              "action_change": float(delta.norm()),
               "hooks": patch_hooks(model.cfg.n_layers), "recovered": recovered,
               "top": sorted(cells, key=lambda c: -abs(c["recovered"]))[:10]})
     from dtzoo.interp.figures import patch_plot
