@@ -191,6 +191,7 @@ class Case:
     setup: Callable[[Ctx], None] | None = None
     datasets: bool = False  # run against the bad-datasets store and registry
     skip: str | None = None
+    inproc: bool = False  # dtzoo.cli.main in this process (run_inproc); False: a subprocess
 
     @property
     def one_line_later(self) -> bool:
@@ -201,6 +202,56 @@ class Case:
 
 def drop(k):
     return lambda t: t.pop(k)
+
+
+def edit_config(edit: Callable[[dict], object]) -> Callable[[Ctx, Path], None]:
+    """Rewrite config.json (and the manifest, so that only the config check can catch it)."""
+    def apply(ctx: Ctx, path: Path) -> None:
+        d = json.loads((path / CONFIG).read_text())
+        new = edit(d)
+        (path / CONFIG).write_text(json.dumps(d if new is None else new))
+        write_manifest(path)
+    return apply
+
+
+def victim(ctx: Ctx, name: str = "victim") -> Path:
+    """A folder outside DTZOO_HOME that looks like one dtzoo owns: a hidden temp directory
+    (what a stale-temp cleanup deletes) and a file. Nothing may change in it."""
+    v = ctx.outside / name
+    (v / ".stale.abc.tmp").mkdir(parents=True)
+    (v / ".stale.abc.tmp" / "keep").write_text("outside DTZOO_HOME\n")
+    (v / "precious.txt").write_text("do not delete\n")
+    return v
+
+
+def link_to_victim(ctx: Ctx, path: Path) -> None:
+    """Replace the directory `path` (inside DTZOO_HOME) by a link to a victim folder."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(victim(ctx), target_is_directory=True)
+
+
+def pulled(ctx: Ctx) -> Path:
+    from dtzoo.hub.local import LocalHub
+
+    a_published_model(ctx)
+    return LocalHub(ctx.home / "hub").pull(REPO)
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+    for p, c in zip("abcdefgh", "bcdefghi")) + "grids:\n  g:\n    description: *i\n"
+ENV = """\
+    envs:
+      p:
+        gym_id: Pendulum-v1
+        dataset: a/b-v0
+        max_ep_len: {max_ep_len}
+        reward_scale: 1
+        target_returns: [1]
+        ref_scores: {{random: 0, expert: 1}}
+    """
 
 
 CUDA = torch.cuda.is_available()
@@ -325,6 +376,82 @@ CASES = [
     Case("import-not-dir", ["import", "{tmp}/absent", "--env", "pendulum", "--name", MID],
          "is not a directory", 2, "usage"),
     Case("eval-untrained", ["eval", "pendulum-1L-seed0"], "is not trained yet", 1, "cell"),
+    # ---- round two (issue 16), run in-process: dtzoo.cli.main with sys.argv set
+    # model ids and orgs that end in a newline would be a second run or hub folder
+    Case("id-newline", ["pull", "pendulum-1L-seed0\n", "--hub", "local"], "invalid", inproc=True),
+    Case("id-train-newline", ["train", "pendulum-1L-seed0\n"], "malformed model id", inproc=True),
+    Case("org-newline", ["pull", MID, "--org", "dtzoo\n", "--hub", "local"], "invalid", inproc=True),
+    # sizes that would exhaust memory before the first step
+    Case("id-100000-layers", ["train", "pendulum-100000L-seed0"], "layers must be <= 128", inproc=True),
+    Case("id-5000-digit-layers", ["train", "pendulum-" + "9" * 5000 + "L-seed0"], "layers must be <= 128",
+         inproc=True),
+    Case("id-huge-seed", ["train", "pendulum-1L-seed99999999999"], "seed must be <=", inproc=True),
+    Case("steps-huge", ["train", "pendulum-1L-seed0", "--steps", "9" * 26], "must be from 1 to 1000000000",
+         1, "cell", inproc=True),
+    Case("targets-nan", ["eval", "pendulum-1L-seed0", "--rtg-sweep", "--targets", "nan:0:2"],
+         "LO and HI must be finite", inproc=True),
+    Case("targets-inf", ["eval", "pendulum-1L-seed0", "--rtg-sweep", "--targets", "0:inf:2"],
+         "LO and HI must be finite", inproc=True),
+    Case("targets-billion", ["eval", "pendulum-1L-seed0", "--rtg-sweep", "--targets", "0:1:1000000000"],
+         "at most 256 targets", inproc=True),
+    Case("reg-alias-bomb", ["--registry", "{tmp}/bad.yaml", "list"], "an alias bomb",
+         setup=bad_registry(ALIAS_BOMB), inproc=True),
+    Case("reg-recursive-alias", ["--registry", "{tmp}/bad.yaml", "list"], "recursive alias",
+         setup=bad_registry("grids: &g\n  g: [*g]\n"), inproc=True),
+    Case("reg-deep", ["--registry", "{tmp}/bad.yaml", "list"], "invalid YAML",
+         setup=bad_registry("grids: " + "[" * 5000 + "]" * 5000 + "\n"), inproc=True),
+    # registry values of the wrong type
+    Case("reg-not-utf8", ["--registry", "{tmp}/bad.yaml", "list"], "{tmp}/bad.yaml:2: not UTF-8",
+         setup=lambda c: (c.tmp / "bad.yaml").write_bytes(b"hub:\n  org: \xff\xfe\n"), inproc=True),
+    Case("reg-nested-env", ["--registry", "{tmp}/bad.yaml", "list"], "grids.g names unknown env <list>",
+         setup=bad_registry(ENV.format(max_ep_len=5) + "grids: {g: {envs: [[p]], layers: [1], seeds: [0]}}\n"),
+         inproc=True),
+    Case("reg-int-key", ["--registry", "{tmp}/bad.yaml", "list"], "{tmp}/bad.yaml:1: unknown key 1 in recipe",
+         setup=bad_registry("recipe: {1: 2}\n"), inproc=True),
+    Case("reg-inf", ["--registry", "{tmp}/bad.yaml", "list"], "envs.p.max_ep_len must be a positive number",
+         setup=bad_registry(ENV.format(max_ep_len=".inf")), inproc=True),
+    Case("reg-nan", ["--registry", "{tmp}/bad.yaml", "list"], "recipe.lr must be a finite number",
+         setup=bad_registry("recipe: {lr: .nan}\n"), inproc=True),
+    Case("reg-huge-int", ["--registry", "{tmp}/bad.yaml", "list"], "recipe.steps is too large",
+         setup=bad_registry("recipe: {steps: 1" + "0" * 400 + "}\n"), inproc=True),
+    Case("reg-huge-d-model", ["--registry", "{tmp}/bad.yaml", "list"], "recipe.d_model must be <= 8192",
+         setup=bad_registry("recipe: {d_model: 1000000}\n"), inproc=True),
+    Case("reg-description-list", ["--registry", "{tmp}/bad.yaml", "list"], "description must be a string",
+         setup=bad_registry(ENV.format(max_ep_len=5)
+                            + "grids: {g: {envs: [p], layers: [1], seeds: [0], description: [1]}}\n"),
+         inproc=True),
+    Case("reg-prepare-episodes", ["--registry", "{tmp}/bad.yaml", "list"], "prepare.episodes must be",
+         setup=bad_registry(ENV.format(max_ep_len=5) + "    prepare: {episodes: .inf}\n"), inproc=True),
+    # config.json of the wrong shape or types: CheckpointError, never TypeError/KeyError
+    Case("config-list", ["export", "{tmp}/model", "--out", "{tmp}/out"], "a JSON object expected, got list", 1,
+         setup=bad_model(edit_config(lambda d: [])), inproc=True),
+    Case("config-arch-list", ["export", "{tmp}/model", "--out", "{tmp}/out"], "architecture must be an object", 1,
+         setup=bad_model(edit_config(lambda d: d.update(architecture=[]))), inproc=True),
+    Case("config-state-dim-str", ["export", "{tmp}/model", "--out", "{tmp}/out"], "state_dim must be an integer",
+         1, setup=bad_model(edit_config(lambda d: d.update(state_dim="3"))), inproc=True),
+    Case("config-100000-layers", ["export", "{tmp}/model", "--out", "{tmp}/out"],
+         "architecture.n_layers must be an integer from 1 to 128", 1,
+         setup=bad_model(edit_config(lambda d: d["architecture"].update(n_layers=100000))), inproc=True),
+    Case("config-unknown-arch-key", ["export", "{tmp}/model", "--out", "{tmp}/out"], "invalid architecture", 1,
+         setup=bad_model(edit_config(lambda d: d["architecture"].update(flash=True))), inproc=True),
+    Case("config-not-utf8", ["export", "{tmp}/model", "--out", "{tmp}/out"], "config.json: invalid config", 1,
+         setup=bad_model(lambda c, p: ((p / CONFIG).write_bytes(b"{\xff}"), write_manifest(p))), inproc=True),
+    Case("weights-nan", ["export", "{tmp}/model", "--out", "{tmp}/out"], "weights are not finite", 1,
+         setup=bad_model(lambda c, p: rewrite_weights(
+             p, lambda t: t.update({k: torch.full_like(v, float("nan")) for k, v in t.items()}))),
+         inproc=True),
+    # links inside DTZOO_HOME: nothing is written, locked or cleaned through them
+    Case("link-hub-snapshots", ["publish", MID], "is a symbolic link", 1, "cell",
+         setup=lambda c: (a_trained_run(c, card=True), a_published_model(c),
+                          link_to_victim(c, c.home / "hub" / REPO / "snapshots")), inproc=True),
+    Case("link-cache-repo", ["pull", MID, "--hub", "local"], "is a symbolic link", 1,
+         setup=lambda c: (pulled(c), link_to_victim(c, c.home / "cache" / REPO)), inproc=True),
+    Case("link-run-checkpoints", ["train", "pendulum-1L-seed0"], "is a symbolic link", 1, "cell",
+         setup=lambda c: link_to_victim(c, c.home / "runs" / "pendulum-1L-seed0" / "checkpoints"),
+         inproc=True),
+    # a dataset whose observations do not fit the env: refused before training
+    Case("data-env-mismatch", ["train", "mismatch-1L-seed0"], "has observations of size 3, but CartPole-v1 gives 4",
+         1, "cell", datasets=True, inproc=True),
 ]
 
 
@@ -367,6 +494,7 @@ def bad_datasets(tmp_path_factory, minari_store) -> tuple[Path, Path]:
         make("test/badact-v0", act_shape=(2, 2), act_space=gym.spaces.Box(-1, 1, shape=(2, 2)))
         make("test/nan-v0", nan=True)
         make("test/empty-v0", n=0)
+        make("test/good-v0")  # Pendulum-shaped: 3-d observations
     finally:
         if old is None:
             os.environ.pop("MINARI_DATASETS_PATH")
@@ -378,6 +506,7 @@ def bad_datasets(tmp_path_factory, minari_store) -> tuple[Path, Path]:
     for key, did in (("badobs", "test/badobs-v0"), ("badact", "test/badact-v0"),
                      ("nandata", "test/nan-v0"), ("emptydata", "test/empty-v0"), ("ghost", "test/ghost-v0")):
         reg["envs"][key] = {**pend, "dataset": did}
+    reg["envs"]["mismatch"] = {**pend, "dataset": "test/good-v0", "gym_id": "CartPole-v1"}
     reg_path.write_text(yaml.safe_dump(reg, sort_keys=False))
     return store, reg_path
 
@@ -389,6 +518,38 @@ def fingerprint_tree(*roots: Path) -> dict[str, bytes]:
             if p.is_file() and not p.is_symlink():
                 out[str(p)] = hashlib.sha256(p.read_bytes()).digest()
     return out
+
+
+def run_inproc(*args: str, env: dict[str, str] | None = None,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """`dtzoo ARGS` in this process: dtzoo.cli.main with sys.argv and the environment set, its
+    output captured (a subprocess costs ~1.5 s of imports). An exception other than SystemExit
+    that escapes main() comes back as a traceback on stderr with exit code -1."""
+    import contextlib
+    import io
+    import sys
+    import traceback
+
+    from dtzoo import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        for k, v in {**(env or {}), "COLUMNS": "200"}.items():
+            mp.setenv(k, v)
+        mp.setattr(sys, "argv", ["dtzoo", *args])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:  # noqa: BLE001 - what a user would see as a traceback
+            err.write(traceback.format_exc())
+            code = -1
+    proc = subprocess.CompletedProcess(["dtzoo", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"dtzoo {' '.join(args)} exited {code}\n{proc.stderr}")
+    return proc
 
 
 def fmt(s: str, ctx: Ctx) -> str:
@@ -408,7 +569,8 @@ def run_case(case: Case, zoo_env, tmp_path, bad_datasets) -> tuple[subprocess.Co
         case.setup(ctx)
     watched = [ctx.home, ctx.tmp, Path(ctx.env["MINARI_DATASETS_PATH"])]
     before = fingerprint_tree(*watched)
-    proc = run_cli(*[fmt(a, ctx) for a in case.args], env=ctx.env, check=False)
+    runner = run_inproc if case.inproc else run_cli
+    proc = runner(*[fmt(a, ctx) for a in case.args], env=ctx.env, check=False)
     after = fingerprint_tree(*watched)
     lost = [p for p, h in before.items() if after.get(p) != h]
     assert not lost, f"files lost or changed: {lost}"
@@ -438,8 +600,12 @@ def test_bad_input(case: Case, zoo_env, tmp_path, bad_datasets):
         assert lines[-1].endswith(", 1 failed"), err
     else:
         assert needle in err and "Usage:" in err, err  # typer's box
-    if case.id == "hub-ref-escapes":
+    if case.id == "hub-ref-escapes" or case.id.startswith("link-"):
         assert (ctx.outside / "victim" / "precious.txt").read_text() == "do not delete\n"
+    if case.id.startswith("link-"):  # nothing cleaned, nothing written through the link
+        v = next(ctx.outside.iterdir())
+        assert sorted(p.name for p in v.iterdir()) == [".stale.abc.tmp", "precious.txt"]
+        assert [p.name for p in (v / ".stale.abc.tmp").iterdir()] == ["keep"]
     if case.id.startswith("hub-") and case.code:
         snaps = ctx.home / "cache" / REPO
         assert not snaps.exists() or not [p for p in snaps.iterdir() if not p.name.startswith(".")]

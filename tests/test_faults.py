@@ -361,7 +361,7 @@ def test_sigkill_during_pull_leaves_nothing_a_load_would_trust(zoo_env, cli_env,
     again = Path(run_cli("pull", MID, env=zoo_env).stdout.strip().splitlines()[-1])
     assert again == path and temp_dirs(cache) == []
     hub_invariants(home)
-    _, config = dtzoo.load(MID)
+    config = dtzoo.load(MID).config
     assert config.model_id == MID and config.step == STEPS
     record("sigkill during pull", injected=tries, mid_copy=mid_copy, survived=tries)
 
@@ -653,3 +653,279 @@ def test_a_token_never_reaches_output_logs_cards_or_configs(zoo_env, cli_env, tm
     for p in files:
         data = p.read_bytes()
         assert token.encode() not in data and token[3:].encode() not in data, p
+
+
+# ----------------------------------------------------------------------------- round two (issue 16)
+# Links planted inside DTZOO_HOME, damage that must be healed (not skipped), a flipped bit in the
+# resume state, a garbage training log, Ctrl-C, and killed dataset collection.
+
+
+def outside_victim(base: Path) -> Path:
+    """A folder outside DTZOO_HOME shaped like one dtzoo cleans: a stale temp dir and a file."""
+    v = base / "victim"
+    (v / ".stale.abc.tmp").mkdir(parents=True)
+    (v / ".stale.abc.tmp" / "keep").write_text("outside\n")
+    (v / "precious.txt").write_text("do not delete\n")
+    return v
+
+
+def assert_victim_untouched(v: Path) -> None:
+    assert sorted(p.name for p in v.iterdir()) == [".stale.abc.tmp", "precious.txt"]
+    assert [p.name for p in (v / ".stale.abc.tmp").iterdir()] == ["keep"]
+    assert (v / "precious.txt").read_text() == "do not delete\n"
+
+
+def relink(path: Path, target: Path) -> None:
+    """Replace `path` (a folder or file inside DTZOO_HOME) by a symbolic link to `target`."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+
+
+def test_links_inside_dtzoo_home_are_never_written_locked_or_cleaned_through(zoo_env, published,
+                                                                             registry, tmp_path):
+    """A link where dtzoo owns a folder or a lock file: the operation stops with one line
+    (LinkRefused), and the folder the link points to is not changed by a byte."""
+    from dtzoo.fsutil import LinkRefused
+    from dtzoo.hub.local import LocalHub
+    from dtzoo.train import train_model
+
+    home = Path(zoo_env["DTZOO_HOME"])
+    hub, run = LocalHub(), home / "runs" / MID
+    repo, cache = home / "hub" / REPO, home / "cache" / REPO
+    hub.pull(REPO)
+    (run / "README.md").write_text("# a new card: a new commit to publish\n")
+    other = registry.resolve("pendulum-1L-seed1")  # not trained: train cleans its run first
+    cases = {
+        "hub snapshots": (repo / "snapshots", lambda: hub.publish(run, REPO)),
+        "hub refs": (repo / "refs", lambda: hub.publish(run, REPO)),
+        "hub lock": (repo / ".lock", lambda: hub.publish(run, REPO)),
+        "cache repo": (cache, lambda: hub.pull(REPO)),
+        "cache lock": (cache / ".lock", lambda: (shutil.rmtree(cache / published.name),
+                                                 hub.pull(REPO))),
+        "run checkpoints": (home / "runs" / other.model_id / "checkpoints",
+                            lambda: train_model(other, registry.checkpoints, device="cpu")),
+        "run resume": (home / "runs" / other.model_id / "resume",
+                       lambda: train_model(other, registry.checkpoints, device="cpu")),
+    }
+    for i, (name, (path, operation)) in enumerate(cases.items()):
+        v = outside_victim(tmp_path / str(i))
+        saved = tmp_path / f"saved{i}"
+        if path.exists() and not path.name.startswith("."):
+            shutil.copytree(path, saved, symlinks=True)
+        relink(path, v / "precious.txt" if path.name == ".lock" else v)
+        with pytest.raises(LinkRefused, match="symbolic link"):
+            operation()
+        assert_victim_untouched(v)
+        path.unlink()  # put things back for the next case
+        if saved.exists():
+            shutil.copytree(saved, path, symlinks=True)
+    assert hub.pull(REPO) == cache / published.name  # everything still works
+    hub_invariants(home)
+    # a link at the top of DTZOO_HOME is the user's choice (runs on a bigger disk): allowed
+    elsewhere = tmp_path / "big-disk-cache"
+    shutil.move(str(home / "cache"), elsewhere)
+    (home / "cache").symlink_to(elsewhere)
+    assert hub.pull(REPO) == cache / published.name
+    record("link planted inside DTZOO_HOME", injected=len(cases), survived=len(cases),
+           files_touched_outside=0)
+
+
+def test_a_damaged_hub_snapshot_is_healed_by_the_next_publish(zoo_env, published, tmp_path):
+    """Before: a flipped byte in the snapshot was "unchanged (skipped)" on re-publish, and every
+    pull failed until the files changed. Now publish checks the snapshot it would skip to."""
+    import dtzoo
+    from dtzoo.hub.local import LocalHub
+
+    rng, hub = random.Random(2), LocalHub()
+    home = Path(zoo_env["DTZOO_HOME"])
+    run = home / "runs" / MID
+    pristine = {p.name: p.read_bytes() for p in published.iterdir()}
+    damages = [*CORRUPTIONS, ("<dir>", "file"), ("<dir>", "link")]
+    for name, how in damages:
+        shutil.rmtree(home / "cache", ignore_errors=True)
+        if name == "<dir>":  # the whole snapshot replaced by a file, or by a link to a copy
+            copy = tmp_path / f"copy-{how}"
+            shutil.copytree(published, copy)
+            shutil.rmtree(published)
+            published.write_text("x") if how == "file" else published.symlink_to(copy)
+        else:
+            corrupt(published / name, how, rng)
+        if how != "link":  # (a link to an intact copy still pulls: reading through it is safe)
+            with pytest.raises(HubError):
+                hub.pull(REPO)
+            shutil.rmtree(home / "cache", ignore_errors=True)
+        res = hub.publish(run, REPO)
+        assert not res.skipped and res.commit == published.name
+        assert published.is_dir() and not published.is_symlink()
+        assert {p.name: p.read_bytes() for p in published.iterdir()} == pristine
+        hub_invariants(home)
+        assert dtzoo.load(MID, hub="local").config.model_id == MID
+        assert hub.publish(run, REPO).skipped  # intact now: skipped again
+        if name == "<dir>" and how == "link":
+            assert sorted(p.name for p in copy.iterdir()) == sorted(pristine)  # not deleted
+    record("damaged hub snapshot healed by publish", injected=len(damages), survived=len(damages))
+
+
+def test_a_cache_entry_replaced_by_a_file_or_a_link_is_healed_by_pull(zoo_env, published, tmp_path):
+    """Before: a traceback (a file) or a cache entry read from wherever the link pointed."""
+    import dtzoo
+    from dtzoo.hub.local import LocalHub
+
+    hub = LocalHub()
+    entry = hub.pull(REPO)
+    pristine = {p.name: p.read_bytes() for p in entry.iterdir()}
+    good, bad = tmp_path / "good-copy", tmp_path / "bad-copy"
+    shutil.copytree(entry, good)
+    shutil.copytree(entry, bad)
+    flip(bad / WEIGHTS, 100)
+    for how in ("file", "empty dir", "link to a good copy", "link to a bad copy", "dangling link"):
+        shutil.rmtree(entry)
+        if how == "file":
+            entry.write_text("not a model\n")
+        elif how == "empty dir":
+            entry.mkdir()
+        else:
+            entry.symlink_to({"link to a good copy": good, "link to a bad copy": bad,
+                              "dangling link": tmp_path / "absent"}[how])
+        assert hub.pull(REPO) == entry
+        assert entry.is_dir() and not entry.is_symlink()
+        assert {p.name: p.read_bytes() for p in entry.iterdir()} == pristine
+        dtzoo.load(entry)
+    assert sorted(p.name for p in good.iterdir()) == sorted(pristine)  # links: never followed
+    assert sorted(p.name for p in bad.iterdir()) == sorted(pristine)
+    record("cache entry replaced by a file or a link", injected=5, survived=5)
+
+
+def test_a_cached_pull_writes_nothing(zoo_env, published):
+    """A verified cache hit takes no lock and writes no file, so a read-only DTZOO_HOME (or one
+    shared read-only between users) still pulls and loads. (The suite runs as root, which a
+    chmod would not stop: the test checks that nothing at all is written instead.)"""
+    import dtzoo
+    from dtzoo.hub.local import LocalHub
+
+    home = Path(zoo_env["DTZOO_HOME"])
+    entry = LocalHub().pull(REPO)
+    (entry.parent / ".lock").unlink()
+
+    def state():
+        return {str(p): p.stat().st_mtime_ns for p in home.rglob("*")}
+
+    before = state()
+    assert LocalHub().pull(REPO) == entry
+    assert dtzoo.load(MID, hub="local").config.model_id == MID
+    assert state() == before and not (entry.parent / ".lock").exists()
+
+
+def unfinished_copy(reference_run: Path, run: Path) -> Path:
+    """The reference run, made unfinished again (no final config.json and manifest.json): the
+    next `train` resumes from its last resume state and writes the final model from it."""
+    shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns(".lock"))
+    for name in (CONFIG, MANIFEST, WEIGHTS):
+        (run / name).unlink()
+    from dtzoo.train import newest_resume_state
+
+    return newest_resume_state(run)
+
+
+def test_a_flipped_bit_in_the_resume_state_is_refused(zoo_env, registry, reference):
+    """Before: the run resumed from the damaged state and silently finished with other weights."""
+    from dtzoo.train import train_model
+
+    run = Path(zoo_env["DTZOO_HOME"]) / "runs" / MID
+    state = unfinished_copy(reference.run, run)
+    pristine = state.read_bytes()
+    header = 8 + int.from_bytes(pristine[:8], "little")
+    rng = random.Random(3)
+    offsets = [rng.randrange(header, len(pristine)) for _ in range(3)]  # tensor bytes
+    offsets.append(pristine.index(b'\\"step\\": ') + 10)  # the step number in the metadata
+    for offset in offsets:
+        raw = bytearray(pristine)
+        raw[offset] ^= 1 << rng.randrange(8)
+        state.write_bytes(bytes(raw))
+        with pytest.raises(TrainingError, match="resume state is (corrupt|unreadable)|unreadable resume"):
+            train_model(registry.resolve(MID), registry.checkpoints, steps=STEPS, device="cpu")
+        assert not (run / CONFIG).exists()  # no final model made from it
+    state.write_bytes(pristine)
+    train_model(registry.resolve(MID), registry.checkpoints, steps=STEPS, device="cpu")
+    assert_matches_reference(run, reference.run)
+    record("flipped bit in the resume state", injected=len(offsets), detected=len(offsets))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "rows lost", "rows added"])
+def test_a_damaged_training_log_is_rewritten_from_the_resume_state(zoo_env, registry, reference,
+                                                                   damage):
+    """Before: a garbage log was a traceback, and lost or forged rows went into the final log."""
+    from dtzoo.train import train_model
+
+    run = Path(zoo_env["DTZOO_HOME"]) / "runs" / MID
+    unfinished_copy(reference.run, run)
+    log = run / "training_log.csv"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text({"garbage": "step,loss\n\x00\xff,?\n",
+                    "rows lost": "".join(lines[:1] + lines[3:]),
+                    "rows added": "".join(lines + ["999,0.5,0.1,1.0\n"])}[damage])
+    train_model(registry.resolve(MID), registry.checkpoints, steps=STEPS, device="cpu")
+    assert log_rows(run) == log_rows(reference.run)
+    record("damaged training log", injected=1, survived=1)
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_and_the_same_command_does(zoo_env, cli_env, reference, tmp_path):
+    """Before: typer turned KeyboardInterrupt into exit 130 before main() printed its line."""
+    run = Path(zoo_env["DTZOO_HOME"]) / "runs" / MID
+    proc = subprocess.Popen(cli("train", MID, "--steps", str(STEPS)), env=cli_env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_until(lambda: (run / "checkpoints" / "step16").is_dir(), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted: run the same command again to resume"
+    assert "Traceback" not in err
+    done = run_cli("train", MID, "--steps", str(STEPS), env=zoo_env)
+    assert f"{MID}: resumed" in done.stderr
+    assert_matches_reference(run, reference.run)
+    record("ctrl-c during training", injected=1, survived=1)
+
+
+@pytest.mark.slow
+def test_a_killed_collect_leaves_no_staging_and_loses_no_dataset(zoo_env, cli_env, tmp_path):
+    """SIGKILL of `dtzoo data collect` while it writes; a killed overwrite whose old dataset
+    was moved aside; a legacy trash folder; a live writer's staging (kept)."""
+    import fcntl
+
+    from dtzoo.collect import remove_stale_staging
+
+    store = tmp_path / "store"
+    env = {**cli_env, "MINARI_DATASETS_PATH": str(store)}
+    args = ["data", "collect", "pendulum", "--policy", "random", "--episodes", "40"]
+
+    def staging():
+        return sorted(p.name for p in store.glob(".dtzoo-*")) if store.is_dir() else []
+
+    proc = start(cli(*args, "--out", "test/killed-v0"), env, tmp_path / "collect.log")
+    assert wait_until(lambda: bool(staging()), proc, every=0.001)
+    assert kill(proc) and staging() and not (store / "test" / "killed-v0").exists()
+    run_cli(*args, "--out", "test/killed-v0", env={**zoo_env, "MINARI_DATASETS_PATH": str(store)})
+    assert staging() == []  # the killed write's staging went with the next write
+    ds = store / "test" / "killed-v0"
+    # a kill between the two renames of an overwrite: the old dataset sits in staging/.old
+    aside = store / ".dtzoo-staging-killed"
+    aside.mkdir()
+    shutil.move(str(ds), aside / ".old")
+    (store / ".dtzoo-trash-legacy").mkdir()
+    live = store / ".dtzoo-staging-live"
+    live.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a writer that is still running
+    try:
+        assert remove_stale_staging(store) == 2
+        assert staging() == [".dtzoo-staging-live"]
+    finally:
+        os.close(fd)
+    assert (ds / "data" / "metadata.json").is_file()  # put back where it was
+    assert remove_stale_staging(store) == 1 and staging() == []  # its writer is gone now
+    record("sigkill during data collect", injected=2, survived=2)

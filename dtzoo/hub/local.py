@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dtzoo import paths
 from dtzoo.checkpoint import MANIFEST, REQUIRED_FILES, WEIGHTS, check_safetensors, verify, write_manifest
-from dtzoo.errors import CheckpointError, HubError
+from dtzoo.errors import CheckpointError, HubError, UsageError
 from dtzoo.fsutil import (
     atomic_write_text,
     check_owned,
@@ -32,6 +32,20 @@ from dtzoo.fsutil import (
 from dtzoo.hub import PublishResult, check_revision
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")  # a local-hub commit: sha1 of the manifest
+# an ORG or NAME as the Hugging Face Hub accepts it; always `fullmatch` (`$` would let a final
+# newline through: a second repo folder), and "../x" or "a/b/c" never becomes a path
+NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`ORG/NAME` that stays one folder pair under the hub and the cache, else a UsageError."""
+    parts = repo_id.split("/") if isinstance(repo_id, str) else []
+    if len(parts) != 2 or not all(NAME_RE.fullmatch(p) and ".." not in p and "--" not in p
+                                  for p in parts):
+        shown = repr(repo_id) if len(str(repo_id)) < 120 else repr(str(repo_id)[:115]) + "..."
+        raise UsageError(f"invalid repo id {shown}: ORG/NAME, each letters, digits, '-', '_' "
+                         "and '.' (at most 96)")
+    return repo_id
 
 
 SUBFOLDERS = ("transformers",)  # published beside the model: the transformers export
@@ -140,7 +154,7 @@ class LocalHub:
         self.root = Path(root) if root else paths.local_hub_dir()
 
     def repo(self, repo_id: str) -> Path:
-        return self.root / repo_id
+        return self.root / check_repo_id(repo_id)
 
     def url(self, repo_id: str, revision: str) -> str:
         return f"file://{self.repo(repo_id)}@{revision}"
@@ -199,7 +213,8 @@ class LocalHub:
     def pull(self, repo_id: str, revision: str = "main") -> Path:
         """Copy a revision into the cache (verified) and return its directory."""
         commit = self.resolve(repo_id, revision)
-        dest = check_owned(paths.cache_dir() / repo_id / commit)
+        dest = paths.cache_dir() / check_repo_id(repo_id) / commit
+        check_owned(dest.parent)  # (a link or file at `dest` itself is replaced below)
         if _intact(dest, commit):  # a verified cache hit writes nothing (a read-only home works)
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -220,8 +235,6 @@ class LocalHub:
         """Like HFHub.list_remote: the org's models with the numeric eval results of their cards."""
         from datetime import datetime, timezone
 
-        from huggingface_hub import metadata_load
-
         from dtzoo.hub.hf import card_results
 
         rows = []
@@ -229,7 +242,7 @@ class LocalHub:
             commit = self.revisions(rid)["main"]
             readme = self.repo(rid) / "snapshots" / commit / "README.md"
             ok = COMMIT_RE.fullmatch(commit) and readme.is_file()  # a corrupt ref reads nothing
-            meta = (metadata_load(readme) if ok else None) or {}
+            meta = (_card_metadata(readme) if ok else None) or {}
             mtime = (self.repo(rid) / "refs" / "main").stat().st_mtime
             rows.append({"repo_id": rid, "model_id": rid.split("/", 1)[1], "sha": commit,
                          "last_modified": datetime.fromtimestamp(mtime, timezone.utc).isoformat(),
@@ -238,10 +251,22 @@ class LocalHub:
         return rows
 
     def list_models(self, org: str) -> list[str]:
-        base = self.root / org
+        base = self.root / check_repo_id(f"{org}/x").split("/")[0]
         if not base.is_dir():
             return []
-        return sorted(f"{org}/{p.name}" for p in base.iterdir() if (p / "refs" / "main").is_file())
+        return sorted(f"{org}/{p.name}" for p in base.iterdir()
+                      if NAME_RE.fullmatch(p.name) and (p / "refs" / "main").is_file())
+
+
+def _card_metadata(readme: Path) -> dict:
+    """A card's YAML front matter; a card whose YAML is broken (or not a mapping) gives {}."""
+    from huggingface_hub import metadata_load
+
+    try:
+        meta = metadata_load(readme)
+    except Exception:  # noqa: BLE001 - yaml raises many types; one bad card must not hide the rest
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _read_ref(path: Path) -> str:
