@@ -24,8 +24,10 @@ ModelArg = Annotated[str, typer.Argument(help="A model id, ORG/ID, or a model di
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", help="Output directory (default ./interp/<model id>[@revision]).")]
 RevisionOpt = Annotated[str, typer.Option("--revision", help="main or step<N>.")]
-HubOpt = Annotated[Optional[str], typer.Option("--hub", help="local or hf (default $DTZOO_HUB or local).")]
-OrgOpt = Annotated[Optional[str], typer.Option("--org", help="Hub org (default $DTZOO_ORG or hub.org).")]
+HubOpt = Annotated[Optional[str], typer.Option(
+    "--hub", help="local or hf (default $DTZOO_HUB or local).")]
+OrgOpt = Annotated[Optional[str], typer.Option(
+    "--org", help="Hub org (default $DTZOO_ORG or hub.org).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 AtOpt = Annotated[Optional[int], typer.Option(
     "--at", min=0, help="Episode step whose context window is analysed (default: context_len).")]
@@ -35,10 +37,14 @@ TargetOpt = Annotated[Optional[float], typer.Option(
 
 
 def load_model(model: str, revision: str, hub: Optional[str], org: Optional[str]):
-    """MODEL as a HookedDecisionTransformer (dtzoo.interp.load_hooked), eval mode."""
-    from dtzoo.interp import load_hooked
+    """MODEL as a HookedDecisionTransformer, eval mode. Loaded before TransformerLens is
+    imported (seconds), so a bad id fails fast."""
+    from dtzoo.api import load
 
-    return load_hooked(model, revision=revision, hub=hub, org=org)
+    net = load(model, revision=revision, hub=hub, org=org)
+    from dtzoo.interp import to_transformer_lens
+
+    return to_transformer_lens(net)
 
 
 def out_dir(model, out: Optional[Path], revision: str) -> Path:
@@ -63,7 +69,8 @@ def emit(result: dict, as_json: bool, lines: list[str]) -> None:
 @interp_app.command("patch")
 def patch_cmd(
     model: ModelArg,
-    source: Annotated[float, typer.Option("--from", help="Target return whose activations are patched in.")],
+    source: Annotated[float, typer.Option(
+        "--from", help="Target return whose activations are patched in.")],
     dest: Annotated[float, typer.Option("--to", help="Target return of the run patched into.")],
     at: AtOpt = None, seed: SeedOpt = 0, out: OutOpt = None, revision: RevisionOpt = "main",
     hub: HubOpt = None, org: OrgOpt = None, as_json: JsonOpt = False,
@@ -72,9 +79,13 @@ def patch_cmd(
 
     For each (hook, token R/s/a, step): the share of the action change it carries.
     Writes patch.json and patch.png."""
+    from dtzoo.errors import UsageError
+
+    if source == dest:
+        raise UsageError(f"--from and --to are both {source:g}: patch between two returns-to-go")
+    m = load_model(model, revision, hub, org)
     from dtzoo import interp
 
-    m = load_model(model, revision, hub, org)
     r = interp.patch(m, source, dest, at=at, seed=seed, out_dir=out_dir(m, out, revision))
     top = r["top"][:5]
     if r["action_change"] < 1e-3:  # plain print to stderr: one line
@@ -98,10 +109,13 @@ def rtg_scan_cmd(
     """In-context RTG scan: action and attention as the return-to-go varies.
 
     As DTI's show_rtg_scan. Writes rtg_scan.json and rtg_scan.png."""
+    from dtzoo.evaluate import parse_targets
+
+    spec = parse_targets(targets) if targets else None  # bad input fails before the load
+    m = load_model(model, revision, hub, org)
     from dtzoo import interp
 
-    m = load_model(model, revision, hub, org)
-    r = interp.rtg_scan(m, targets=targets, at=at, seed=seed, target=target,
+    r = interp.rtg_scan(m, targets=spec, at=at, seed=seed, target=target,
                         out_dir=out_dir(m, out, revision))
     emit(r, as_json, [f"target {t:>10.1f}  action {fmt(a)}"
                       for t, a in zip(r["targets"], r["actions"])])
@@ -116,9 +130,9 @@ def attribute_cmd(
     """Direct action attribution per component (embeddings, heads, MLPs, biases).
 
     The components sum to the pre-tanh action. Writes attribution.json and attribution.png."""
+    m = load_model(model, revision, hub, org)
     from dtzoo import interp
 
-    m = load_model(model, revision, hub, org)
     r = interp.attribute(m, at=at, seed=seed, target=target, out_dir=out_dir(m, out, revision))
     lines = [f"pre-tanh action {fmt(r['pre_tanh'])} = sum of components {fmt(r['total'])}"]
     lines += [f"  {c:<12} {fmt(v)}" for c, v in zip(r["labels"], r["attribution"])]
@@ -135,9 +149,9 @@ def attention_cmd(
 
     How much each query kind attends to each key kind and to its own step.
     Writes attention.json and attention.png."""
+    m = load_model(model, revision, hub, org)
     from dtzoo import interp
 
-    m = load_model(model, revision, hub, org)
     r = interp.attention(m, at=at, seed=seed, target=target, out_dir=out_dir(m, out, revision))
     lines = []
     for head in r["heads"]:

@@ -310,7 +310,8 @@ def transformer_lens_tour(hooked, x, out_dir: Path, stem: str) -> None:
     at = 3 * hooked.cfg.context_len  # past the swing-up, where the return-to-go matters
     r = interp.patch(hooked, target[0], low, at=at, out_dir=out_dir / f"{stem}_interp")
     best = r["top"][0]
-    print(f"  patch RTG {target[0]:g} -> {low:g} at step {at}: action {r['action_from'][0]:+.3f} vs "
+    print(f"  patch RTG {target[0]:g} -> {low:g} at step {at}: action "
+          f"{r['action_from'][0]:+.3f} vs "
           f"{r['action_to'][0]:+.3f}; largest share: {best['hook']} {best['kind']}"
           f"{best['step']} ({best['recovered']:+.2f}) -> {r['files']['png']}")
     scan = interp.rtg_scan(hooked, at=at, out_dir=out_dir / f"{stem}_interp")

@@ -379,6 +379,10 @@ def test_patch_recovers_the_whole_change_at_the_read_token_and_nothing_after(hoo
         assert np.allclose(tl[layer].numpy(), rec[3 * layer], atol=1e-5)
     saved = json.loads((tmp_path / "patch.json").read_text())
     assert saved["recovered"] == r["recovered"] and saved["tokens"][pos] == "R25"
+    from dtzoo.errors import UsageError
+
+    with pytest.raises(UsageError, match="give the same action"):
+        interp.patch(model, -150, -150, at=25)
     assert (tmp_path / "patch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -204,7 +204,8 @@ def scan_targets(model, targets: str | Sequence[float] | None, n: int = 41) -> l
 
 
 def _attention_to_kinds(pattern: torch.Tensor, query: int) -> dict[str, torch.Tensor]:
-    """(batch, heads, q, k) pattern -> per kind R/s/a the attention mass of `query` (batch, heads)."""
+    """(batch, heads, q, k) pattern -> per kind R/s/a: the attention mass of `query`,
+    (batch, heads)."""
     return {k: pattern[:, :, query, i::TOKENS_PER_STEP].sum(-1) for i, k in enumerate(LETTERS)}
 
 
