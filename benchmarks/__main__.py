@@ -11,8 +11,10 @@ from pathlib import Path
 
 from benchmarks import suite
 
-QUICK = dict(sample_calls=5, train_steps=4, curve_steps=4, eval_episodes=2, reps=2, memory_steps=5)
-FULL = dict(sample_calls=50, train_steps=30, curve_steps=400, eval_episodes=10, reps=5, memory_steps=200)
+QUICK = dict(sample_calls=5, train_steps=4, curve_steps=4, eval_episodes=2, reps=2, memory_steps=5,
+             eval_reps=1, random_steps=20)
+FULL = dict(sample_calls=50, train_steps=30, curve_steps=400, eval_episodes=10, reps=5,
+            memory_steps=200, eval_reps=2, random_steps=1000)
 
 
 def machine() -> str:
@@ -49,7 +51,7 @@ def table(rows: list[suite.Row]) -> str:
     return "\n".join(lines)
 
 
-def run(quick: bool, dataset: str, gym_id: str) -> list[suite.Row]:
+def run(quick: bool, dataset: str, gym_ids: list[str]) -> list[suite.Row]:
     sizes = QUICK if quick else FULL
     suite.seed_everything()
     data = suite.load_data(dataset)
@@ -58,8 +60,12 @@ def run(quick: bool, dataset: str, gym_id: str) -> list[suite.Row]:
     rows.append(row)
     train_rows, _ = suite.bench_training(data, sizes["train_steps"], sizes["reps"], sizes["curve_steps"])
     rows += train_rows
-    row, _ = suite.bench_eval(data, gym_id, sizes["eval_episodes"], max(1, sizes["reps"] // 2))
-    rows.append(row)
+    # 1L on every env; 3L on the last (each reference loop run takes minutes)
+    for n_layers, ids in ((1, gym_ids), (3, gym_ids[-1:])):
+        for gym_id in ids:
+            eval_rows, _ = suite.bench_eval(gym_id, n_layers, sizes["eval_episodes"],
+                                            sizes["eval_reps"], sizes["random_steps"])
+            rows += eval_rows
     cli_rows, _ = suite.bench_cli(sizes["reps"])
     rows += cli_rows
     rows.append(suite.bench_memory(dataset, sizes["memory_steps"]))
@@ -70,13 +76,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes; does not write the doc")
     ap.add_argument("--dataset", default=suite.REFERENCE_DATASET)
-    ap.add_argument("--gym-id", default="HalfCheetah-v5")
+    ap.add_argument("--gym-ids", default="Hopper-v5,HalfCheetah-v5",
+                    help="comma-separated gym ids for the evaluation rows")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads for both sides (default: torch's own)")
     ap.add_argument("--out", default=str(suite.ROOT / "docs" / "benchmarks.md"))
     args = ap.parse_args()
     if "MINARI_DATASETS_PATH" not in os.environ and suite.REFERENCE_STORE.is_dir():
         os.environ["MINARI_DATASETS_PATH"] = str(suite.REFERENCE_STORE)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     machine_line = machine()
-    rows = run(args.quick, args.dataset, args.gym_id)
+    rows = run(args.quick, args.dataset, args.gym_ids.split(","))
     text = table(rows)
     print(text)
     if args.quick:

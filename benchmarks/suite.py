@@ -84,12 +84,14 @@ def bench_sampling(data, reps: int, calls: int) -> tuple[Row, dict]:
 # ----------------------------------------------------------------------------- training
 
 
-def paper_config(data, n_layers: int = 3):
+def paper_config(data=None, n_layers: int = 3, state_dim: int | None = None,
+                 act_dim: int | None = None):
+    """The DT paper's gym architecture, for a dataset's dims (or the given ones)."""
     from dtzoo.model import DTConfig
 
-    return DTConfig(state_dim=data.state_dim, act_dim=data.action_space.dim, n_layers=n_layers,
-                    d_model=128, n_heads=1, d_mlp=512, context_len=20, max_ep_len=1000,
-                    activation="relu", dropout=0.1)
+    return DTConfig(state_dim=state_dim or data.state_dim, act_dim=act_dim or data.action_space.dim,
+                    n_layers=n_layers, d_model=128, n_heads=1, d_mlp=512, context_len=20,
+                    max_ep_len=1000, activation="relu", dropout=0.1)
 
 
 def make_batches(data, n: int, batch_size: int = 64) -> list[dict[str, torch.Tensor]]:
@@ -117,30 +119,44 @@ def train_loop(forward: Callable, model: torch.nn.Module, batches, autocast: boo
     return losses
 
 
+def ours_forward(model) -> Callable:
+    """What dtzoo's Trainer.loss runs: the training fast path (`predict_actions`)."""
+    return lambda b: model.predict_actions(b["states"], b["actions"], b["returns_to_go"],
+                                           b["timesteps"], b["mask"])
+
+
 def bench_training(data, steps: int, reps: int, curve_steps: int) -> tuple[list[Row], dict]:
+    """fp32 1L and 3L, and bf16 autocast 3L, against transformers' DecisionTransformerModel
+    (fp32) with the same config, weights and batches; both sides alternate repetitions."""
     from transformers import DecisionTransformerModel
 
     from dtzoo.convert import to_transformers
     from dtzoo.model import DecisionTransformer
 
-    torch.manual_seed(0)
-    ours = DecisionTransformer(paper_config(data))
-    hf_config, hf_state = to_transformers(ours)
-    theirs = DecisionTransformerModel(hf_config)
-    theirs.load_state_dict(hf_state, strict=True)
     batches = make_batches(data, steps)
+    rows, times = [], {}
+    for n_layers in (1, 3):
+        torch.manual_seed(0)
+        ours = DecisionTransformer(paper_config(data, n_layers))
+        hf_config, hf_state = to_transformers(ours)
+        theirs = DecisionTransformerModel(hf_config)
+        theirs.load_state_dict(hf_state, strict=True)
 
-    def ours_fwd(b):
-        return ours(b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"])
+        def theirs_fwd(b, theirs=theirs):
+            return theirs(states=b["states"], actions=b["actions"], rewards=None,
+                          returns_to_go=b["returns_to_go"], timesteps=b["timesteps"],
+                          attention_mask=b["mask"].long(), return_dict=True).action_preds
 
-    def theirs_fwd(b):
-        return theirs(states=b["states"], actions=b["actions"], rewards=None,
-                      returns_to_go=b["returns_to_go"], timesteps=b["timesteps"],
-                      attention_mask=b["mask"].long(), return_dict=True).action_preds
-
-    t_ours = median_time(lambda: train_loop(ours_fwd, ours, batches), reps) / steps
-    t_theirs = median_time(lambda: train_loop(theirs_fwd, theirs, batches), reps) / steps
-    t_amp = median_time(lambda: train_loop(ours_fwd, ours, batches, autocast=True), reps) / steps
+        sides = {"ours": lambda: train_loop(ours_forward(ours), ours, batches),
+                 "theirs": lambda: train_loop(theirs_fwd, theirs, batches)}
+        if n_layers == 3:
+            sides["bf16"] = lambda: train_loop(ours_forward(ours), ours, batches, autocast=True)
+        t = {k: v / steps for k, v in median_times(sides, reps).items()}
+        times[n_layers] = t
+        rows.append(Row(f"training steps/s, fp32, {n_layers}L (d128, K20, batch 64)",
+                        1 / t["ours"], 1 / t["theirs"], "steps/s",
+                        ">= 1.8x" if n_layers == 1 else ">= 1.3x",
+                        note="reference: transformers DecisionTransformerModel, same config"))
 
     # loss curves from the same initialisation and batches: fp32 vs bf16 autocast
     curve_batches = make_batches(data, curve_steps)
@@ -148,67 +164,140 @@ def bench_training(data, steps: int, reps: int, curve_steps: int) -> tuple[list[
     for autocast in (False, True):
         torch.manual_seed(0)
         fresh = DecisionTransformer(paper_config(data))
-        curves[autocast] = train_loop(lambda b: fresh(b["states"], b["actions"], b["returns_to_go"],
-                                                      b["timesteps"], b["mask"]),
-                                      fresh, curve_batches, autocast=autocast)
+        curves[autocast] = train_loop(ours_forward(fresh), fresh, curve_batches, autocast=autocast)
     curve_fp32, curve_bf16 = curves[False], curves[True]
     tail = max(1, curve_steps // 4)
     fp32_end, bf16_end = float(np.mean(curve_fp32[-tail:])), float(np.mean(curve_bf16[-tail:]))
     noise = float(np.std(curve_fp32[-tail:]))
-    rows = [
-        Row("training steps/s, fp32 (3L, d128, K20, batch 64)", 1 / t_ours, 1 / t_theirs,
-            "steps/s", ">= 1.3x", note="reference: transformers DecisionTransformerModel"),
-        Row("training steps/s, bf16 autocast vs reference fp32", 1 / t_amp, 1 / t_theirs,
-            "steps/s", ">= 2x",
-            note=f"loss over the last {tail} of {curve_steps} steps: fp32 {fp32_end:.4f}, bf16 "
-                 f"{bf16_end:.4f} (step-to-step std {noise:.4f})"),
-    ]
+    rows.append(Row("training steps/s, bf16 autocast 3L vs reference fp32 3L",
+                    1 / times[3]["bf16"], 1 / times[3]["theirs"], "steps/s", ">= 2.2x",
+                    note=f"loss over the last {tail} of {curve_steps} steps: fp32 {fp32_end:.4f}, "
+                         f"bf16 {bf16_end:.4f} (step-to-step std {noise:.4f})"))
     return rows, {"loss_fp32": fp32_end, "loss_bf16": bf16_end, "loss_noise": noise}
+
+
+def median_times(sides: dict[str, Callable[[], object]], reps: int,
+                 warmup: bool = True) -> dict[str, float]:
+    """Median wall time of each side; a warm-up run each, then the sides alternate, so a
+    change in machine load hits all of them alike."""
+    for fn in sides.values() if warmup else ():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    for _ in range(reps):
+        for k, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 # ----------------------------------------------------------------------------- evaluation
 
+# two target returns per env, as the DT paper evaluates (Pendulum: for the tiny test run)
+EVAL_TARGETS = {"Hopper-v5": [3600.0, 1800.0], "HalfCheetah-v5": [12000.0, 6000.0],
+                "Pendulum-v1": [-150.0, -300.0]}
 
-def bench_eval(data, gym_id: str, episodes: int, reps: int) -> tuple[Row, dict]:
+
+def eval_model(gym_id: str, n_layers: int):
+    """A random-weight paper-config model for `gym_id` (dims from its spaces), with its
+    ModelConfig. The action head is scaled down (x0.1) so Hopper stands ~100 steps instead of
+    falling at step 12: closer to a trained model's long episodes, and the same network work."""
     import gymnasium as gym
 
     from dtzoo.checkpoint import ModelConfig
-    from dtzoo.evaluate import episode_seeds, evaluate
     from dtzoo.model import DecisionTransformer
 
+    env = gym.make(gym_id)
+    sd, ad = env.observation_space.shape[0], env.action_space.shape[0]
+    low, high = env.action_space.low.tolist(), env.action_space.high.tolist()
+    env.close()
     torch.manual_seed(0)
-    cfg = paper_config(data)
+    cfg = paper_config(n_layers=n_layers, state_dim=sd, act_dim=ad)
     model = DecisionTransformer(cfg).eval()
-    mean, std = data.state_stats()
+    with torch.no_grad():
+        model.predict_action.weight.mul_(0.1)
+    arch = {k: getattr(cfg, k) for k in ("n_layers", "d_model", "n_heads", "d_mlp",
+                                         "context_len", "max_ep_len", "activation", "dropout")}
     config = ModelConfig(
-        model_id="bench-3L-seed0", architecture={k: getattr(cfg, k) for k in (
-            "n_layers", "d_model", "n_heads", "d_mlp", "context_len", "max_ep_len", "activation", "dropout")},
-        state_dim=cfg.state_dim, act_dim=cfg.act_dim, action_space=data.action_space.to_dict(),
-        state_mean=mean.tolist(), state_std=std.tolist(), reward_scale=1000.0,
-        target_returns=[6000.0], env={"key": "bench", "gym_id": gym_id, "max_ep_len": 1000,
-                                      "ref_scores": {"random": 0.0, "expert": 1.0}},
-        dataset={"id": data.dataset_id}, recipe={}, seed=0, step=0, total_steps=0)
+        model_id=f"bench-{n_layers}L-seed0", architecture=arch, state_dim=sd, act_dim=ad,
+        action_space={"kind": "box", "low": low, "high": high},
+        state_mean=[0.0] * sd, state_std=[1.0] * sd, reward_scale=1000.0,
+        target_returns=EVAL_TARGETS.get(gym_id, [1000.0, 500.0]),
+        env={"key": "bench", "gym_id": gym_id, "max_ep_len": 1000,
+             "ref_scores": {"random": 0.0, "expert": 1.0}},
+        dataset={"id": "none"}, recipe={}, seed=0, step=0, total_steps=0)
+    return model, config
+
+
+def bench_eval(gym_id: str, n_layers: int, episodes: int, reps: int,
+               random_steps: int) -> tuple[list[Row], dict]:
+    """dtzoo's evaluate (episodes x 2 targets, one batch) against the DT paper's
+    one-episode-at-a-time loop on the same model and seeds; for 1L also against stepping the
+    same vector env with random actions (what the simulator alone allows)."""
+    import gymnasium as gym
+
+    from dtzoo.evaluate import episode_seeds, evaluate, rollout
+
+    model, config = eval_model(gym_id, n_layers)
+    targets = config.target_returns
     seeds = episode_seeds(0, episodes)
     result: dict = {}
+    zeros = np.zeros(config.state_dim, np.float32)
+    ones = np.ones(config.state_dim, np.float32)
 
     def ours():
-        result["ours"] = evaluate(model, config, episodes=episodes, targets=[6000.0])["results"][0]
+        result["ours"] = evaluate(model, config, episodes=episodes)["results"]
+
+    def ours_overlap():  # the envs in a worker process, overlapping the model
+        rollout(model, config, [t for t in targets for _ in seeds], seeds * len(targets),
+                overlap=True)
 
     def theirs():
         env = gym.make(gym_id)
-        out = [reference.evaluate_episode_rtg(env, model, 1000, 1000.0, mean, std, 6000.0, s, 20)
-               for s in seeds]
-        result["theirs"] = out
+        result["theirs"] = [reference.evaluate_episode_rtg(env, model, 1000, 1000.0, zeros, ones,
+                                                           target, s, 20)
+                            for target in targets for s in seeds]
+        env.close()
 
-    t_ours = median_time(ours, reps, warmup=0)
-    t_theirs = median_time(theirs, max(1, reps // 2), warmup=0)
-    steps = sum(result["ours"]["lengths"])
-    ref_returns = [r for r, _ in result["theirs"]]
-    diff = float(np.max(np.abs(np.array(result["ours"]["returns"]) - np.array(ref_returns))))
-    row = Row(f"evaluation env-steps/s, {episodes} episodes, {gym_id}", steps / t_ours,
-              sum(n for _, n in result["theirs"]) / t_theirs, "env-steps/s", ">= 8x",
-              note=f"max |return difference| over the same seeds: {diff:.3g}")
-    return row, {"return_diff": diff, "ours": result["ours"]["returns"], "theirs": ref_returns}
+    sides = {"ours": ours, "theirs": theirs}
+    if n_layers == 1:
+        sides["overlap"] = ours_overlap
+    t = median_times(sides, reps, warmup=False)  # minutes each
+    steps = sum(sum(r["lengths"]) for r in result["ours"])
+    ref_steps = sum(n for _, n in result["theirs"])
+    ours_returns = np.concatenate([r["returns"] for r in result["ours"]])
+    diff = float(np.max(np.abs(ours_returns - np.array([r for r, _ in result["theirs"]]))))
+    label = f"{n_layers}L, {episodes} episodes x {len(targets)} targets, {gym_id}"
+    rows = [Row(f"evaluation env-steps/s, {label}", steps / t["ours"], ref_steps / t["theirs"],
+                "env-steps/s", ">= 10x" if n_layers == 1 else ">= 4x",
+                note=f"reference: the DT paper's loop; max |return difference| over the same "
+                     f"seeds {diff:.3g}; mean episode {steps / len(ours_returns):.0f} steps")]
+    if n_layers == 1:
+        sim = random_action_steps_per_s(gym_id, len(ours_returns), random_steps, reps)
+        rows.append(Row(f"evaluation env-steps/s vs the simulator, {label}", steps / t["ours"],
+                        sim, "env-steps/s", ">= 0.6x",
+                        note=f"reference: the same {len(ours_returns)}-env vector env stepped "
+                             f"with random actions; with the env worker process (overlap) "
+                             f"{steps / t['overlap']:.0f} env-steps/s"))
+    return rows, {"return_diff": diff}
+
+
+def random_action_steps_per_s(gym_id: str, n: int, steps: int, reps: int) -> float:
+    """Env-steps/s of an n-env synchronous vector env (what evaluate uses) on random actions."""
+    from dtzoo.observations import make_vec_env
+
+    envs = make_vec_env(gym_id, "vector", n)
+    try:
+        envs.reset(seed=0)
+        actions = [envs.action_space.sample() for _ in range(steps)]
+
+        def run():
+            for a in actions:
+                envs.step(a)
+
+        return n * steps / median_times({"sim": run}, reps)["sim"]
+    finally:
+        envs.close()
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -70,6 +70,7 @@ class Agent:
         self.filled, self.t = 0, 0  # `filled` real steps from the right of the window
         self.frames: np.ndarray | None = None  # image models: the current frame stack
         self.cache: InferenceCache | None = None
+        self._modules = list(self.model.modules())  # where hooks would be (checked each step)
         self.output: np.ndarray | None = None  # the model's last prediction, (n, act_dim)
         target = np.broadcast_to(np.asarray(self.target, np.float64), (n,))
         self.next_rtg = (target / c.reward_scale).astype(np.float32)
@@ -119,7 +120,7 @@ class Agent:
         self.actions[:, -1] = 0.0  # a_t is not known yet; the model reads it from s_t
         self.rtg[:, -1] = self.next_rtg
         self.timesteps[:, -1] = min(self.t, self.max_t)
-        if self.fast and not self.model.training and fast_path_ok(self.model):
+        if self.fast and not self.model.training and fast_path_ok(self.model, self._modules):
             pred = self._predict_fast()
         else:
             self.cache = None  # stale once the reference path has run

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import time
 from typing import Callable, Sequence
 
@@ -26,41 +27,132 @@ def episode_seeds(model_seed: int, episodes: int, base: int = 0) -> list[int]:
 
 
 def rollout(model, config: ModelConfig, target_return: float | Sequence[float],
-            seeds: list[int], fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
+            seeds: list[int], fast: bool = True,
+            overlap: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Run len(seeds) episodes in lockstep, one batched forward per step; `target_return` is
     one number or one per episode. Returns (returns, lengths) per episode.
 
-    The envs of one synchronous vector env are stepped in this process (an async vector env
-    measured slower here: see docs/benchmarks.md); an episode that ends leaves the batch, so
-    neither its env nor the model works on it any more. `fast=False` makes the Agent run the
-    reference forward.
+    The envs of one synchronous vector env are stepped in this process; an episode that ends
+    leaves the batch, so neither its env nor the model works on it again. With `overlap=True`
+    the envs step in a forked worker process, in two halves: while the worker steps one half,
+    the model computes the other half's actions (a second core for the simulator). Both
+    gymnasium's AsyncVectorEnv (one process per env) and this worker measured no faster than
+    in-process stepping on the shared 2-core machine (docs/benchmarks.md), so it is off by
+    default. `fast=False` makes the Agent run the reference forward. Returns are the same
+    either way.
     """
     from dtzoo.observations import make_vec_env
 
     n = len(seeds)
+    targets = np.broadcast_to(np.asarray(target_return, np.float64), (n,))
+    overlap = overlap and n >= 2 and "fork" in mp.get_all_start_methods()
     kind = config.env.get("observation", {}).get("kind", "vector")
     envs = make_vec_env(config.env["gym_id"], kind, n, config.env.get("max_episode_steps"))
+    stepper = EnvWorker(envs.unwrapped.envs) if overlap else InProcess(envs.unwrapped.envs)
     try:
-        agent = Agent(model, config, target_return=target_return, num_envs=n, fast=fast)
-        obs, _ = envs.reset(seed=seeds)
-        singles = envs.unwrapped.envs  # stepped one by one: finished episodes drop out
+        obs = stepper.reset(seeds)
+        groups = np.array_split(np.arange(n), 2 if overlap else 1)
         returns, lengths = np.zeros(n), np.zeros(n, np.int64)
-        alive = np.arange(n)  # env index of each agent row
-        while alive.size:
-            steps = [singles[i].step(a) for i, a in zip(alive, agent.act(obs))]
-            reward = np.array([s[1] for s in steps], np.float64)
-            done = np.array([s[2] or s[3] for s in steps])
-            agent.observe(reward)
-            returns[alive] += reward
-            lengths[alive] += 1
-            going = np.flatnonzero(~done)
-            if going.size < alive.size:
-                agent.keep(going)
-                alive = alive[going]
-            obs = np.stack([steps[i][0] for i in going]) if going.size else None
+        agents = [Agent(model, config, target_return=targets[g], num_envs=len(g), fast=fast)
+                  for g in groups]
+        for g, agent in zip(groups, agents):  # env index of each agent row, per group
+            stepper.send(g, agent.act(obs[g]))
+        while any(g.size for g in groups):
+            for k, agent in enumerate(agents):
+                if not groups[k].size:
+                    continue
+                obs, reward, done = stepper.receive()  # answers come in the order sent
+                agent.observe(reward)
+                returns[groups[k]] += reward
+                lengths[groups[k]] += 1
+                going = np.flatnonzero(~done)
+                if going.size < groups[k].size:
+                    agent.keep(going)
+                    groups[k] = groups[k][going]
+                if going.size:
+                    stepper.send(groups[k], agent.act(obs[going]))
         return returns, lengths
     finally:
+        stepper.close()
         envs.close()
+
+
+def _step_all(envs: list, idx: np.ndarray, actions: np.ndarray) -> tuple:
+    out = [envs[i].step(a) for i, a in zip(idx, actions)]
+    return (np.stack([o[0] for o in out]), np.array([o[1] for o in out], np.float64),
+            np.array([o[2] or o[3] for o in out]))
+
+
+class InProcess:
+    """Steps the envs here, when asked: the same interface as EnvWorker."""
+
+    def __init__(self, envs: list):
+        self.envs, self.pending = envs, []
+
+    def reset(self, seeds: list[int]) -> np.ndarray:
+        return np.stack([e.reset(seed=int(s))[0] for e, s in zip(self.envs, seeds)])
+
+    def send(self, idx: np.ndarray, actions: np.ndarray) -> None:
+        self.pending.append((idx, actions))
+
+    def receive(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _step_all(self.envs, *self.pending.pop(0))
+
+    def close(self) -> None:
+        pass
+
+
+class EnvWorker(InProcess):
+    """A forked process that owns copies of `envs` and steps the ones asked for while this
+    process goes on (the model's forward overlaps the simulator on a second core)."""
+
+    def __init__(self, envs: list):
+        self.conn, child = mp.get_context("fork").Pipe()
+        self.proc = mp.get_context("fork").Process(target=_worker, args=(child, envs),
+                                                   daemon=True)
+        self.proc.start()
+        child.close()
+
+    def reset(self, seeds: list[int]) -> np.ndarray:
+        self.conn.send(("reset", list(seeds)))
+        return self._answer()
+
+    def send(self, idx: np.ndarray, actions: np.ndarray) -> None:
+        self.conn.send(("step", (idx, np.asarray(actions))))
+
+    def receive(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._answer()
+
+    def _answer(self):
+        kind, value = self.conn.recv()
+        if kind == "error":
+            raise RuntimeError(f"evaluation env worker failed:\n{value}")
+        return value
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("close", None))
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.conn.close()
+
+
+def _worker(conn, envs: list) -> None:
+    import traceback
+
+    local = InProcess(envs)
+    while True:
+        cmd, arg = conn.recv()
+        if cmd == "close":
+            return
+        try:
+            out = local.reset(arg) if cmd == "reset" else _step_all(envs, *arg)
+            conn.send(("ok", out))
+        except Exception:  # report it to the parent, which raises
+            conn.send(("error", traceback.format_exc()))
 
 
 def summarize(config: ModelConfig, target: float, returns: np.ndarray, lengths: np.ndarray) -> dict:

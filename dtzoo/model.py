@@ -382,23 +382,24 @@ def position_token(pos: int) -> tuple[int, str]:
 # attached (`fast_path_ok`); tests/test_fastpath.py compares them with the reference.
 
 
-def hooks_attached(model: nn.Module) -> bool:
+def hooks_attached(model: nn.Module, modules: list[nn.Module] | None = None) -> bool:
     """True if a forward or backward hook is registered on any submodule (dtzoo's and
-    TransformerLens's hook points register plain torch hooks) or globally."""
+    TransformerLens's hook points register plain torch hooks) or globally. `modules`:
+    `list(model.modules())`, when the caller keeps it (walking the tree costs ~0.1 ms)."""
     from torch.nn.modules import module as torch_module
 
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-               or m._backward_pre_hooks for m in model.modules())
+               or m._backward_pre_hooks for m in (model.modules() if modules is None else modules))
 
 
-def fast_path_ok(model: nn.Module) -> bool:
+def fast_path_ok(model: nn.Module, modules: list[nn.Module] | None = None) -> bool:
     """A fast path may replace `model.forward`: a DecisionTransformer whose forward is the
     reference one, with no hook attached."""
     return (isinstance(model, DecisionTransformer)
             and type(model).forward is DecisionTransformer.forward
-            and not hooks_attached(model))
+            and not hooks_attached(model, modules))
 
 
 def _q(attn: Attention, h: torch.Tensor) -> torch.Tensor:
@@ -426,6 +427,20 @@ def _attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return z.reshape(*q.shape[:2], -1)
 
 
+def _lin(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def _ln(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _mlp(block: Block, h: torch.Tensor) -> torch.Tensor:
+    """block.mlp(block.ln2(h)) without module calls (eval mode: no dropout)."""
+    mlp = block.mlp
+    return _lin(mlp.fc_out, mlp.act(_lin(mlp.fc_in, _ln(block.ln2, h))))
+
+
 class InferenceCache:
     """Exact incremental inference for an Agent: one step of N episodes in lockstep at a time.
 
@@ -448,13 +463,14 @@ class InferenceCache:
         self.max_tokens = TOKENS_PER_STEP * cfg.context_len - 1  # the window up to s_t
         cap = 2 * TOKENS_PER_STEP * cfg.context_len  # room to slide before compacting
         self.x = torch.empty(batch, cap, cfg.d_model, dtype=p.dtype, device=p.device)
-        self.qkv = torch.empty(batch, cap, 3, cfg.n_heads, cfg.d_model // cfg.n_heads,
+        # layer-0 q, k, v as (3, batch, heads, tokens, d_head): attention's matmul layout
+        self.qkv = torch.empty(3, batch, cfg.n_heads, cap, cfg.d_model // cfg.n_heads,
                                dtype=p.dtype, device=p.device)
         self.start = self.end = 0  # the window's tokens are x[:, start:end]
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (episodes that go on), in this order."""
-        self.x, self.qkv = self.x[rows], self.qkv[rows]
+        self.x, self.qkv = self.x[rows], self.qkv[:, rows]
 
     def prefill(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
                 timesteps: torch.Tensor) -> torch.Tensor:
@@ -470,12 +486,13 @@ class InferenceCache:
              rtg: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         """Add a_{t-1} (B, act_dim) at prev_timestep (B,), then R_t (B,) and s_t (B, ...) at
         timestep (B,); drop what left the window; returns the prediction for s_t."""
-        m = self.model
-        a = m.embed_action(prev_action) + m.embed_timestep(prev_timestep)
-        time = m.embed_timestep(timestep)
-        r = m.embed_return(rtg.reshape(-1, 1)) + time
-        s = m.embed_state(state[:, None])[:, 0] + time
-        self._append(m.embed_ln(torch.stack((a, r, s), dim=1)))
+        m = self.model  # (functional calls: at batch 20 the per-module overhead shows)
+        a = _lin(m.embed_action, prev_action) + F.embedding(prev_timestep, m.embed_timestep.weight)
+        time = F.embedding(timestep, m.embed_timestep.weight)
+        r = _lin(m.embed_return, rtg.reshape(-1, 1)) + time
+        s = (_lin(m.embed_state, state) if isinstance(m.embed_state, nn.Linear)
+             else m.embed_state(state[:, None])[:, 0]) + time
+        self._append(_ln(m.embed_ln, torch.stack((a, r, s), dim=1)))
         return self._predict()
 
     def _append(self, tokens: torch.Tensor) -> None:
@@ -483,34 +500,48 @@ class InferenceCache:
         if self.end + n > self.x.shape[1]:  # compact: move the window to the front
             keep = self.end - self.start
             self.x[:, :keep] = self.x[:, self.start:self.end].clone()
-            self.qkv[:, :keep] = self.qkv[:, self.start:self.end].clone()
+            self.qkv[..., :keep, :] = self.qkv[..., self.start:self.end, :].clone()
             self.start, self.end = 0, keep
         B, first = tokens.shape[0], self.model.blocks[0]
         self.x[:, self.end:self.end + n] = tokens
-        qkv = first.attn.qkv(first.ln1(tokens))  # pre-LN: layer-0 Q/K/V of these tokens
-        self.qkv[:, self.end:self.end + n] = qkv.view(B, n, 3, first.attn.n_heads, -1)
+        qkv = _lin(first.attn.qkv, _ln(first.ln1, tokens))  # pre-LN: layer-0 Q/K/V
+        # (B, n, 3, H, dh) -> (3, B, H, n, dh)
+        self.qkv[..., self.end:self.end + n, :] = (
+            qkv.view(B, n, 3, first.attn.n_heads, -1).permute(2, 0, 3, 1, 4))
         self.end += n
         self.start = max(self.start, self.end - self.max_tokens)
 
     def _predict(self) -> torch.Tensor:
         m, blocks = self.model, self.model.blocks
-        x, qkv = self.x[:, self.start:self.end], self.qkv[:, self.start:self.end]
-        q, k, v = qkv.unbind(dim=2)
+        x = self.x[:, self.start:self.end]
+        q, k, v = self.qkv[..., self.start:self.end, :].unbind(0)  # (B, H, L, dh) each
         first = blocks[0]
         if len(blocks) == 1:  # the newest state token's query is all that is needed
-            h = x[:, -1:] + first.attn.out(_attend(first.attn, q[:, -1:], k, v, None))
-            h = h + first.mlp(first.ln2(h))
+            h = x[:, -1:] + _lin(first.attn.out, _attend_heads(q[:, :, -1:], k, v, None))
+            h = h + _mlp(first, h)
         else:
             L = x.shape[1]
-            causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()[None, None]
-            x = x + first.attn.out(_attend(first.attn, q, k, v, causal))
+            causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+            x = x + first.attn.out(_attend_heads(q, k, v, causal))
             x = x + first.mlp(first.ln2(x))
             for block in blocks[1:-1]:
-                x = block(x, causal)
+                x = block(x, causal[None, None])
             last = blocks[-1]
             hl = last.ln1(x)
-            k, v = _kv(last.attn, hl)
-            h = x[:, -1:] + last.attn.out(_attend(last.attn, _q(last.attn, hl[:, -1:]), k, v, None))
-            h = h + last.mlp(last.ln2(h))
-        out = m.predict_action(m.ln_final(h[:, 0]))
+            k, v = (t.transpose(1, 2) for t in _kv(last.attn, hl))
+            q = _q(last.attn, hl[:, -1:]).transpose(1, 2)
+            h = x[:, -1:] + _lin(last.attn.out, _attend_heads(q, k, v, None))
+            h = h + _mlp(last, h)
+        out = _lin(m.predict_action, _ln(m.ln_final, h[:, 0]))
         return out if self.cfg.discrete else torch.tanh(out)
+
+
+def _attend_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention.forward's arithmetic in (B, H, L, dh) layout (plain matmuls: cheaper than
+    einsum for one query); returns z as (B, Lq, d_model), before the output projection."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    z = torch.matmul(scores.softmax(dim=-1), v)  # (B, H, Lq, dh)
+    return z.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)

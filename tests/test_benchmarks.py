@@ -23,12 +23,17 @@ DATASET = "dtzoo/pendulum/scripted-v0"
 def test_benchmarks_run_at_tiny_sizes(minari_store, tmp_path):
     env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_store), "DTZOO_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--dataset", DATASET,
-                           "--gym-id", "Pendulum-v1"], cwd=ROOT, env=env, capture_output=True,
+                           "--gym-ids", "Pendulum-v1"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     figures = [r.split("|")[1].strip() for r in rows[1:]]
-    assert len(figures) == 8 and figures[0].startswith("batch sampling")
+    assert len(figures) == 11 and figures[0].startswith("batch sampling")
+    wanted = ["training steps/s, fp32, 1L", "training steps/s, fp32, 3L", "bf16 autocast 3L",
+              "evaluation env-steps/s, 1L", "evaluation env-steps/s vs the simulator, 1L",
+              "evaluation env-steps/s, 3L", "`dtzoo --help`"]
+    for w in wanted:
+        assert any(w in f for f in figures), (w, figures)
     for r in rows[1:]:
         dtzoo_value = r.split("|")[2].strip()
         assert float(dtzoo_value) > 0, r
