@@ -232,8 +232,9 @@ def save_model(model, config: ModelConfig, path: Path, extra_files: dict[str, by
 # ----------------------------------------------------------------------------- reading
 
 
-def verify(path: Path) -> None:
-    """Check every file the manifest lists: present, right size, right sha256."""
+def verify(path: Path, only: tuple[str, ...] | None = None) -> None:
+    """Check every file the manifest lists (or just those in `only`): present, right size,
+    right sha256."""
     path = Path(path)
     for name in REQUIRED_FILES:
         if not (path / name).is_file():
@@ -251,6 +252,8 @@ def verify(path: Path) -> None:
         if not _plain_name(name):  # "../x", "/etc/passwd", "a/b": never looked at
             raise CheckpointError(f"{path}: {name!r} listed in the manifest is not a file name "
                                   "inside the directory")
+        if only is not None and name not in only:  # (a malformed name is refused all the same)
+            continue
         if not (isinstance(meta, dict) and isinstance(meta.get("size"), int)
                 and isinstance(meta.get("sha256"), str)):
             raise CheckpointError(f"{mpath}: unreadable manifest entry for {name}")
@@ -338,12 +341,16 @@ def load_state_strict(model, tensors: dict, where: str) -> None:
 
 
 def load_model(path: Path, verify_files: bool = True, device: str = "cpu"):
-    """Load a model directory: `model, config = load_model(path)`; the model is in eval mode."""
+    """Load a model directory: `model, config = load_model(path)`; the model is in eval mode.
+
+    Verifies the files inference reads (weights and config) against the manifest. The extras
+    (card, eval.json, plots) do not change what the model does: one left half-rewritten by a
+    killed `dtzoo eval` must not make the model unusable (the next eval or publish re-hashes it)."""
     from dtzoo.model import DecisionTransformer
 
     path = Path(path)
     if verify_files:
-        verify(path)
+        verify(path, only=REQUIRED_FILES)
     config = read_config(path)
     model = DecisionTransformer(config.dt_config())
     load_state_strict(model, read_weights(path / WEIGHTS), str(path / WEIGHTS))

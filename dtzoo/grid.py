@@ -47,10 +47,12 @@ def already_trained(steps: int | None = None) -> SkipFn:
     from dtzoo.train import trained_steps
 
     def skip(spec: ModelSpec) -> str | None:
-        done = trained_steps(spec.model_id)
-        if done is None or (steps is not None and steps != done):
+        if not paths.is_trained(spec.model_id):
             return None
-        return f"already trained ({done} steps)"
+        done = trained_steps(spec.model_id)
+        if done is None:
+            return "already trained"
+        return None if steps is not None and steps != done else f"already trained ({done} steps)"
 
     return skip
 

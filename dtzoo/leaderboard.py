@@ -62,7 +62,7 @@ def leaderboard_rows(reports: list[dict], expected: dict[tuple[str, int], list[s
             "data": ", ".join(sorted({str(rep.get("dataset")) for rep, _ in items})),
             **_coverage(expected, env, layers, {rep["model_id"] for rep, _ in items}),
         })
-    for (env, layers), ids in (expected or {}).items():
+    for env, layers in expected or {}:
         if not any(r["env"] == env and r["layers"] == layers for r in rows):
             rows.append({**dict.fromkeys(COLUMNS), "env": env, "layers": layers, "seeds": 0,
                          "data": "", **_coverage(expected, env, layers, set())})

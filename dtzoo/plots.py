@@ -153,10 +153,12 @@ def leaderboard_plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, max(1, len(envs)), figsize=(4 * max(1, len(envs)), 3.4), squeeze=False)
     for ax, env in zip(axes[0], envs):
         env_rows = [r for r in rows if r["env"] == env]
-        for target in sorted({r["target_return"] for r in env_rows}, reverse=True):
+        for target in sorted({r["target_return"] for r in env_rows
+                              if r["target_return"] is not None}, reverse=True):
             line = sorted((r for r in env_rows if r["target_return"] == target), key=lambda r: r["layers"])
+            # one seed has no spread: no error bar rather than a misleading zero
             ax.errorbar([r["layers"] for r in line], [r["score_mean"] for r in line],
-                        yerr=[r["score_std"] for r in line], marker="o", capsize=3,
+                        yerr=[r["score_std"] or 0.0 for r in line], marker="o", capsize=3,
                         label=f"target {target:g}")
         ax.set_title(env)
         ax.set_xlabel("layers")

@@ -124,7 +124,7 @@ def grid_status(registry: Registry, model_ids: list[str], hub: str | None = None
     from dtzoo.grid import lock_held
     from dtzoo.train import newest_resume_state
 
-    published, why = published_ids_or_none(registry, hub, org)
+    published, _ = published_ids_or_none(registry, hub, org)  # offline: published unknown
     rows = []
     for mid in model_ids:
         spec = registry.resolve(mid)

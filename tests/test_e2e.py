@@ -50,19 +50,20 @@ def test_tiny_grid_end_to_end(zoo_env):
     listed = {s["model_id"]: s for s in json.loads(run_cli("list", "--json", env=zoo_env).stdout)}
     assert listed["pendulum-1L-seed0"]["state"] == "evaluated"
 
-    pub = run_cli("publish", "--grid", "tiny", env=zoo_env)
-    assert pub.stdout.count("published") >= 8
+    pub = run_cli("publish", "--grid", "tiny", env=zoo_env)  # main + every step<N> revision
+    assert pub.stdout.count("published") >= 8 * 2 and "step0" in pub.stdout
     again = run_cli("publish", "--grid", "tiny", env=zoo_env)
-    assert again.stdout.count("unchanged (skipped)") == 8
+    assert again.stdout.count("unchanged (skipped)") == pub.stdout.count("published")
 
     pulled = run_cli("pull", "pendulum-1L-seed0", env=zoo_env)
     path = Path(pulled.stdout.strip().splitlines()[-1])
     assert path.is_dir() and path.is_relative_to(home / "cache")
     run = home / "runs" / "pendulum-1L-seed0"
-    for name in ("model.safetensors", "config.json", "README.md", "eval.json"):
+    for name in ("model.safetensors", "config.json", "eval.json"):
         assert (path / name).read_bytes() == (run / name).read_bytes()
-    card = (path / "README.md").read_text()
+    card = (path / "README.md").read_text()  # the card as published: names the org
     assert card.startswith("---\n") and "library_name: dtzoo" in card and "model-index" in card
+    assert 'dtzoo.load("dtzoo/pendulum-1L-seed0")' in card and (path / "transformers").is_dir()
 
     md = run_cli("leaderboard", "--grid", "tiny", "--format", "markdown", env=zoo_env).stdout
     assert md.count("\n| pendulum |") + md.count("\n| cartpole |") == 8
@@ -149,7 +150,7 @@ def test_interrupted_training_resumes(zoo_env):
 @pytest.mark.parametrize("args, needle", [
     (["train", "pendulm-1L-seed0"], "did you mean pendulum-1L-seed0"),
     (["train", "--grid", "huge"], "unknown grid 'huge'; grids: "),
-    (["pull", "not-a-model"], "malformed model id"),
+    (["pull", "not a model"], "invalid repo id"),
     (["data", "prepare", "pendulm"], "did you mean pendulum"),
     (["pull", "pendulum-1L-seed0", "--revision", "../x"], "invalid revision"),
 ])
