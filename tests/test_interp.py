@@ -457,9 +457,11 @@ def test_interp_cli_writes_json_and_png_and_errors_are_one_line(tiny, tmp_path):
     text = run_cli("interp", "rtg-scan", MID, "--targets", "-1200:0:3", "--out", str(tmp_path),
                    env=env).stdout
     assert "target    -1200.0  action" in text and str(tmp_path / "rtg_scan.png") in text
-    for cmd in ("attribute", "attention"):
-        assert str(tmp_path / f"{cmd.replace('attribute', 'attribution')}.json") in run_cli(
-            "interp", cmd, MID, "--out", str(tmp_path), env=env).stdout
+    assert str(tmp_path / "attribution.json") in run_cli(
+        "interp", "attribute", MID, "--out", str(tmp_path), env=env).stdout
+    att = json.loads(run_cli("interp", "attention", MID, "--revision", f"step{STEP}", "--json",
+                             "--out", str(tmp_path / "rev"), env=env).stdout)
+    assert att["step"] == STEP and (tmp_path / "rev" / "attention.png").is_file()
     bad = [("interp", "patch", "nosuch-1L-seed0", "--from", "-1", "--to", "-2"),
            ("interp", "patch", MID, "--from", "-150", "--to", "-150"),
            ("interp", "rtg-scan", MID, "--targets", "3:1:2"),
