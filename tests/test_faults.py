@@ -633,7 +633,10 @@ def test_nothing_in_dtzoo_can_unpickle_or_run_remote_code():
     assert set(torch_loads) <= {"dtzoo/convert.py"}
     from dtzoo.registry import _LineLoader
 
-    assert issubclass(_LineLoader, yaml.SafeLoader)
+    # SafeLoader or libyaml's CSafeLoader: either way only the safe constructor builds objects
+    assert issubclass(_LineLoader, yaml.constructor.SafeConstructor)
+    assert not issubclass(_LineLoader, (yaml.constructor.FullConstructor,
+                                        yaml.constructor.UnsafeConstructor))
 
 
 @pytest.mark.slow

@@ -205,7 +205,7 @@ class LocalHub:
                 raise HubError(f"{self.repo(repo_id) / 'refs' / revision}: corrupt ref "
                                f"{commit[:60]!r} (expected a 40-hex commit): publish again")
             return commit
-        if (self.repo(repo_id) / "snapshots" / revision).is_dir():
+        if COMMIT_RE.fullmatch(revision) and (self.repo(repo_id) / "snapshots" / revision).is_dir():
             return revision
         raise HubError(f"{repo_id} has no revision {revision!r}; revisions: "
                        + ", ".join(sorted(revs, key=_rev_order)))
