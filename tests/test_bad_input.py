@@ -778,3 +778,65 @@ def test_a_cache_dir_listing_outside_files_is_refused_and_replaced(zoo_env, tmp_
     assert outside.read_text() == "outside\n" and Path("/etc/hostname").read_bytes() == hostname
     with pytest.raises(UsageError, match="invalid revision"):
         hub.resolve(REPO, "../x")
+
+
+# ----------------------------------------------------------------------------- round two: the API
+
+
+def test_returns_to_go_are_summed_per_episode():
+    """Before: suffix sums over the whole dataset minus the sum after each episode; one episode
+    with rewards of 1e18 left every earlier episode's returns-to-go at 0."""
+    from dtzoo.data import _returns_to_go
+
+    rewards = np.array([1, 2, 3, 1e18, 1e18, 5, 7], np.float32)
+    rtg = _returns_to_go(rewards, np.array([0, 3, 5]), np.array([3, 2, 2]))
+    assert rtg[:3].tolist() == [6, 5, 3] and rtg[5:].tolist() == [12, 7]
+    assert rtg[3] == np.float32(2e18)
+
+
+@pytest.mark.parametrize("text", ["pendulum-1L-seed0\n", "pendulum-1L-seed0\r", "pendulum\n-1L-seed0",
+                                  "pendulum-1L-seed0 ", "pendulum-1L-seed0\x00"])
+def test_a_model_id_with_a_trailing_newline_is_not_a_model_id(text, zoo_env):
+    """`$` matches before a final newline: "x-1L-seed0\\n" was a second run and hub folder."""
+    from dtzoo.hub.local import check_repo_id
+    from dtzoo.registry import load_registry, parse_model_id
+
+    with pytest.raises(UsageError):
+        parse_model_id(text)
+    with pytest.raises(UsageError):
+        load_registry().resolve(text)
+    with pytest.raises(UsageError):
+        check_repo_id(f"dtzoo/{text}")
+    with pytest.raises(UsageError):
+        check_repo_id(f"dtzoo\n/{text.strip()}")
+
+
+def test_an_env_key_with_a_trailing_newline_is_refused(tmp_path):
+    from dtzoo.errors import RegistryError
+    from dtzoo.registry import load_registry
+
+    reg = yaml.safe_load(make_test_registry(tmp_path / "ok.yaml").read_text())
+    reg["envs"]["pendulum\n"] = reg["envs"].pop("pendulum")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(reg))
+    with pytest.raises(RegistryError, match=r"env key 'pendulum\\n' must match"):
+        load_registry(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.update(act_dim=True), "act_dim must be an integer"),
+    (lambda d: d["action_space"].update(kind="box", low=[float("nan")], high=[1.0]), "action_space low"),
+    (lambda d: d.update(state_mean=[0.0]), "state_mean must be a list of state_dim"),
+    (lambda d: d["env"].update(ref_scores={"random": 1, "expert": 1}), "env.ref_scores"),
+    (lambda d: d.update(target_returns=[float("inf")]), "target_returns"),
+    (lambda d: d["architecture"].update(d_model=4096, d_mlp=32768, n_layers=128), "parameters, above"),
+    (lambda d: d["architecture"].update(n_heads=5), "invalid architecture"),
+    (lambda d: [d.pop("env")] and None, "missing keys env"),
+])
+def test_dtzoo_load_raises_a_checkpoint_error_for_a_config_of_the_wrong_shape(edit, needle, tmp_path):
+    """Never TypeError, KeyError or a torch error from the model; nothing is built first."""
+    import dtzoo
+
+    path = a_model_dir(tmp_path / "model")
+    edit_config(edit)(None, path)
+    with pytest.raises(CheckpointError, match=needle):
+        dtzoo.load(path)
