@@ -30,7 +30,8 @@ OrgOpt = Annotated[Optional[str], typer.Option(
     "--org", help="Hub org (default $DTZOO_ORG or hub.org).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 AtOpt = Annotated[Optional[int], typer.Option(
-    "--at", min=0, help="Episode step whose context window is analysed (default: context_len).")]
+    "--at", min=0, help="Episode step whose context window is analysed (default: context_len; "
+                        "patch: the step where the two returns-to-go change the action most).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Env seed of the rollout.")]
 TargetOpt = Annotated[Optional[float], typer.Option(
     "--target", help="Target return of the rollout (default: the model's first).")]
@@ -165,7 +166,7 @@ def attention_cmd(
 def probe_cmd(
     model: ModelArg,
     targets: Annotated[list[str], typer.Option(
-        "--target", help="rtg, timestep, action or state[i] (repeatable).")] = ["rtg"],  # noqa: B006
+        "--target", help="rtg, timestep, action or state\\[i] (repeatable).")] = ["rtg"],  # noqa: B006
     hooks: Annotated[Optional[list[str]], typer.Option(
         "--hook", help="Hook point (repeatable; default: resid_pre of block 0 and every "
                        "resid_post).")] = None,
