@@ -383,6 +383,9 @@ def test_patch_recovers_the_whole_change_at_the_read_token_and_nothing_after(hoo
 
     with pytest.raises(UsageError, match="give the same action"):
         interp.patch(model, -150, -150, at=25)
+    # by default: the full window of the episode where the two targets move the action most
+    auto = interp.patch(model, -150, -1200)
+    assert auto["episode_step"] >= K - 1 and auto["action_change"] >= r["action_change"]
     assert (tmp_path / "patch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

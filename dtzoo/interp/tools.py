@@ -9,17 +9,19 @@
     >>> tools.attention(model, out_dir="interp")                # attention by token kind
 
 The context analysed is the model's own window at step `at` (default: context_len, the first
-full window) of one episode rolled out in its env (seed `seed`) at a target return; a second
+full window; for `patch`, the window where the two returns-to-go change the action most) of one
+episode rolled out in its env (seed `seed`) at a target return; a second
 return-to-go is the same window with every R token shifted by the difference of the targets
 (R_t = target - rewards so far), as in DecisionTransformerInterpretability.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -61,8 +63,12 @@ class Window:
 
 @torch.no_grad()
 def rollout_window(model, target: float | None = None, at: int | None = None,
-                   seed: int = 0) -> Window:
+                   seed: int = 0, score: Callable[[Window], float] | None = None) -> Window:
     """Roll the model out in its env at `target` until step `at`; its context window there.
+
+    With `score` (and `at=None`) the whole episode is run and the full window (step >=
+    context_len - 1) with the highest `score(window)` is returned; otherwise `at` defaults
+    to context_len.
 
     >>> w = rollout_window(model, target=-150, at=20)
     >>> model(*w.inputs())[:, -1]        # the action the agent took at step 20
@@ -72,32 +78,41 @@ def rollout_window(model, target: float | None = None, at: int | None = None,
 
     config = model.config
     K = model.cfg.context_len
+    search = score is not None and at is None
     at = K if at is None else int(at)
     if at < 0:
         raise UsageError(f"--at {at}: an episode step is >= 0")
     kind = config.env.get("observation", {}).get("kind", "vector")
     env = make_env(config.env["gym_id"], kind, config.env.get("max_episode_steps"))
     agent = Agent(model, config, target_return=target, num_envs=1, fast=False)
+    best, best_score = None, -math.inf
     try:
         obs, _ = env.reset(seed=seed)
-        for t in range(at + 1):
+        t = 0
+        while search or t <= at:
             action = agent.act(obs)
-            window = (agent.states.copy(), agent.actions.copy(), agent.rtg.copy(),
-                      agent.timesteps.copy(), agent.filled, t)
+            window = _agent_window(agent, t, seed)
+            if search and t >= K - 1 and (v := score(window)) > best_score:
+                best, best_score = window, v
             obs, reward, terminated, truncated, _ = env.step(action)
             agent.observe(reward)
             if terminated or truncated:
                 break
+            t += 1
     finally:
         env.close()
-    states, actions, rtg, timesteps, filled, step = window
-    actions[:, -1] = 0.0  # a_t was not known when the model chose it
-    mask = np.zeros((1, K), bool)
-    mask[:, K - filled:] = True
-    dev = next(model.parameters()).device
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
-    return Window(t(states), t(actions), t(rtg)[..., None], t(timesteps), t(mask),
-                  float(agent.target), step, seed)
+    return best if best is not None else window
+
+
+def _agent_window(agent, step: int, seed: int) -> Window:
+    """The agent's context window as the model saw it when it chose the newest action."""
+    actions = agent.actions.copy()
+    actions[:, -1] = 0.0  # a_t was not known yet
+    mask = np.zeros((1, agent.K), bool)
+    mask[:, agent.K - agent.filled:] = True
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(agent.device)  # noqa: E731
+    return Window(t(agent.states.copy()), t(actions), t(agent.rtg.copy())[..., None],
+                  t(agent.timesteps.copy()), t(mask), float(agent.target), step, seed)
 
 
 def _prediction(out: torch.Tensor) -> torch.Tensor:
@@ -140,7 +155,9 @@ def patch(model, source: float, dest: float, at: int | None = None, seed: int = 
           out_dir: str | os.PathLike | None = None) -> dict:
     """Activation patching from a run at return-to-go `source` into one at `dest`.
 
-    The episode is rolled out at `source`. For every residual-stream write (hook) and every
+    The episode is rolled out at `source`; the window is the one at step `at`, or by default
+    the full window where the two returns-to-go change the action most. For every
+    residual-stream write (hook) and every
     token (R/s/a at each step of the window) the `dest` run gets that one activation from the
     `source` run; `recovered` is how far the newest action moves toward the source action:
     (a_patched - a_dest) . (a_src - a_dest) / |a_src - a_dest|^2 (0: no effect, 1: all of it).
@@ -149,8 +166,13 @@ def patch(model, source: float, dest: float, at: int | None = None, seed: int = 
     >>> r = patch(model, -150, -1200)
     >>> r["top"][0]     # {'hook': 'blocks.0.hook_resid_pre', 'kind': 'R', 'step': 20, ...}
     """
-    window = rollout_window(model, target=source, at=at, seed=seed)
     scale = model.config.reward_scale
+
+    def change(w: Window) -> float:  # how far the two returns-to-go move the action
+        out = _prediction(model(*w.inputs([source, dest], scale)))
+        return float((out[0] - out[1]).norm())
+
+    window = rollout_window(model, target=source, at=at, seed=seed, score=change)
     x_src = window.inputs([source], scale)
     x_dst = window.inputs([dest], scale)
     out_src, cache = model.run_with_cache(*x_src, return_cache_object=False,
