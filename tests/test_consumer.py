@@ -123,6 +123,9 @@ def test_consumer_pulls_evaluates_and_ranks_a_model_whose_env_is_unknown(publish
     assert not (paths.home() / "runs").exists()  # nothing pretends to be trained here
     assert "already evaluated" in run_cli("eval", RID).stderr
 
+    sweep = zoo.sweep_model(RID, reg, targets=[-1200.0, 0.0], episodes=1)
+    assert [r["target_return"] for r in sweep["results"]] == [-1200.0, 0.0]
+    assert (stored.parent / "rtg_sweep.json").is_file() and (stored.parent / "rtg_sweep.png").is_file()
     early = zoo.eval_model(RID, reg, revision="step8").report
     assert early["step"] == 8 and early["source"]["revision"] == "step8"
     rows = zoo.leaderboard(reg)
