@@ -26,6 +26,7 @@ from dtzoo.dynamics import (
     fit_ridge,
     held_out_episodes,
     probe_revisions,
+    probe_scores,
     r2_score,
     revision_dirs,
 )
@@ -241,6 +242,18 @@ def test_ridge_and_logistic_probes_recover_linear_structure():
         acc = (lin(torch.as_tensor(x[200:], dtype=torch.float32)).argmax(-1).numpy()
                == labels[200:]).mean()
     assert acc > 0.9
+    # a discrete target (one-hot actions) is scored by accuracy on the test rows
+    onehot = np.eye(2)[labels]
+    train = np.arange(400) < 200
+    got = probe_scores({"h": x}, onehot, train, discrete=True)["h"]
+    assert got == pytest.approx(acc, abs=0.05) and got > 0.9
+
+
+def test_probes_on_rollouts_when_asked(run):
+    rep = probe_revisions(MID, ["state[1]"], ["hook_embed_state"], source="rollout")
+    assert rep["source"].startswith("8 rollouts of the final model")
+    assert rep["steps"] == SCHEDULE and rep["samples"]["test"] > 100
+    assert min(rep["scores"]["hook_embed_state"]["state[1]"]) > 0.9  # a linear map of it
 
 
 def test_probes_across_revisions(run):
