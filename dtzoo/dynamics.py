@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -72,9 +72,9 @@ def revision_dirs(model: str | os.PathLike, hub: str | None = None, org: str | N
     from dtzoo.registry import MODEL_ID_RE
 
     path = Path(os.path.expanduser(str(model)))
-    if not path.is_dir() and MODEL_ID_RE.fullmatch(str(model)):
-        if paths.run_dir(str(model)).is_dir():
-            path = paths.run_dir(str(model))
+    if (not path.is_dir() and MODEL_ID_RE.fullmatch(str(model))
+            and paths.run_dir(str(model)).is_dir()):
+        path = paths.run_dir(str(model))
     if path.is_dir():
         found = {int(p.name[4:]): p for p in (path / "checkpoints").glob("step*")
                  if p.name[4:].isdigit() and (p / "config.json").is_file()}
@@ -127,8 +127,8 @@ def revisions(model: str | os.PathLike, hub: str | None = None, org: str | None 
     for _, where in revision_dirs(model, hub, org, registry):
         if isinstance(where, str):  # a hub revision: pulled (verified, cached), then loaded
             reg = reg or _registry(registry)
-            yield (lambda m: (m.config.step, m))(
-                load_model_ref(str(model), where, hub, org, device, reg))
+            net = load_model_ref(str(model), where, hub, org, device, reg)
+            yield net.config.step, net
             continue
         net, config = load_model(where, device=device)
         net.config = config
@@ -208,7 +208,10 @@ def record_episodes(model, target_return: float, seeds: list[int]):
         envs.close()
     alive_a = np.stack(alive_l, 1)  # (n, T): steps before each episode ended
     lengths = alive_a.sum(1).astype(np.int64)
-    pick = lambda xs: np.concatenate([np.stack(xs, 1)[i, :n] for i, n in enumerate(lengths)])  # noqa: E731
+
+    def pick(xs: list[np.ndarray]) -> np.ndarray:  # (T, n, ...) steps -> each episode's, joined
+        return np.concatenate([np.stack(xs, 1)[i, :n] for i, n in enumerate(lengths)])
+
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     return Trajectories(observations=pick(obs_l), actions=pick(act_l), rewards=pick(rew_l),
                         starts=starts, lengths=lengths, action_space=space,

@@ -16,8 +16,8 @@ import html
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -195,7 +195,8 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>dtzoo report: %TITLE%</title>
 <style>
-body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#222;
+padding:0 16px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 .meta{color:#555} .grid{display:flex;flex-wrap:wrap;gap:18px} figure{margin:0}
 figcaption{font-size:12px;color:#444;text-align:center} svg{background:#fff}
@@ -340,7 +341,8 @@ function lineChart(parent, o) {
 
 document.getElementById("meta").textContent =
   `${D.gym_id} · dataset ${D.dataset} · ${D.architecture.n_layers} layer(s), ` +
-  `d_model ${D.architecture.d_model}, ${D.architecture.n_heads} head(s) · generated ${D.generated}`;
+  `d_model ${D.architecture.d_model}, ${D.architecture.n_heads} head(s) · ` +
+  `generated ${D.generated}`;
 
 const A = D.attention;
 document.getElementById("attn-caption").textContent =
@@ -358,9 +360,11 @@ lineChart(document.getElementById("sweep"), {id: "sweep-chart",
            {y: S.expert, label: "expert score", color: "#d62728", dash: "2 3"}],
   xlabel: "target return", ylabel: "achieved return"});
 document.getElementById("sweep-caption").textContent = S.above_data_best != null
-  ? `Best achieved ${fmt(S.best_achieved.return_mean)} (target ${fmt(S.best_achieved.target_return)}): ` +
+  ? `Best achieved ${fmt(S.best_achieved.return_mean)} ` +
+    `(target ${fmt(S.best_achieved.target_return)}): ` +
     `${fmt(S.above_data_best)} above the data's best return ${fmt(S.data_best)}.`
-  : `No target reaches above the data's best return (${S.data_best == null ? "unknown" : fmt(S.data_best)}).`;
+  : "No target reaches above the data's best return " +
+    `(${S.data_best == null ? "unknown" : fmt(S.data_best)}).`;
 
 const P = D.patching, pdiv = document.getElementById("patching");
 if (P && P.png) {
@@ -375,7 +379,8 @@ const Q = D.probes, qdiv = document.getElementById("probes");
 if (Q) {
   Q.targets.forEach((t, ti) => lineChart(qdiv, {id: `probe-${ti}`, xlog: true, width: 460,
     ymin: Q.metric[t] === "r2" ? Math.min(0, ...Q.hooks.flatMap(h => Q.scores[h][t])) : 0, ymax: 1,
-    series: Q.hooks.map(h => ({name: h, points: Q.steps.map((s, i) => [s + 1, Q.scores[h][t][i]])})),
+    series: Q.hooks.map(h => ({name: h,
+                               points: Q.steps.map((s, i) => [s + 1, Q.scores[h][t][i]])})),
     xlabel: "training step + 1", ylabel: Q.metric[t] === "r2" ? "R² (held-out)" : "accuracy",
     caption: `probe target ${t}, ${Q.steps.length} revisions, token ${Q.token}; ${Q.source}`}));
 } else {

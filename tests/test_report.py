@@ -50,7 +50,7 @@ def report(tmp_path_factory, minari_store) -> dict:
 def page_data(path: Path) -> dict:
     html = path.read_text()
     blob = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html,
-                     re.S).group(1)
+                     re.DOTALL).group(1)
     return json.loads(blob.replace("<\\/", "</"))
 
 
