@@ -121,18 +121,20 @@ def revisions(model: str | os.PathLike, hub: str | None = None, org: str | None 
     >>> for step, m in dtzoo.revisions("someone/pendulum-1L-seed0")      # hub step<N> revisions
     >>> for step, m in dtzoo.revisions("~/.cache/dtzoo/runs/pendulum-1L-seed0")
     """
+    for _, where in revision_dirs(model, hub, org, registry):
+        net = _load_revision(model, where, hub, org, device, registry)
+        yield net.config.step, net
+
+
+def _load_revision(model, where: Path | str, hub, org, device: str, registry):
+    """One entry of `revision_dirs`: a directory, or a hub revision (pulled, verified)."""
     from dtzoo.checkpoint import load_model
 
-    reg = None
-    for _, where in revision_dirs(model, hub, org, registry):
-        if isinstance(where, str):  # a hub revision: pulled (verified, cached), then loaded
-            reg = reg or _registry(registry)
-            net = load_model_ref(str(model), where, hub, org, device, reg)
-            yield net.config.step, net
-            continue
-        net, config = load_model(where, device=device)
-        net.config = config
-        yield config.step, net
+    if isinstance(where, str):
+        return load_model_ref(str(model), where, hub, org, device, _registry(registry))
+    net, config = load_model(where, device=device)
+    net.config = config
+    return net
 
 
 # ----------------------------------------------------------------------------- probe data
@@ -384,9 +386,8 @@ def _probe_inputs(model, config, source, hub, org, registry) -> tuple[dict, np.n
     """The fixed probe inputs: held-out data episodes, or rollouts of the final model."""
     data, eps, where = probe_episodes(config, source)
     if data is None:  # rollouts of the final model (main): what the trained policy visits
-        final = None
-        for _, final in revisions(model, hub, org, registry=registry):
-            pass
+        final = _load_revision(model, revision_dirs(model, hub, org, registry)[-1][1], hub, org,
+                               "cpu", registry)
         seeds = [10_000_000 + config.seed * 100 + i for i in range(8)]
         data = record_episodes(final, config.target_returns[0], seeds)
         eps = np.arange(len(data.lengths))
