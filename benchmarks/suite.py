@@ -15,9 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -98,10 +98,12 @@ def make_batches(data, n: int, batch_size: int = 64) -> list[dict[str, torch.Ten
     from dtzoo.data import SegmentSampler
 
     sampler = SegmentSampler(data, 20, 1000, 1000.0, seed=0)
-    return [{k: torch.from_numpy(v) for k, v in sampler.sample(batch_size).items()} for _ in range(n)]
+    return [{k: torch.from_numpy(v) for k, v in sampler.sample(batch_size).items()}
+            for _ in range(n)]
 
 
-def train_loop(forward: Callable, model: torch.nn.Module, batches, autocast: bool = False) -> list[float]:
+def train_loop(forward: Callable, model: torch.nn.Module, batches,
+               autocast: bool = False) -> list[float]:
     """The DT paper's step: AdamW(1e-4, wd 1e-4), masked MSE on actions, clip 0.25."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     model.train()
@@ -147,10 +149,10 @@ def bench_training(data, steps: int, reps: int, curve_steps: int) -> tuple[list[
                           returns_to_go=b["returns_to_go"], timesteps=b["timesteps"],
                           attention_mask=b["mask"].long(), return_dict=True).action_preds
 
-        sides = {"ours": lambda: train_loop(ours_forward(ours), ours, batches),
-                 "theirs": lambda: train_loop(theirs_fwd, theirs, batches)}
+        sides = {"ours": lambda m=ours: train_loop(ours_forward(m), m, batches),
+                 "theirs": lambda m=theirs, f=theirs_fwd: train_loop(f, m, batches)}
         if n_layers == 3:
-            sides["bf16"] = lambda: train_loop(ours_forward(ours), ours, batches, autocast=True)
+            sides["bf16"] = lambda m=ours: train_loop(ours_forward(m), m, batches, autocast=True)
         t = {k: v / steps for k, v in median_times(sides, reps).items()}
         times[n_layers] = t
         rows.append(Row(f"training steps/s, fp32, {n_layers}L (d128, K20, batch 64)",

@@ -61,7 +61,8 @@ class Agent:
         # The window is the last K steps of 2K-step buffers, newest last; it slides by moving
         # `end` and is copied back to the front once every K steps (not every step).
         self._buf = {
-            "states": np.zeros((n, 2 * K, *self.state_shape), np.uint8 if self.image else np.float32),
+            "states": np.zeros((n, 2 * K, *self.state_shape),
+                               np.uint8 if self.image else np.float32),
             "actions": np.zeros((n, 2 * K, c.act_dim), np.float32),
             "rtg": np.zeros((n, 2 * K), np.float32),
             "timesteps": np.zeros((n, 2 * K), np.int64),
@@ -98,6 +99,8 @@ class Agent:
         rows = np.asarray(rows, np.int64)
         self._buf = {k: v[rows] for k, v in self._buf.items()}
         self.next_rtg = self.next_rtg[rows]
+        if np.ndim(self.target):  # one target per row: a later reset() keeps the pairing
+            self.target = np.asarray(self.target)[rows]
         if self.frames is not None:
             self.frames = self.frames[rows]
         if self.cache is not None:
@@ -149,7 +152,8 @@ class Agent:
         if self.cache is None:  # a new episode, or the reference path ran last step
             self.cache = InferenceCache(self.model, self.n)
             f = self.filled
-            return self.cache.prefill(*(self._tensor(self._window(k)[:, -f:]) for k in WINDOW_FIELDS))
+            window = (self._tensor(self._window(k)[:, -f:]) for k in WINDOW_FIELDS)
+            return self.cache.prefill(*window)
         return self.cache.step(
             self._tensor(self.actions[:, -2]), self._tensor(self.timesteps[:, -2]),
             self._tensor(self.states[:, -1]), self._tensor(self.rtg[:, -1]),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -151,7 +151,7 @@ def _worker(conn, envs: list) -> None:
         try:
             out = local.reset(arg) if cmd == "reset" else _step_all(envs, *arg)
             conn.send(("ok", out))
-        except Exception:  # report it to the parent, which raises
+        except Exception:  # noqa: BLE001 - reported to the parent, which raises
             conn.send(("error", traceback.format_exc()))
 
 
