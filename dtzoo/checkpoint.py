@@ -50,8 +50,11 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def dt_config(self):
-        from dtzoo.model import DTConfig
+        from dtzoo.model import ACTIVATIONS, DTConfig
 
+        if self.architecture.get("activation", "relu") not in ACTIVATIONS:
+            raise CheckpointError(f"config.json of {self.model_id}: unknown activation "
+                                  f"{str(self.architecture['activation'])[:40]!r}")
         try:  # DTConfig refuses unknown keys (TypeError) and inconsistent values (ValueError)
             return DTConfig(state_dim=self.state_dim, act_dim=self.act_dim,
                             discrete=self.action_space["kind"] == "discrete", **self.architecture)
@@ -116,8 +119,9 @@ def _is_int(v: Any, lo: int = 0, hi: int = 2**62) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)
-            and math.isfinite(v) and abs(v) < 1e300)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return abs(v) < 10**300 if isinstance(v, int) else math.isfinite(v)  # (float(10**400) overflows)
 
 
 def _numbers(v: Any, n: int | None = None) -> bool:
@@ -142,8 +146,14 @@ def _config_problem(d: dict[str, Any]) -> str | None:
         if not _is_int(arch.get(k), 1, ARCH_LIMITS[k]):
             return (f"architecture.{k} must be an integer from 1 to {ARCH_LIMITS[k]}, "
                     f"got {str(arch.get(k))[:40]!r}")
-    if not _is_num(arch.get("dropout", 0.0)) or not isinstance(arch.get("activation", ""), str):
-        return "architecture.dropout must be a number and activation a string"
+    if not _is_num(arch.get("dropout", 0.0)) or not 0 <= arch.get("dropout", 0.0) < 1:
+        return "architecture.dropout must be a number in [0, 1)"
+    if not isinstance(arch.get("activation", ""), str):
+        return "architecture.activation must be a string"
+    shape = arch.get("obs_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3
+                                  and all(_is_int(x, 1, 1024) for x in shape)):
+        return "architecture.obs_shape must be 3 integers from 1 to 1024 (frames, H, W)"
     space = d["action_space"]
     if space.get("kind") == "discrete":
         if space.get("n") != d["act_dim"] or not _is_int(space.get("n"), 1):
