@@ -858,7 +858,7 @@ def test_a_flipped_bit_in_the_resume_state_is_refused(zoo_env, registry, referen
     record("flipped bit in the resume state", injected=len(offsets), detected=len(offsets))
 
 
-@pytest.mark.parametrize("damage", ["garbage", "rows lost", "rows added"])
+@pytest.mark.parametrize("damage", ["garbage", "rows lost", "row forged"])
 def test_a_damaged_training_log_is_rewritten_from_the_resume_state(zoo_env, registry, reference,
                                                                    damage):
     """Before: a garbage log was a traceback, and lost or forged rows went into the final log."""
@@ -870,7 +870,7 @@ def test_a_damaged_training_log_is_rewritten_from_the_resume_state(zoo_env, regi
     lines = log.read_text().splitlines(keepends=True)
     log.write_text({"garbage": "step,loss\n\x00\xff,?\n",
                     "rows lost": "".join(lines[:1] + lines[3:]),
-                    "rows added": "".join(lines + ["999,0.5,0.1,1.0\n"])}[damage])
+                    "row forged": "".join(lines[:3] + ["3,0.5,0.1,1.0\n"] + lines[3:])}[damage])
     train_model(registry.resolve(MID), registry.checkpoints, steps=STEPS, device="cpu")
     assert log_rows(run) == log_rows(reference.run)
     record("damaged training log", injected=1, survived=1)
