@@ -142,9 +142,9 @@ def _config_problem(d: dict[str, Any]) -> str | None:
         if not _is_int(d[k]):
             return f"{k} must be a non-negative integer, got {str(d[k])[:40]!r}"
     arch = d["architecture"]
-    for k in ARCH_LIMITS:
-        if not _is_int(arch.get(k), 1, ARCH_LIMITS[k]):
-            return (f"architecture.{k} must be an integer from 1 to {ARCH_LIMITS[k]}, "
+    for k, top in ARCH_LIMITS.items():
+        if not _is_int(arch.get(k), 1, top):
+            return (f"architecture.{k} must be an integer from 1 to {top}, "
                     f"got {str(arch.get(k))[:40]!r}")
     if not _is_num(arch.get("dropout", 0.0)) or not 0 <= arch.get("dropout", 0.0) < 1:
         return "architecture.dropout must be a number in [0, 1)"

@@ -302,8 +302,8 @@ class Registry:
                                 f"not divisible by n_heads {recipe.n_heads}")
         from dtzoo.checkpoint import check_model_size
 
-        check_model_size(dict(n_layers=n_layers, d_model=recipe.d_model, d_mlp=recipe.d_mlp,
-                              max_ep_len=env.max_ep_len), where=mid, error=UsageError)
+        check_model_size({"n_layers": n_layers, "d_model": recipe.d_model, "d_mlp": recipe.d_mlp,
+                          "max_ep_len": env.max_ep_len}, where=mid, error=UsageError)
         return ModelSpec(model_id=mid, env=env, n_layers=n_layers, seed=seed, recipe=recipe)
 
     def select(self, grid: str | None, ids: list[str]) -> list[ModelSpec]:

@@ -377,7 +377,7 @@ def read_resume_state(path: Path, tensors: bool = True) -> tuple[dict, dict]:
             meta = json.loads(header["resume"])
             if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
                 raise ValueError("no step")
-            out = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+            out = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise TrainingError(f"{path}: unreadable resume state ({str(e)[:80]}); {hint}") from None
     if tensors and "sha256" in header and resume_digest(header["resume"], out) != header["sha256"]:

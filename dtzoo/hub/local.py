@@ -17,7 +17,14 @@ import shutil
 from pathlib import Path
 
 from dtzoo import paths
-from dtzoo.checkpoint import MANIFEST, REQUIRED_FILES, WEIGHTS, check_safetensors, verify, write_manifest
+from dtzoo.checkpoint import (
+    MANIFEST,
+    REQUIRED_FILES,
+    WEIGHTS,
+    check_safetensors,
+    verify,
+    write_manifest,
+)
 from dtzoo.errors import CheckpointError, HubError, UsageError
 from dtzoo.fsutil import (
     atomic_write_text,
