@@ -103,7 +103,7 @@ def main() -> None:
     command = "python -m benchmarks" + (f" --threads {args.threads}" if args.threads else "")
     doc = f"""# Benchmarks
 
-Written by `make bench` (`{command}`) on {now}.
+Written by `{command}` on {now} (`make bench` runs `python -m benchmarks`).
 
 Machine: {machine_line}.
 
