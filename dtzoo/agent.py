@@ -14,7 +14,8 @@ drops episodes that ended.
 Each step runs the exact incremental path (`dtzoo.model.InferenceCache`: cached layer-0
 keys/values, the newest state's query only in the last layer). With a hook attached, the model
 in training mode, or `fast=False`, it runs the reference full-window forward instead, so hooks
-see every token of the window.
+see every token of the window. The cache is rebuilt from the window whenever it may be stale
+(a new episode, a step on the reference path, a weight edited in place).
 
 For image models (config.architecture["state_encoder"] == "nature_cnn") `act` takes (N, H, W)
 uint8 frames (as dtzoo.observations.make_env emits them) and stacks the last `frame_stack`
@@ -72,6 +73,8 @@ class Agent:
         self.frames: np.ndarray | None = None  # image models: the current frame stack
         self.cache: InferenceCache | None = None
         self._modules = list(self.model.modules())  # where hooks would be (checked each step)
+        self._params = list(self.model.parameters())
+        self._weights_seen: tuple[int, ...] = ()  # parameter versions the cache was built with
         self.output: np.ndarray | None = None  # the model's last prediction, (n, act_dim)
         target = np.broadcast_to(np.asarray(self.target, np.float64), (n,))
         self.next_rtg = (target / c.reward_scale).astype(np.float32)
@@ -149,7 +152,10 @@ class Agent:
 
     def _predict_fast(self) -> torch.Tensor:
         """The same prediction from the cache: a_{t-1}, R_t, s_t are the only new tokens."""
-        if self.cache is None:  # a new episode, or the reference path ran last step
+        versions = tuple(p._version for p in self._params)  # bumped by in-place weight edits
+        if self.cache is None or versions != self._weights_seen:
+            # a new episode, the reference path ran last step, or weights were edited
+            self._weights_seen = versions
             self.cache = InferenceCache(self.model, self.n)
             f = self.filled
             window = (self._tensor(self._window(k)[:, -f:]) for k in WINDOW_FIELDS)

@@ -184,6 +184,21 @@ def test_hooks_see_the_reference_forward_and_the_fast_path_resumes():
     assert seen == [(1, 3 * CONTEXT, 32)] * CONTEXT
 
 
+def test_weights_edited_mid_episode_rebuild_the_cache():
+    """An in-place weight edit (an ablation without hooks) is seen at the next step."""
+    model, config = vector_case("Pendulum-v1", layers=2)
+    fast, ref = Agent(model, config), Agent(model, config, fast=False)
+    obs = np.ones(3, np.float32)
+    for t in range(2 * CONTEXT):
+        if t == CONTEXT:
+            with torch.no_grad():
+                model.blocks[0].attn.qkv.weight.mul_(0.5)  # changes every cached K/V
+        fast.act(obs), ref.act(obs)
+        assert np.abs(fast.output - ref.output).max() <= TOL, t
+        ref.actions[:, -1] = fast.actions[:, -1]
+        fast.observe(-1.0), ref.observe(-1.0)
+
+
 def test_transformer_lens_hooks_get_the_reference_forward():
     pytest.importorskip("transformer_lens")
     from dtzoo.interp import to_transformer_lens
