@@ -45,6 +45,8 @@ GpusOpt = Annotated[float, typer.Option("--gpus-per-cell", min=0, help="ray: GPU
 PartitionOpt = Annotated[Optional[str], typer.Option("--partition", help="slurm: the partition.")]
 TimeOpt = Annotated[Optional[str], typer.Option("--time", help="slurm: time limit per cell, HH:MM.")]
 
+MAX_EPISODES = 10_000  # per target return: a bound checked before any rollout is planned
+
 _registry_path: str | None = None
 
 
@@ -189,7 +191,7 @@ def data_info(name: Annotated[str, typer.Argument(help="An env key or a Minari d
 def data_collect(
     env: Annotated[str, typer.Argument(help="Env key from the registry (fixes the gym task).")],
     policy: Annotated[str, typer.Option(help="random, scripted, or a model id / model directory.")],
-    episodes: Annotated[int, typer.Option(help="Number of episodes.", min=1)],
+    episodes: Annotated[int, typer.Option(help="Number of episodes.", min=1, max=MAX_EPISODES)],
     out_id: Annotated[str, typer.Option("--out", help="New Minari dataset id, e.g. me/pendulum/dt-v0.")],
     noise: Annotated[Optional[list[str]], typer.Option(help="Noise levels (repeat or comma-separate).")] = None,
     target_return: Annotated[Optional[float], typer.Option(help="Target return for a model policy.")] = None,
@@ -263,7 +265,7 @@ ModelsArg = Annotated[Optional[list[str]], typer.Argument(
 
 @app.command("eval")
 def eval_cmd(models: ModelsArg = None, grid: GridOpt = None, revision: RevisionOpt = "main",
-             episodes: Annotated[Optional[int], typer.Option(help="Episodes per target return.", min=1)] = None,
+             episodes: Annotated[Optional[int], typer.Option(help="Episodes per target return.", min=1, max=MAX_EPISODES)] = None,
              rtg_sweep: Annotated[bool, typer.Option("--rtg-sweep", help="Sweep target returns; writes rtg_sweep.json/.png.")] = False,
              targets: Annotated[Optional[str], typer.Option(help="Sweep targets LO:HI:N (default: random score to 1.5x expert).")] = None,
              revisions: Annotated[bool, typer.Option("--revisions", help="Every training-time checkpoint: return against training step (revisions.json/.png under $DTZOO_HOME/evals/revisions/<id>).")] = False,
@@ -385,9 +387,13 @@ def leaderboard(grid: GridOpt = None,
                 org: OrgOpt = None,
                 plot: Annotated[Optional[str], typer.Option(help="Also write a PNG: score vs layers per env.")] = None) -> None:
     """Mean ± std over seeds for every env x layers x target return."""
+    from pathlib import Path
+
     from dtzoo import zoo
     from dtzoo.leaderboard import render
 
+    if plot and not Path(plot).expanduser().resolve().parent.is_dir():  # never create folders
+        raise typer.BadParameter(f"the folder of {plot} does not exist", param_hint="--plot")
     rows = zoo.leaderboard(registry(), grid, hub=hub, org=org)
     if not any(r["seeds"] for r in rows):
         err.print("no published results for this grid yet" if hub else

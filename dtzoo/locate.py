@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dtzoo import paths
-from dtzoo.checkpoint import CONFIG, MANIFEST, WEIGHTS, is_model_dir, read_config
+from dtzoo.checkpoint import (
+    CONFIG,
+    MANIFEST,
+    REQUIRED_FILES,
+    WEIGHTS,
+    is_model_dir,
+    read_config,
+    verify,
+)
 from dtzoo.errors import CheckpointError, HubError, UsageError
 from dtzoo.fsutil import read_json
 from dtzoo.hub import check_revision, get_hub, repo_id
@@ -104,6 +112,7 @@ def locate(model: str, registry: Registry, revision: str = "main", hub: str | No
     path = Path(model).expanduser()
     if path.is_dir():
         d = revision_dir(path, revision)
+        verify(d, only=REQUIRED_FILES)  # a damaged file says so, before its contents are read
         return ModelRef(d, read_config(d).model_id, "dir", revision, commit=content_hash(d))
     if "/" not in model:
         run = local_run(model, revision)

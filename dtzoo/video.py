@@ -40,7 +40,7 @@ def record_replay(model, config, path: Path, seed: int = 0,
         env = make_env(config.env["gym_id"], config.env.get("observation", {}).get("kind", "vector"),
                        max_episode_steps=config.env.get("max_episode_steps"),
                        render_mode="rgb_array")
-        env = RecordVideo(env, str(tmp), episode_trigger=lambda _: True, name_prefix="replay",
+        env = RecordVideo(env, str(tmp / "video"), episode_trigger=lambda _: True, name_prefix="replay",
                           disable_logger=True)
         agent = Agent(model, config, target_return=target)
         obs, _ = env.reset(seed=seed)
@@ -50,7 +50,7 @@ def record_replay(model, config, path: Path, seed: int = 0,
             agent.observe(reward)
             done = terminated or truncated
         env.close()
-        videos = sorted(tmp.glob("*.mp4"))
+        videos = sorted(tmp.glob("video/*.mp4"))
         if not videos:
             return _fail(config, "the recorder wrote no video")
         atomic_write_bytes(Path(path), videos[0].read_bytes())

@@ -538,7 +538,15 @@ def import_model(src: Path, env_key: str, name: str, registry: Registry) -> Path
     spec = registry.resolve(name)
     if spec.env.key != env_key:
         raise UsageError(f"--name {name!r} belongs to env {spec.env.key!r}, not {env_key!r}")
-    hf_config = read_json(Path(src) / "config.json")
+    if not (Path(src) / "config.json").is_file():
+        raise UsageError(f"{src} holds no config.json: not a transformers DecisionTransformerModel "
+                         "directory (save one with `model.save_pretrained(DIR)`)")
+    try:
+        hf_config = read_json(Path(src) / "config.json")
+    except (OSError, ValueError):
+        raise UsageError(f"{src}/config.json is not valid JSON") from None
+    if not isinstance(hf_config, dict):
+        raise UsageError(f"{src}/config.json is not a transformers config (not a JSON object)")
     dt_config, state = from_transformers(src)
     if dt_config.n_layers != spec.n_layers:
         raise UsageError(f"{src} has {dt_config.n_layers} layers but --name says {spec.n_layers}L")

@@ -208,3 +208,37 @@ def test_cli_habits():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "table" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "<fp32|bf16>" in run_cli("train", "-h").stdout  # choices shown in --help
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_consumer_bad_input_is_one_line(zoo_env, registry, tmp_path):
+    from dtzoo.errors import UsageError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="holds no config.json"):
+        zoo.import_model(tmp_path / "empty", "pendulum", "pendulum-1L-seed9", registry)
+    proc = run_cli("leaderboard", "--plot", str(tmp_path / "no" / "such" / "board.png"),
+                   check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert not (tmp_path / "no").exists()  # never creates folders
+    proc = run_cli("pull", "dtzoo/x", "--revision", "step" + "9" * 5000, check=False)
+    assert proc.returncode == 2 and "invalid revision" in proc.stderr
+    for bad in ("main\n", "step01", "step"):
+        with pytest.raises(UsageError):
+            zoo.locate(MID, registry, revision=bad)
+
+
+def test_card_results_reads_a_bounded_number_of_metrics():
+    from dtzoo.hub.hf import MAX_CARD_ENTRIES, card_results
+
+    class Exploding(dict):
+        def get(self, *args):
+            raise AssertionError("read past the bound")
+
+    good = {"type": "mean_reward", "value": 1.0, "args": {"target_return": 5, "episodes": 2}}
+    # what a YAML alias bomb expands to: one list referenced many times
+    metrics = [good] * MAX_CARD_ENTRIES + [Exploding()]
+    (row,) = card_results([{"results": [{"metrics": metrics}]}])
+    assert row == {"target_return": 5.0, "mean_reward": 1.0, "episodes": 2}

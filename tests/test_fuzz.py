@@ -161,13 +161,6 @@ def test_any_revision_is_refused_in_one_line_or_pulled(zoo, rev):
     assert proc.returncode != 0 or rev == "main", (rev, proc.stdout)
 
 
-LONG_STEP = pytest.mark.xfail(strict=True, reason=(
-    "found by this fuzzer: `step` + 5000 digits passes hub.check_revision (REVISION_RE "
-    "`step\\d+`) and locate.revision_dir's is_dir() raises OSError ENAMETOOLONG; fix: "
-    "`step(0|[1-9][0-9]{0,17})` with fullmatch in dtzoo/hub/__init__.py, then drop this mark"))
-
-
-@LONG_STEP
 @fuzz(40)
 @given(rev=REVISIONS)
 def test_any_revision_of_a_directory_loads_or_raises_a_dtzoo_error(zoo, rev):

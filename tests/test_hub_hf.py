@@ -391,6 +391,24 @@ def test_a_corrupt_cached_file_is_downloaded_again(hub_server, home, registry, m
     assert hub_server.request_log == []
 
 
+def test_a_cache_entry_replaced_by_a_link_or_a_file_is_healed(hub_server, home, registry,
+                                                                tmp_path):
+    zoo.publish_cell(registry.resolve(MID), registry, hub="hf", checkpoints=False)
+    path = zoo.pull(MID, registry, hub="hf")
+    outside = tmp_path / "outside"
+    shutil.copytree(path, outside)  # someone else's folder, with files that would verify
+    before = {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()}
+    shutil.rmtree(path)
+    path.symlink_to(outside, target_is_directory=True)
+    healed = zoo.pull(MID, registry, hub="hf")
+    assert healed == path and path.is_dir() and not path.is_symlink()
+    assert {p: p.read_bytes() for p in outside.rglob("*") if p.is_file()} == before  # untouched
+    shutil.rmtree(path)
+    path.write_text("not a directory")
+    assert zoo.pull(MID, registry, hub="hf") == path and path.is_dir()
+    verify(path)
+
+
 def test_pull_of_a_missing_repo_or_revision_is_one_line(hub_server, home, registry):
     with pytest.raises(HubError) as e:
         zoo.pull(MID, registry, hub="hf")

@@ -21,8 +21,10 @@ from dtzoo.errors import UsageError
 
 HUBS = ("hf", "local")
 DEFAULT_HUB = "hf"  # the Hugging Face Hub; "local" (DTZOO_HUB=local) for offline work and tests
-REVISION_RE = re.compile(r"^(main|step\d+|[0-9a-f]{40}|[0-9a-f]{64})$")
-ORG_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+# used with fullmatch (a "$" would accept a final newline); steps without leading zeros and
+# short enough to be a file name
+REVISION_RE = re.compile(r"main|step(?:0|[1-9][0-9]{0,17})|[0-9a-f]{40}|[0-9a-f]{64}")
+ORG_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 
 
 @dataclass
@@ -55,14 +57,14 @@ class Hub(Protocol):
 
 
 def check_revision(revision: str) -> str:
-    if not REVISION_RE.match(revision):
+    if not isinstance(revision, str) or not REVISION_RE.fullmatch(revision):
         raise UsageError(f"invalid revision {revision!r}: use main, step<N> or a commit hash")
     return revision
 
 
 def repo_id(org: str, model_id: str) -> str:
     """`repo_id("dtzoo", "hopper-1L-seed0")` -> "dtzoo/hopper-1L-seed0", checked as the Hub would."""
-    if not ORG_RE.match(org) or "--" in org or ".." in org:
+    if not ORG_RE.fullmatch(org) or "--" in org or ".." in org:
         raise UsageError(f"invalid org {org!r}: letters, digits, '-', '_' and '.', at most 96 characters")
     return f"{org}/{model_id}"
 

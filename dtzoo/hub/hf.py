@@ -47,6 +47,7 @@ PROBE_TIMEOUT = 10.0  # seconds to connect before a Hub counts as unreachable
 LOGIN_HINT = "set HF_TOKEN or run `hf auth login`"
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,96}")
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+MAX_CARD_ENTRIES = 10_000  # metrics read from one card's model-index
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -93,24 +94,38 @@ def card_results(model_index: Any) -> list[dict[str, Any]]:
     "dataset": "dtzoo/pendulum/scripted-v0"}`.
     Values that are not numbers come back as None (never as strings)."""
     rows: dict[Any, dict[str, Any]] = {}
-    for entry in model_index if isinstance(model_index, list) else []:
-        for result in (entry or {}).get("results") or []:
-            dataset = (result or {}).get("dataset") or {}
-            config = str(dataset.get("config") or "")
-            for metric in result.get("metrics") or []:
-                args = metric.get("args") if isinstance(metric.get("args"), dict) else {}
-                target = _number(args.get("target_return"))
-                if target is None and config.startswith("target_return="):
-                    target = _number(config.split("=", 1)[1])
-                row = rows.setdefault(target, {"target_return": target})
-                if isinstance(dataset.get("type"), str):
-                    row["dataset"] = dataset["type"]
-                if metric.get("type"):
-                    row[str(metric["type"])] = _number(metric.get("value"))
-                if _number(args.get("episodes")) is not None:
-                    row["episodes"] = int(args["episodes"])
+    for result, metric in _metrics(model_index):
+        dataset = result.get("dataset") if isinstance(result.get("dataset"), dict) else {}
+        config = str(dataset.get("config") or "")
+        args = metric.get("args") if isinstance(metric.get("args"), dict) else {}
+        target = _number(args.get("target_return"))
+        if target is None and config.startswith("target_return="):
+            target = _number(config.split("=", 1)[1])
+        row = rows.setdefault(target, {"target_return": target})
+        if isinstance(dataset.get("type"), str):
+            row["dataset"] = dataset["type"]
+        if metric.get("type"):
+            row[str(metric["type"])] = _number(metric.get("value"))
+        if _number(args.get("episodes")) is not None:
+            row["episodes"] = int(_number(args["episodes"]))
     return sorted(rows.values(),
                   key=lambda r: (r["target_return"] is None, -(r["target_return"] or 0)))
+
+
+def _metrics(model_index: Any) -> Iterator[tuple[dict, dict]]:
+    """(result, metric) pairs of a raw model-index, at most MAX_CARD_ENTRIES of them: a card's
+    YAML is foreign input (an alias bomb must not make us walk millions of entries)."""
+    seen = 0
+    for entry in model_index if isinstance(model_index, list) else []:
+        results = entry.get("results") if isinstance(entry, dict) else None
+        for result in results if isinstance(results, list) else []:
+            metrics = result.get("metrics") if isinstance(result, dict) else None
+            for metric in metrics if isinstance(metrics, list) else []:
+                seen += 1
+                if seen > MAX_CARD_ENTRIES:
+                    return
+                if isinstance(metric, dict):
+                    yield result, metric
 
 
 def _number(value: Any) -> float | None:
@@ -275,10 +290,15 @@ class HFHub:
         if not _COMMIT_RE.fullmatch(revision):
             try:
                 commit = (repo_dir / "refs" / revision).read_text().strip()
-            except OSError:
+            except (OSError, UnicodeDecodeError):
                 return None, None
+        if not _COMMIT_RE.fullmatch(commit):
+            return None, None
         path = repo_dir / "snapshots" / commit
-        if not _COMMIT_RE.fullmatch(commit) or not path.is_dir():
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()  # a damaged entry: fetched again, never read through a link
+            return None, None
+        if not path.is_dir():
             return None, None
         try:
             verify(path)
@@ -438,7 +458,7 @@ class HFHub:
 
 
 def _check_org(org: str) -> None:
-    if not ORG_RE.match(org) or "--" in org or ".." in org:
+    if not ORG_RE.fullmatch(org) or "--" in org or ".." in org:
         raise UsageError(f"invalid org {org!r}: letters, digits, '-', '_' and '.', "
                          "at most 96 characters")
 
