@@ -63,6 +63,27 @@ def minari_store(tmp_path_factory) -> Path:
     return store
 
 
+def trained_home(tmp_path_factory, minari_store: Path, name: str, train: list[str],
+                 evaluate: tuple[str, ...] = (), video: bool = False) -> Path:
+    """A DTZOO_HOME of its own with `train` trained and `evaluate` evaluated, for a
+    module-scoped fixture: train once per module, copy the runs into each test's home."""
+    from dtzoo import zoo
+    from dtzoo.registry import load_registry
+
+    home = tmp_path_factory.mktemp(name) / "home"
+    reg_path = make_test_registry(home.parent / "registry.yaml")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"DTZOO_HOME": str(home), "DTZOO_REGISTRY": str(reg_path),
+                     "MINARI_DATASETS_PATH": str(minari_store)}.items():
+            mp.setenv(k, v)
+        reg = load_registry()
+        for mid in train:
+            zoo.train_cell(reg.resolve(mid), reg, device="cpu")
+        for mid in evaluate:
+            zoo.eval_model(mid, reg, video=video)
+    return home
+
+
 @pytest.fixture
 def zoo_env(tmp_path, monkeypatch, minari_store) -> dict[str, str]:
     """Isolated DTZOO_HOME + test registry + the shared tiny datasets; returns the env vars."""

@@ -22,7 +22,7 @@ import yaml
 
 from dtzoo import paths, zoo
 from dtzoo.registry import load_registry
-from tests.conftest import make_test_registry, run_cli
+from tests.conftest import run_cli, trained_home
 from tests.hub_fixtures import ORG
 
 MID, MID2 = "pendulum-1L-seed0", "pendulum-1L-seed1"
@@ -32,17 +32,8 @@ RID, RID2 = f"{ORG}/{MID}", f"{ORG}/{MID2}"
 @pytest.fixture(scope="module")
 def publisher_home(tmp_path_factory, minari_store) -> Path:
     """A DTZOO_HOME with MID trained and evaluated (with its replay video) and MID2 trained."""
-    home = tmp_path_factory.mktemp("publisher") / "home"
-    reg_path = make_test_registry(home.parent / "registry.yaml")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"DTZOO_HOME": str(home), "DTZOO_REGISTRY": str(reg_path),
-                     "MINARI_DATASETS_PATH": str(minari_store)}.items():
-            mp.setenv(k, v)
-        reg = load_registry()
-        for mid in (MID, MID2):
-            zoo.train_cell(reg.resolve(mid), reg, device="cpu")
-        zoo.eval_model(MID, reg, video=True)
-    return home
+    return trained_home(tmp_path_factory, minari_store, "publisher", [MID, MID2], (MID,),
+                        video=True)
 
 
 @pytest.fixture

@@ -17,24 +17,14 @@ import pytest
 from dtzoo import paths, zoo
 from dtzoo.checkpoint import verify
 from dtzoo.fsutil import atomic_write_text
-from dtzoo.registry import load_registry
-from tests.conftest import ROOT, make_test_registry, run_cli
+from tests.conftest import ROOT, run_cli, trained_home
 
 MID = "pendulum-1L-seed0"
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, minari_store) -> Path:
-    home = tmp_path_factory.mktemp("evalfaults") / "home"
-    reg_path = make_test_registry(home.parent / "registry.yaml")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"DTZOO_HOME": str(home), "DTZOO_REGISTRY": str(reg_path),
-                     "MINARI_DATASETS_PATH": str(minari_store)}.items():
-            mp.setenv(k, v)
-        reg = load_registry()
-        zoo.train_cell(reg.resolve(MID), reg, device="cpu")
-        zoo.eval_cell(reg.resolve(MID), reg)
-    return home / "runs" / MID
+    return trained_home(tmp_path_factory, minari_store, "evalfaults", [MID], (MID,)) / "runs" / MID
 
 
 @pytest.fixture
@@ -66,9 +56,9 @@ def test_sigkill_during_evaluation_never_breaks_the_run(run, registry, zoo_env):
     """Kill `dtzoo eval` at spread-out moments (while loading, rolling out, writing eval.json,
     the video and the card, the manifest); after every kill the run must stay usable."""
     env = {**os.environ, **zoo_env, "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "dtzoo.cli", "eval", MID, "--episodes", "2"]
+    cmd = [sys.executable, "-m", "dtzoo.cli", "eval", MID, "--episodes", "30"]
     kills = 0
-    for i, delay in enumerate((1.0, 1.6, 2.2, 2.8, 3.4, 4.0)):
+    for i, delay in enumerate((0.8, 1.4, 2.0, 2.6, 3.2)):
         (run / "eval.json").unlink(missing_ok=True)  # so every eval really rewrites
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)

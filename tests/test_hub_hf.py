@@ -27,7 +27,7 @@ from dtzoo.checkpoint import MANIFEST, WEIGHTS, load_model, verify
 from dtzoo.errors import HubError, UsageError
 from dtzoo.hub import get_hub
 from dtzoo.hub.hf import HFHub, card_results, check_repo_id
-from tests.conftest import make_test_registry, run_cli
+from tests.conftest import run_cli, trained_home
 from tests.hub_fixtures import (
     HUB_TOKENS,
     ORG,
@@ -49,28 +49,16 @@ ALL_TOKENS = [*HUB_TOKENS, "hf_not_a_real_token_0123456789"]
 
 
 @pytest.fixture(scope="module")
-def trained_home(tmp_path_factory, minari_store) -> Path:
+def hf_trained_home(tmp_path_factory, minari_store) -> Path:
     """A DTZOO_HOME with MID trained and evaluated, and MID2 trained (once per module)."""
-    from dtzoo.registry import load_registry
-
-    home = tmp_path_factory.mktemp("hf_trained") / "home"
-    reg_path = make_test_registry(home.parent / "registry.yaml")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"DTZOO_HOME": str(home), "DTZOO_REGISTRY": str(reg_path),
-                     "MINARI_DATASETS_PATH": str(minari_store)}.items():
-            mp.setenv(k, v)
-        reg = load_registry()
-        for mid in (MID, MID2):
-            zoo.train_cell(reg.resolve(mid), reg, device="cpu")
-        zoo.eval_cell(reg.resolve(MID), reg)
-    return home
+    return trained_home(tmp_path_factory, minari_store, "hf_trained", [MID, MID2], (MID,))
 
 
 @pytest.fixture
-def home(zoo_env, trained_home) -> Path:
+def home(zoo_env, hf_trained_home) -> Path:
     """This test's DTZOO_HOME, holding a copy of the trained runs; the pair grid is registered."""
     h = Path(zoo_env["DTZOO_HOME"])
-    shutil.copytree(trained_home / "runs", h / "runs")
+    shutil.copytree(hf_trained_home / "runs", h / "runs")
     reg_path = Path(zoo_env["DTZOO_REGISTRY"])
     reg = yaml.safe_load(reg_path.read_text())
     reg["grids"]["pair"] = {"envs": ["pendulum"], "layers": [1], "seeds": [0, 1]}
