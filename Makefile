@@ -32,7 +32,10 @@ demo: $(VENV)/.installed
 	$(DTZOO) pull pendulum-1L-seed0 --hub local
 	$(DTZOO) leaderboard --grid tiny
 
+# lint and format check first (seconds), then the suite
 test: $(VENV)/.installed-test chromium
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 # tests/test_report.py opens the HTML report in Debian's chromium (Playwright drives it; its

@@ -11,10 +11,26 @@ from pathlib import Path
 
 from benchmarks import suite
 
-QUICK = {"sample_calls": 5, "train_steps": 4, "curve_steps": 4, "eval_episodes": 2, "reps": 2,
-         "memory_steps": 5, "eval_reps": 1, "random_steps": 20}
-FULL = {"sample_calls": 50, "train_steps": 30, "curve_steps": 400, "eval_episodes": 10, "reps": 5,
-        "memory_steps": 200, "eval_reps": 2, "random_steps": 1000}
+QUICK = {
+    "sample_calls": 5,
+    "train_steps": 4,
+    "curve_steps": 4,
+    "eval_episodes": 2,
+    "reps": 2,
+    "memory_steps": 5,
+    "eval_reps": 1,
+    "random_steps": 20,
+}
+FULL = {
+    "sample_calls": 50,
+    "train_steps": 30,
+    "curve_steps": 400,
+    "eval_episodes": 10,
+    "reps": 5,
+    "memory_steps": 200,
+    "eval_reps": 2,
+    "random_steps": 1000,
+}
 
 
 def machine() -> str:
@@ -30,9 +46,11 @@ def machine() -> str:
         pass
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
     load = os.getloadavg()[0]
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), {device}, Python {platform.python_version()}; "
-            f"load average {load:.1f} when the run started")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {device}, Python {platform.python_version()}; "
+        f"load average {load:.1f} when the run started"
+    )
 
 
 def fmt(x: float | None) -> str:
@@ -42,12 +60,16 @@ def fmt(x: float | None) -> str:
 
 
 def table(rows: list[suite.Row]) -> str:
-    lines = ["| figure | dtzoo | reference | unit | ratio | goal | note |",
-             "|---|---:|---:|---|---:|---|---|"]
+    lines = [
+        "| figure | dtzoo | reference | unit | ratio | goal | note |",
+        "|---|---:|---:|---|---:|---|---|",
+    ]
     for r in rows:
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
-        lines.append(f"| {r.figure} | {fmt(r.dtzoo)} | {fmt(r.reference)} | {r.unit} | {ratio} | "
-                     f"{r.goal} | {r.note} |")
+        lines.append(
+            f"| {r.figure} | {fmt(r.dtzoo)} | {fmt(r.reference)} | {r.unit} | {ratio} | "
+            f"{r.goal} | {r.note} |"
+        )
     return "\n".join(lines)
 
 
@@ -58,14 +80,16 @@ def run(quick: bool, dataset: str, gym_ids: list[str]) -> list[suite.Row]:
     rows = []
     row, _ = suite.bench_sampling(data, sizes["reps"], sizes["sample_calls"])
     rows.append(row)
-    train_rows, _ = suite.bench_training(data, sizes["train_steps"], sizes["reps"],
-                                         sizes["curve_steps"])
+    train_rows, _ = suite.bench_training(
+        data, sizes["train_steps"], sizes["reps"], sizes["curve_steps"]
+    )
     rows += train_rows
     # 1L on every env; 3L on the last (each reference loop run takes minutes)
     for n_layers, ids in ((1, gym_ids), (3, gym_ids[-1:])):
         for gym_id in ids:
-            eval_rows, _ = suite.bench_eval(gym_id, n_layers, sizes["eval_episodes"],
-                                            sizes["eval_reps"], sizes["random_steps"])
+            eval_rows, _ = suite.bench_eval(
+                gym_id, n_layers, sizes["eval_episodes"], sizes["eval_reps"], sizes["random_steps"]
+            )
             rows += eval_rows
     cli_rows, _ = suite.bench_cli(sizes["reps"])
     rows += cli_rows
@@ -77,10 +101,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes; does not write the doc")
     ap.add_argument("--dataset", default=suite.REFERENCE_DATASET)
-    ap.add_argument("--gym-ids", default="Hopper-v5,HalfCheetah-v5",
-                    help="comma-separated gym ids for the evaluation rows")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch intra-op threads for both sides (default: torch's own)")
+    ap.add_argument(
+        "--gym-ids",
+        default="Hopper-v5,HalfCheetah-v5",
+        help="comma-separated gym ids for the evaluation rows",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads for both sides (default: torch's own)",
+    )
     ap.add_argument("--out", default=str(suite.ROOT / "docs" / "benchmarks.md"))
     args = ap.parse_args()
     if "MINARI_DATASETS_PATH" not in os.environ and suite.REFERENCE_STORE.is_dir():
@@ -99,7 +130,7 @@ def main() -> None:
     out = Path(args.out)
     # the analysis below the table is written by hand from measurements (profiles): kept as is
     old = out.read_text() if out.is_file() else ""
-    analysis = old[old.index(ANALYSIS):] if ANALYSIS in old else ANALYSIS + "\n"
+    analysis = old[old.index(ANALYSIS) :] if ANALYSIS in old else ANALYSIS + "\n"
     command = "python -m benchmarks" + (f" --threads {args.threads}" if args.threads else "")
     doc = f"""# Benchmarks
 

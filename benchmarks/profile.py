@@ -60,14 +60,24 @@ def train(steps: int = 5) -> None:
         theirs.load_state_dict(hf_state, strict=True)
 
         def theirs_fwd(b, theirs=theirs):
-            return theirs(states=b["states"], actions=b["actions"], rewards=None,
-                          returns_to_go=b["returns_to_go"], timesteps=b["timesteps"],
-                          attention_mask=b["mask"].long(), return_dict=True).action_preds
+            return theirs(
+                states=b["states"],
+                actions=b["actions"],
+                rewards=None,
+                returns_to_go=b["returns_to_go"],
+                timesteps=b["timesteps"],
+                attention_mask=b["mask"].long(),
+                return_dict=True,
+            ).action_preds
 
-        profiled(lambda m=ours: suite.train_loop(suite.ours_forward(m), m, batches),
-                 f"dtzoo fp32 {n_layers}L, {steps} steps")
-        profiled(lambda m=theirs, f=theirs_fwd: suite.train_loop(f, m, batches),
-                 f"transformers fp32 {n_layers}L, {steps} steps")
+        profiled(
+            lambda m=ours: suite.train_loop(suite.ours_forward(m), m, batches),
+            f"dtzoo fp32 {n_layers}L, {steps} steps",
+        )
+        profiled(
+            lambda m=theirs, f=theirs_fwd: suite.train_loop(f, m, batches),
+            f"transformers fp32 {n_layers}L, {steps} steps",
+        )
         ratio = block_flops(n_layers, 60, False) / block_flops(n_layers, 60, True)
         print(f"block matmul FLOPs, reference / dtzoo ({n_layers}L): {ratio:.2f}")
 
@@ -90,16 +100,20 @@ def evaluation(steps: int = 200, n: int = 20) -> None:
         profiled(run, f"Agent.act, {n_layers}L, {n} envs, {steps} steps")
         t0 = time.process_time()
         run()
-        print(f"{n_layers}L: {1e3 * (time.process_time() - t0) / steps:.2f} ms CPU per step "
-              f"of {n} envs")
+        print(
+            f"{n_layers}L: {1e3 * (time.process_time() - t0) / steps:.2f} ms CPU per step "
+            f"of {n} envs"
+        )
     envs = make_vec_env("HalfCheetah-v5", "vector", n)
     envs.reset(seed=0)
     actions = [envs.action_space.sample() for _ in range(steps)]
     t0 = time.process_time()
     for a in actions:
         envs.step(a)
-    print(f"simulator: {1e3 * (time.process_time() - t0) / steps:.2f} ms CPU per step of {n} "
-          "envs (random actions)")
+    print(
+        f"simulator: {1e3 * (time.process_time() - t0) / steps:.2f} ms CPU per step of {n} "
+        "envs (random actions)"
+    )
     envs.close()
 
 

@@ -24,28 +24,45 @@ def discount_cumsum(x: np.ndarray, gamma: float) -> np.ndarray:
 
 def split_trajectories(data) -> list[dict]:
     """The DT paper keeps a list of per-episode dicts."""
-    return [{"observations": data.observations[s:s + n], "actions": data.actions[s:s + n],
-             "rewards": data.rewards[s:s + n]} for s, n in zip(data.starts, data.lengths)]
+    return [
+        {
+            "observations": data.observations[s : s + n],
+            "actions": data.actions[s : s + n],
+            "rewards": data.rewards[s : s + n],
+        }
+        for s, n in zip(data.starts, data.lengths)
+    ]
 
 
-def get_batch(trajectories: list[dict], batch_size: int, max_len: int, max_ep_len: int,
-              state_mean: np.ndarray, state_std: np.ndarray, scale: float) -> tuple:
+def get_batch(
+    trajectories: list[dict],
+    batch_size: int,
+    max_len: int,
+    max_ep_len: int,
+    state_mean: np.ndarray,
+    state_std: np.ndarray,
+    scale: float,
+) -> tuple:
     """`get_batch` from gym/experiment.py (pct_traj = 1: every trajectory, length-weighted)."""
     state_dim = trajectories[0]["observations"].shape[1]
     act_dim = trajectories[0]["actions"].shape[1]
     traj_lens = np.array([len(t["observations"]) for t in trajectories])
     p_sample = traj_lens / traj_lens.sum()
-    batch_inds = np.random.choice(np.arange(len(trajectories)), size=batch_size, replace=True, p=p_sample)
+    batch_inds = np.random.choice(
+        np.arange(len(trajectories)), size=batch_size, replace=True, p=p_sample
+    )
     s, a, r, rtg, timesteps, mask = [], [], [], [], [], []
     for i in range(batch_size):
         traj = trajectories[int(batch_inds[i])]
         si = random.randint(0, traj["rewards"].shape[0] - 1)
-        s.append(traj["observations"][si:si + max_len].reshape(1, -1, state_dim))
-        a.append(traj["actions"][si:si + max_len].reshape(1, -1, act_dim))
-        r.append(traj["rewards"][si:si + max_len].reshape(1, -1, 1))
+        s.append(traj["observations"][si : si + max_len].reshape(1, -1, state_dim))
+        a.append(traj["actions"][si : si + max_len].reshape(1, -1, act_dim))
+        r.append(traj["rewards"][si : si + max_len].reshape(1, -1, 1))
         timesteps.append(np.arange(si, si + s[-1].shape[1]).reshape(1, -1))
         timesteps[-1][timesteps[-1] >= max_ep_len] = max_ep_len - 1
-        rtg.append(discount_cumsum(traj["rewards"][si:], gamma=1.0)[:s[-1].shape[1] + 1].reshape(1, -1, 1))
+        rtg.append(
+            discount_cumsum(traj["rewards"][si:], gamma=1.0)[: s[-1].shape[1] + 1].reshape(1, -1, 1)
+        )
         if rtg[-1].shape[1] <= s[-1].shape[1]:
             rtg[-1] = np.concatenate([rtg[-1], np.zeros((1, 1, 1))], axis=1)
         tlen = s[-1].shape[1]
@@ -74,7 +91,9 @@ def get_action(model, states, actions, returns_to_go, timesteps, max_length: int
     returns_to_go = returns_to_go.reshape(1, -1, 1)[:, -max_length:]
     timesteps = timesteps.reshape(1, -1)[:, -max_length:]
     pad = max_length - states.shape[1]
-    attention_mask = torch.cat([torch.zeros(pad), torch.ones(states.shape[1])]).to(torch.long).reshape(1, -1)
+    attention_mask = (
+        torch.cat([torch.zeros(pad), torch.ones(states.shape[1])]).to(torch.long).reshape(1, -1)
+    )
     states = torch.cat([torch.zeros((1, pad, state_dim)), states], dim=1).float()
     actions = torch.cat([torch.zeros((1, pad, act_dim)), actions], dim=1).float()
     returns_to_go = torch.cat([torch.zeros((1, pad, 1)), returns_to_go], dim=1).float()
@@ -83,8 +102,17 @@ def get_action(model, states, actions, returns_to_go, timesteps, max_length: int
     return preds[0, -1]
 
 
-def evaluate_episode_rtg(env, model, max_ep_len: int, scale: float, state_mean, state_std,
-                         target_return: float, seed: int, context_len: int) -> tuple[float, int]:
+def evaluate_episode_rtg(
+    env,
+    model,
+    max_ep_len: int,
+    scale: float,
+    state_mean,
+    state_std,
+    target_return: float,
+    seed: int,
+    context_len: int,
+) -> tuple[float, int]:
     """evaluation/evaluate_episodes.py `evaluate_episode_rtg`: one episode, one forward per step."""
     state_dim = env.observation_space.shape[0]
     act_dim = env.action_space.shape[0]
@@ -100,8 +128,9 @@ def evaluate_episode_rtg(env, model, max_ep_len: int, scale: float, state_mean, 
     for t in range(max_ep_len):
         actions = torch.cat([actions, torch.zeros((1, act_dim))], dim=0)
         rewards = torch.cat([rewards, torch.zeros(1)])
-        action = get_action(model, (states - state_mean) / state_std, actions,
-                            target_return, timesteps, context_len)
+        action = get_action(
+            model, (states - state_mean) / state_std, actions, target_return, timesteps, context_len
+        )
         actions[-1] = action
         action = action.numpy()
         state, reward, terminated, truncated, _ = env.step(action)

@@ -35,8 +35,14 @@ WINDOW_FIELDS = ("states", "actions", "rtg", "timesteps")
 
 
 class Agent:
-    def __init__(self, model, config: ModelConfig | None = None, target_return=None,
-                 num_envs: int = 1, fast: bool = True):
+    def __init__(
+        self,
+        model,
+        config: ModelConfig | None = None,
+        target_return=None,
+        num_envs: int = 1,
+        fast: bool = True,
+    ):
         """`config`: the model's ModelConfig (default `model.config`, which `dtzoo.load` sets);
         `target_return`: a number, one number per env, or None for the config's first;
         `fast=False` always runs the reference forward (for comparisons)."""
@@ -62,8 +68,9 @@ class Agent:
         # The window is the last K steps of 2K-step buffers, newest last; it slides by moving
         # `end` and is copied back to the front once every K steps (not every step).
         self._buf = {
-            "states": np.zeros((n, 2 * K, *self.state_shape),
-                               np.uint8 if self.image else np.float32),
+            "states": np.zeros(
+                (n, 2 * K, *self.state_shape), np.uint8 if self.image else np.float32
+            ),
             "actions": np.zeros((n, 2 * K, c.act_dim), np.float32),
             "rtg": np.zeros((n, 2 * K), np.float32),
             "timesteps": np.zeros((n, 2 * K), np.int64),
@@ -86,12 +93,12 @@ class Agent:
     timesteps = property(lambda self: self._window("timesteps"))
 
     def _window(self, name: str) -> np.ndarray:
-        return self._buf[name][:, self._end - self.K:self._end]
+        return self._buf[name][:, self._end - self.K : self._end]
 
     def _push(self) -> None:
         if self._end == 2 * self.K:
             for buf in self._buf.values():
-                buf[:, :self.K] = buf[:, self.K:]
+                buf[:, : self.K] = buf[:, self.K :]
             self._end = self.K
         self._end += 1
         self.filled = min(self.filled + 1, self.K)
@@ -146,7 +153,7 @@ class Agent:
     def _predict_reference(self) -> torch.Tensor:
         """The full-window forward (left padding masked out), as in the DT paper's get_action."""
         mask = np.zeros((self.n, self.K), bool)
-        mask[:, self.K - self.filled:] = True
+        mask[:, self.K - self.filled :] = True
         s, a, r, t = (self._tensor(self._window(k)) for k in WINDOW_FIELDS)
         return self.model(s, a, r[..., None], t, self._tensor(mask))[:, -1]
 
@@ -161,9 +168,12 @@ class Agent:
             window = (self._tensor(self._window(k)[:, -f:]) for k in WINDOW_FIELDS)
             return self.cache.prefill(*window)
         return self.cache.step(
-            self._tensor(self.actions[:, -2]), self._tensor(self.timesteps[:, -2]),
-            self._tensor(self.states[:, -1]), self._tensor(self.rtg[:, -1]),
-            self._tensor(self.timesteps[:, -1]))
+            self._tensor(self.actions[:, -2]),
+            self._tensor(self.timesteps[:, -2]),
+            self._tensor(self.states[:, -1]),
+            self._tensor(self.rtg[:, -1]),
+            self._tensor(self.timesteps[:, -1]),
+        )
 
     def _stack(self, frame: np.ndarray) -> np.ndarray:
         """(n, H, W) newest frames -> (n, S, H, W): the previous stack shifted, or the first

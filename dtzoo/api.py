@@ -7,8 +7,14 @@ import os
 from dtzoo.checkpoint import ModelConfig, load_model
 
 
-def load(model: str | os.PathLike, revision: str = "main", hub: str | None = None,
-         org: str | None = None, device: str = "cpu", registry: str | os.PathLike | None = None):
+def load(
+    model: str | os.PathLike,
+    revision: str = "main",
+    hub: str | None = None,
+    org: str | None = None,
+    device: str = "cpu",
+    registry: str | os.PathLike | None = None,
+):
     """Load a zoo model: `[ORG/]ID` from the hub (cached, verified), a model id trained on
     this machine (its run directory), or a model directory on disk.
 

@@ -35,40 +35,68 @@ def eval_results(config: ModelConfig, report: dict | None) -> list:
     out = []
     for r in report["results"]:
         common = dict(
-            task_type="reinforcement-learning", task_name="Offline reinforcement learning",
-            dataset_type=config.dataset["id"], dataset_name=f"{config.env['gym_id']} ({config.dataset['id']})",
+            task_type="reinforcement-learning",
+            task_name="Offline reinforcement learning",
+            dataset_type=config.dataset["id"],
+            dataset_name=f"{config.env['gym_id']} ({config.dataset['id']})",
             dataset_config=f"target_return={r['target_return']:g}",
             metric_args={"episodes": report["episodes"], "target_return": r["target_return"]},
         )
-        out.append(EvalResult(metric_type="mean_reward", metric_value=round(r["return_mean"], 2),
-                              metric_name=f"mean return (target {r['target_return']:g})", **common))
-        out.append(EvalResult(metric_type="normalized_score", metric_value=round(r["normalized_mean"], 2),
-                              metric_name=f"normalised score (target {r['target_return']:g})", **common))
+        out.append(
+            EvalResult(
+                metric_type="mean_reward",
+                metric_value=round(r["return_mean"], 2),
+                metric_name=f"mean return (target {r['target_return']:g})",
+                **common,
+            )
+        )
+        out.append(
+            EvalResult(
+                metric_type="normalized_score",
+                metric_value=round(r["normalized_mean"], 2),
+                metric_name=f"normalised score (target {r['target_return']:g})",
+                **common,
+            )
+        )
     return out
 
 
 def sweep_table(sweep: dict) -> str:
     rows = ["| target return | achieved return | std | normalised score |", "|---:|---:|---:|---:|"]
     for r in sweep["results"]:
-        rows.append(f"| {r['target_return']:.1f} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
-                    f"{r['normalized_mean']:.1f} |")
+        rows.append(
+            f"| {r['target_return']:.1f} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
+            f"{r['normalized_mean']:.1f} |"
+        )
     from dtzoo.evaluate import sweep_summary  # the data's best return, the expert score
 
     return "\n".join(rows) + f"\n\n{sweep_summary(sweep)}."
 
 
 def results_table(report: dict) -> str:
-    rows = ["| target return | mean return | std | normalised score | mean length | episodes |",
-            "|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| target return | mean return | std | normalised score | mean length | episodes |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in report["results"]:
-        rows.append(f"| {r['target_return']:g} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
-                    f"{r['normalized_mean']:.1f} | {r['length_mean']:.0f} | {report['episodes']} |")
+        rows.append(
+            f"| {r['target_return']:g} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
+            f"{r['normalized_mean']:.1f} | {r['length_mean']:.0f} | {report['episodes']} |"
+        )
     return "\n".join(rows)
 
 
-def build_card(config: ModelConfig, report: dict | None, org: str, license: str = "mit",
-               plots: list[str] = (), sweep: dict | None = None, video: str | None = None,
-               video_note: str | None = None, transformers: bool = False):
+def build_card(
+    config: ModelConfig,
+    report: dict | None,
+    org: str,
+    license: str = "mit",
+    plots: list[str] = (),
+    sweep: dict | None = None,
+    video: str | None = None,
+    video_note: str | None = None,
+    transformers: bool = False,
+):
     """A ModelCard for a model directory; `report` is eval.json (or None before evaluation),
     `sweep` is rtg_sweep.json (or None), `video` the replay's file name (or None, and then
     `video_note` says why), `transformers` whether the repo holds a `transformers/` folder."""
@@ -89,18 +117,28 @@ def build_card(config: ModelConfig, report: dict | None, org: str, license: str 
     results = results_table(report) if report else "_Not evaluated yet: run `dtzoo eval`._"
     figures = "\n".join(f"![{Path(p).stem}]({p})" for p in plots)
     repo = f"{org}/{config.model_id}"
-    sweep_section = "" if not sweep else f"""
+    sweep_section = (
+        ""
+        if not sweep
+        else f"""
 ## Return conditioning
 
-Achieved return when the model is asked for each target return ({sweep['episodes']} episodes
+Achieved return when the model is asked for each target return ({sweep["episodes"]} episodes
 each). Where the achieved return stops following the target is where return conditioning ends.
 
 {sweep_table(sweep)}
 """
-    replay = (f"One episode at target return {config.target_returns[0]:g}:\n\n"
-              f'<video src="{video}" controls width="360"></video>\n\n[{video}]({video})'
-              if video else f"_{video_note or 'No replay video.'}_")
-    hf_snippet = "" if not transformers else f"""
+    )
+    replay = (
+        f"One episode at target return {config.target_returns[0]:g}:\n\n"
+        f'<video src="{video}" controls width="360"></video>\n\n[{video}]({video})'
+        if video
+        else f"_{video_note or 'No replay video.'}_"
+    )
+    hf_snippet = (
+        ""
+        if not transformers
+        else f"""
 The same model as a transformers `DecisionTransformerModel` (same actions; our config is under
 `"dtzoo"` in its config.json):
 
@@ -109,11 +147,21 @@ from transformers import DecisionTransformerModel
 hf = DecisionTransformerModel.from_pretrained("{repo}", subfolder="transformers")
 ```
 """
+    )
+    sizes = f"{a['n_layers']} / {a['d_model']} / {a['n_heads']} / {a['d_mlp']}"
+    optimiser = (
+        f"AdamW, lr {rec['lr']:g}, weight decay {rec['weight_decay']:g}, warm-up "
+        f"{rec['warmup_steps']} steps, grad clip {rec['grad_clip']}"
+    )
+    d = config.dataset
+    dataset = (
+        f"`{d['id']}` ({d['episodes']} episodes, {d['steps']} steps, minari {d['minari_version']})"
+    )
     body = f"""
 # {config.model_id}
 
-A Decision Transformer (Chen et al. 2021) with {a['n_layers']} layer(s) trained on
-`{config.dataset['id']}` for `{config.env['gym_id']}` ({kind} actions), seed {config.seed},
+A Decision Transformer (Chen et al. 2021) with {a["n_layers"]} layer(s) trained on
+`{config.dataset["id"]}` for `{config.env["gym_id"]}` ({kind} actions), seed {config.seed},
 step {config.step} of {config.total_steps}. Part of the dtzoo grid of small, comparable DTs with
 training-time checkpoints (revisions `step<N>`) and TransformerLens-style hooks.
 
@@ -143,20 +191,20 @@ the gym id with its version. The weights are `model.safetensors`.
 {results}
 
 Normalised score = 100 x (return - random) / (expert - random), with reference returns
-random = {config.env['ref_scores']['random']:g} and expert = {config.env['ref_scores']['expert']:g}.
+random = {config.env["ref_scores"]["random"]:g} and expert = {config.env["ref_scores"]["expert"]:g}.
 {sweep_section}
 ## Training
 
 | setting | value |
 |---|---|
-| layers / d_model / heads / d_mlp | {a['n_layers']} / {a['d_model']} / {a['n_heads']} / {a['d_mlp']} |
-| context length / max episode length | {a['context_len']} / {a['max_ep_len']} |
-| activation / dropout | {a['activation']} / {a['dropout']} |
-| optimiser | AdamW, lr {rec['lr']:g}, weight decay {rec['weight_decay']:g}, warm-up {rec['warmup_steps']} steps, grad clip {rec['grad_clip']} |
-| batch / steps | {rec['batch_size']} / {rec['steps']} |
+| layers / d_model / heads / d_mlp | {sizes} |
+| context length / max episode length | {a["context_len"]} / {a["max_ep_len"]} |
+| activation / dropout | {a["activation"]} / {a["dropout"]} |
+| optimiser | {optimiser} |
+| batch / steps | {rec["batch_size"]} / {rec["steps"]} |
 | reward scale | {config.reward_scale:g} |
-| dataset | `{config.dataset['id']}` ({config.dataset['episodes']} episodes, {config.dataset['steps']} steps, minari {config.dataset['minari_version']}) |
-| dataset fingerprint | `{config.dataset['fingerprint']}` |
+| dataset | {dataset} |
+| dataset fingerprint | `{config.dataset["fingerprint"]}` |
 | dtzoo version | {config.dtzoo_version} |
 
 {figures}

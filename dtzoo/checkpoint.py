@@ -53,13 +53,21 @@ class ModelConfig:
         from dtzoo.model import ACTIVATIONS, DTConfig
 
         if self.architecture.get("activation", "relu") not in ACTIVATIONS:
-            raise CheckpointError(f"config.json of {self.model_id}: unknown activation "
-                                  f"{str(self.architecture['activation'])[:40]!r}")
+            raise CheckpointError(
+                f"config.json of {self.model_id}: unknown activation "
+                f"{str(self.architecture['activation'])[:40]!r}"
+            )
         try:  # DTConfig refuses unknown keys (TypeError) and inconsistent values (ValueError)
-            return DTConfig(state_dim=self.state_dim, act_dim=self.act_dim,
-                            discrete=self.action_space["kind"] == "discrete", **self.architecture)
+            return DTConfig(
+                state_dim=self.state_dim,
+                act_dim=self.act_dim,
+                discrete=self.action_space["kind"] == "discrete",
+                **self.architecture,
+            )
         except (TypeError, ValueError) as e:
-            raise CheckpointError(f"config.json of {self.model_id}: invalid architecture: {e}") from None
+            raise CheckpointError(
+                f"config.json of {self.model_id}: invalid architecture: {e}"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,18 +75,25 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> "ModelConfig":
         if not isinstance(d, dict):
-            raise CheckpointError(f"{where}: invalid config: a JSON object expected, got "
-                                  f"{type(d).__name__}")
+            raise CheckpointError(
+                f"{where}: invalid config: a JSON object expected, got {type(d).__name__}"
+            )
         version = d.get("format_version", 0)
         if isinstance(version, bool) or not isinstance(version, int):
             raise CheckpointError(f"{where}: invalid config: format_version must be an integer")
         if version > FORMAT_VERSION:
-            raise CheckpointError(f"{where}: format version {d['format_version']} is newer than "
-                                  f"this dtzoo understands ({FORMAT_VERSION}): upgrade dtzoo")
+            raise CheckpointError(
+                f"{where}: format version {d['format_version']} is newer than "
+                f"this dtzoo understands ({FORMAT_VERSION}): upgrade dtzoo"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.name not in d and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in d
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
             raise CheckpointError(f"{where}: missing keys {', '.join(missing)}")
         problem = _config_problem(d)
@@ -90,8 +105,14 @@ class ModelConfig:
 # Bounds on what a config.json may ask us to build: a typo or a hostile file must not exhaust
 # memory before a weight is read (dtzoo.registry bounds what training may ask for the same way)
 MAX_PARAMS = 10**9
-ARCH_LIMITS = {"n_layers": 128, "d_model": 8192, "n_heads": 256, "d_mlp": 32768,
-               "context_len": 4096, "max_ep_len": 10**6}
+ARCH_LIMITS = {
+    "n_layers": 128,
+    "d_model": 8192,
+    "n_heads": 256,
+    "d_mlp": 32768,
+    "context_len": 4096,
+    "max_ep_len": 10**6,
+}
 
 
 def param_count(arch: dict[str, Any], state_dim: int = 0, act_dim: int = 0) -> int:
@@ -102,8 +123,13 @@ def param_count(arch: dict[str, Any], state_dim: int = 0, act_dim: int = 0) -> i
     return layers * block + embed + act_dim * d
 
 
-def check_model_size(arch: dict[str, Any], where: str, state_dim: int = 0, act_dim: int = 0,
-                     error: type[Exception] = CheckpointError) -> None:
+def check_model_size(
+    arch: dict[str, Any],
+    where: str,
+    state_dim: int = 0,
+    act_dim: int = 0,
+    error: type[Exception] = CheckpointError,
+) -> None:
     """Refuse an architecture past ARCH_LIMITS or MAX_PARAMS weights, in one line:
     `check_model_size(dict(n_layers=2, d_model=64, d_mlp=256, max_ep_len=1000), "x")`."""
     for k, top in ARCH_LIMITS.items():
@@ -121,7 +147,9 @@ def _is_int(v: Any, lo: int = 0, hi: int = 2**62) -> bool:
 def _is_num(v: Any) -> bool:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return False
-    return abs(v) < 10**300 if isinstance(v, int) else math.isfinite(v)  # (float(10**400) overflows)
+    return (
+        abs(v) < 10**300 if isinstance(v, int) else math.isfinite(v)
+    )  # (float(10**400) overflows)
 
 
 def _numbers(v: Any, n: int | None = None) -> bool:
@@ -144,22 +172,27 @@ def _config_problem(d: dict[str, Any]) -> str | None:
     arch = d["architecture"]
     for k, top in ARCH_LIMITS.items():
         if not _is_int(arch.get(k), 1, top):
-            return (f"architecture.{k} must be an integer from 1 to {top}, "
-                    f"got {str(arch.get(k))[:40]!r}")
+            return (
+                f"architecture.{k} must be an integer from 1 to {top}, "
+                f"got {str(arch.get(k))[:40]!r}"
+            )
     if not _is_num(arch.get("dropout", 0.0)) or not 0 <= arch.get("dropout", 0.0) < 1:
         return "architecture.dropout must be a number in [0, 1)"
     if not isinstance(arch.get("activation", ""), str):
         return "architecture.activation must be a string"
     shape = arch.get("obs_shape")
-    if shape is not None and not (isinstance(shape, list) and len(shape) == 3
-                                  and all(_is_int(x, 1, 1024) for x in shape)):
+    if shape is not None and not (
+        isinstance(shape, list) and len(shape) == 3 and all(_is_int(x, 1, 1024) for x in shape)
+    ):
         return "architecture.obs_shape must be 3 integers from 1 to 1024 (frames, H, W)"
     space = d["action_space"]
     if space.get("kind") == "discrete":
         if space.get("n") != d["act_dim"] or not _is_int(space.get("n"), 1):
             return "action_space.n must equal act_dim"
     elif space.get("kind") == "box":
-        if not (_numbers(space.get("low"), d["act_dim"]) and _numbers(space.get("high"), d["act_dim"])):
+        if not (
+            _numbers(space.get("low"), d["act_dim"]) and _numbers(space.get("high"), d["act_dim"])
+        ):
             return "action_space low and high must be act_dim finite numbers each"
     else:
         return "action_space.kind must be 'box' or 'discrete'"
@@ -173,8 +206,12 @@ def _config_problem(d: dict[str, Any]) -> str | None:
     env, refs = d["env"], d["env"].get("ref_scores")
     if not isinstance(env.get("gym_id"), str):
         return "env.gym_id must be a string"
-    if not (isinstance(refs, dict) and _is_num(refs.get("random")) and _is_num(refs.get("expert"))
-            and refs["random"] != refs["expert"]):
+    if not (
+        isinstance(refs, dict)
+        and _is_num(refs.get("random"))
+        and _is_num(refs.get("expert"))
+        and refs["random"] != refs["expert"]
+    ):
         return "env.ref_scores must hold distinct numbers 'random' and 'expert'"
     if not isinstance(d["dataset"].get("id", ""), str):
         return "dataset.id must be a string"
@@ -213,13 +250,13 @@ def safetensors_bytes(tensors: dict, metadata: dict[str, str]) -> bytes:
 
     data = save(tensors, metadata=metadata)
     n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     meta = header.pop("__metadata__", None)
     canon = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
     canon.update(header)
     head = json.dumps(canon, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    return len(head).to_bytes(8, "little") + head + data[8 + n:]
+    return len(head).to_bytes(8, "little") + head + data[8 + n :]
 
 
 def write_weights(model, path: Path) -> None:
@@ -228,7 +265,9 @@ def write_weights(model, path: Path) -> None:
     atomic_write_bytes(Path(path), safetensors_bytes(tensors, metadata))
 
 
-def save_model(model, config: ModelConfig, path: Path, extra_files: dict[str, bytes] | None = None) -> Path:
+def save_model(
+    model, config: ModelConfig, path: Path, extra_files: dict[str, bytes] | None = None
+) -> Path:
     """Write a complete model directory atomically (replacing any previous one)."""
     with atomic_dir(Path(path)) as tmp:
         write_weights(model, tmp / WEIGHTS)
@@ -260,12 +299,16 @@ def verify(path: Path, only: tuple[str, ...] | None = None) -> None:
         raise CheckpointError(f"{mpath}: unreadable manifest")
     for name, meta in files.items():
         if not _plain_name(name):  # "../x", "/etc/passwd", "a/b": never looked at
-            raise CheckpointError(f"{path}: {name!r} listed in the manifest is not a file name "
-                                  "inside the directory")
+            raise CheckpointError(
+                f"{path}: {name!r} listed in the manifest is not a file name inside the directory"
+            )
         if only is not None and name not in only:  # (a malformed name is refused all the same)
             continue
-        if not (isinstance(meta, dict) and isinstance(meta.get("size"), int)
-                and isinstance(meta.get("sha256"), str)):
+        if not (
+            isinstance(meta, dict)
+            and isinstance(meta.get("size"), int)
+            and isinstance(meta.get("sha256"), str)
+        ):
             raise CheckpointError(f"{mpath}: unreadable manifest entry for {name}")
         p = path / name
         if not p.is_file():
@@ -279,8 +322,12 @@ def verify(path: Path, only: tuple[str, ...] | None = None) -> None:
 
 def _plain_name(name: object) -> bool:
     """A file name that stays inside the model directory: no separators, not hidden, not empty."""
-    return (isinstance(name, str) and bool(name) and not name.startswith(".")
-            and not any(c in name for c in "/\\\0"))
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and not name.startswith(".")
+        and not any(c in name for c in "/\\\0")
+    )
 
 
 MAX_CONFIG_BYTES = 16 * 2**20
@@ -339,14 +386,18 @@ def load_state_strict(model, tensors: dict, where: str) -> None:
             parts.append("unexpected " + ", ".join(extra[:4]))
         if bad:
             k = bad[0]
-            parts.append(f"{k} has shape {tuple(tensors[k].shape)}, expected {tuple(expected[k].shape)}")
+            parts.append(
+                f"{k} has shape {tuple(tensors[k].shape)}, expected {tuple(expected[k].shape)}"
+            )
         raise CheckpointError(f"{where}: weights do not match config.json: " + "; ".join(parts))
     import torch
 
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:  # NaN/inf weights would act silently wrong (every action NaN, or clipped)
-        raise CheckpointError(f"{where}: weights are not finite (NaN or inf in "
-                              f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+        raise CheckpointError(
+            f"{where}: weights are not finite (NaN or inf in "
+            f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+        )
     model.load_state_dict(tensors, strict=True)
 
 

@@ -18,12 +18,18 @@ from dtzoo import __version__
 from dtzoo.errors import DtzooError
 
 HELP = {"help_option_names": ["-h", "--help"]}
-app = typer.Typer(help="dtzoo: a model zoo and checkpoint hub for Decision Transformers.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP)
-data_app = typer.Typer(help="Datasets: prepare, inspect.", no_args_is_help=True,
-                       context_settings=HELP)
+app = typer.Typer(
+    help="dtzoo: a model zoo and checkpoint hub for Decision Transformers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings=HELP,
+)
+data_app = typer.Typer(
+    help="Datasets: prepare, inspect.", no_args_is_help=True, context_settings=HELP
+)
 app.add_typer(data_app, name="data")
 from dtzoo.cli_interp import interp_app  # noqa: E402 (typer only: cheap)
+
 app.add_typer(interp_app, name="interp")
 
 # wide tables when piped (rich would wrap them at 80 columns)
@@ -31,19 +37,56 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 GridOpt = Annotated[Optional[str], typer.Option("--grid", "-g", help="A grid from the registry.")]
-IdsArg = Annotated[Optional[list[str]], typer.Argument(help="Model ids, e.g. pendulum-1L-seed0.", show_default=False)]
-HubOpt = Annotated[Optional[Literal["hf", "local"]], typer.Option("--hub", help="hf (the Hugging Face Hub) or local (offline, under DTZOO_HOME); default $DTZOO_HUB or hf.", show_default=False)]
-OrgOpt = Annotated[Optional[str], typer.Option("--org", help="Hub org (default $DTZOO_ORG or hub.org).")]
+IdsArg = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Model ids, e.g. pendulum-1L-seed0.", show_default=False),
+]
+HubOpt = Annotated[
+    Optional[Literal["hf", "local"]],
+    typer.Option(
+        "--hub",
+        help="hf (the Hugging Face Hub) or local (offline, under DTZOO_HOME); "
+        "default $DTZOO_HUB or hf.",
+        show_default=False,
+    ),
+]
+OrgOpt = Annotated[
+    Optional[str], typer.Option("--org", help="Hub org (default $DTZOO_ORG or hub.org).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 # where the cells run (dtzoo.grid); shared by train and eval
-ExecOpt = Annotated[Literal["local", "ray", "slurm"], typer.Option("--executor", help="Where cells run: local, ray or slurm (submitit).")]
-RevisionOpt = Annotated[str, typer.Option("--revision", help="main, step<N> (a training-time checkpoint) or a commit.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="local: cells in N worker processes; slurm: at most N array tasks at once.")]
-AddressOpt = Annotated[Optional[str], typer.Option("--address", help="ray: ray://host:10001, auto, or none to start a local Ray.")]
+ExecOpt = Annotated[
+    Literal["local", "ray", "slurm"],
+    typer.Option("--executor", help="Where cells run: local, ray or slurm (submitit)."),
+]
+RevisionOpt = Annotated[
+    str, typer.Option("--revision", help="main, step<N> (a training-time checkpoint) or a commit.")
+]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="local: cells in N worker processes; slurm: at most N array tasks at once.",
+    ),
+]
+AddressOpt = Annotated[
+    Optional[str],
+    typer.Option("--address", help="ray: ray://host:10001, auto, or none to start a local Ray."),
+]
 CpusOpt = Annotated[float, typer.Option("--cpus-per-cell", min=0, help="ray/slurm: CPUs per cell.")]
-GpusOpt = Annotated[float, typer.Option("--gpus-per-cell", min=0, help="ray: GPUs per cell (a fraction shares one); slurm: GPUs per array task.")]
+GpusOpt = Annotated[
+    float,
+    typer.Option(
+        "--gpus-per-cell",
+        min=0,
+        help="ray: GPUs per cell (a fraction shares one); slurm: GPUs per array task.",
+    ),
+]
 PartitionOpt = Annotated[Optional[str], typer.Option("--partition", help="slurm: the partition.")]
-TimeOpt = Annotated[Optional[str], typer.Option("--time", help="slurm: time limit per cell, HH:MM.")]
+TimeOpt = Annotated[
+    Optional[str], typer.Option("--time", help="slurm: time limit per cell, HH:MM.")
+]
 
 MAX_EPISODES = 10_000  # per target return: a bound checked before any rollout is planned
 
@@ -57,9 +100,15 @@ def registry():
 
 
 def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err,
-                    transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
 
 
 def version_callback(value: bool) -> None:
@@ -70,10 +119,18 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    registry_file: Annotated[Optional[str], typer.Option(
-        "--registry", envvar="DTZOO_REGISTRY", help="Registry YAML (default: the bundled one).")] = None,
-    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    registry_file: Annotated[
+        Optional[str],
+        typer.Option(
+            "--registry", envvar="DTZOO_REGISTRY", help="Registry YAML (default: the bundled one)."
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
 ) -> None:
     global _registry_path
     _registry_path = registry_file
@@ -83,11 +140,24 @@ def main_options(
 
 
 @app.command("list")
-def list_cmd(model_id: Annotated[Optional[str], typer.Argument(help="One model (with --revisions).")] = None,
-             grid: GridOpt = None, hub: HubOpt = None, org: OrgOpt = None,
-             show_revisions: Annotated[bool, typer.Option("--revisions", help="List the model's revisions (step<N>, main).")] = False,
-             remote: Annotated[bool, typer.Option("--remote", help="What the hub's org holds: eval results from the model cards, missing / stale models.")] = False,
-             as_json: JsonOpt = False) -> None:
+def list_cmd(
+    model_id: Annotated[Optional[str], typer.Argument(help="One model (with --revisions).")] = None,
+    grid: GridOpt = None,
+    hub: HubOpt = None,
+    org: OrgOpt = None,
+    show_revisions: Annotated[
+        bool, typer.Option("--revisions", help="List the model's revisions (step<N>, main).")
+    ] = False,
+    remote: Annotated[
+        bool,
+        typer.Option(
+            "--remote",
+            help="What the hub's org holds: eval results from the model cards, "
+            "missing / stale models.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """The registry's model ids and their state (prepared / trained / evaluated / published)."""
     from dtzoo import zoo
 
@@ -98,7 +168,13 @@ def list_cmd(model_id: Annotated[Optional[str], typer.Argument(help="One model (
         if not model_id:
             raise typer.BadParameter("--revisions needs a MODEL_ID", param_hint="--revisions")
         return _print_revisions(zoo.revisions(model_id, reg, hub, org), model_id, as_json)
-    ids = [reg.resolve(model_id).model_id] if model_id else reg.grid(grid) if grid else reg.all_model_ids()
+    ids = (
+        [reg.resolve(model_id).model_id]
+        if model_id
+        else reg.grid(grid)
+        if grid
+        else reg.all_model_ids()
+    )
     published, why = zoo.published_ids_or_none(reg, hub, org)
     if published is None:
         print(f"note: published state unknown ({why})", file=sys.stderr)
@@ -109,9 +185,14 @@ def list_cmd(model_id: Annotated[Optional[str], typer.Argument(help="One model (
     table = Table("model", "prepared", "trained", "evaluated", "published", "step")
     mark = lambda b: "[green]yes[/]" if b else "[dim]-[/]"  # noqa: E731
     for s in states:
-        table.add_row(s.model_id, mark(s.prepared), mark(s.trained), mark(s.evaluated),
-                      "?" if s.published is None else mark(s.published),
-                      str(s.step if s.step is not None else ""))
+        table.add_row(
+            s.model_id,
+            mark(s.prepared),
+            mark(s.trained),
+            mark(s.evaluated),
+            "?" if s.published is None else mark(s.published),
+            str(s.step if s.step is not None else ""),
+        )
     out.print(table)
 
 
@@ -120,15 +201,27 @@ def _print_remote(rows: list[dict], as_json: bool) -> None:
         out.print_json(json.dumps(rows))
         return
     style = {"missing": "yellow", "stale": "red", "published": "green"}
-    table = Table("model", "status", "hub commit", "last modified", "target", "mean return",
-                  "norm. score", title="published models (eval results from their model cards)")
+    table = Table(
+        "model",
+        "status",
+        "hub commit",
+        "last modified",
+        "target",
+        "mean return",
+        "norm. score",
+        title="published models (eval results from their model cards)",
+    )
     num = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
     for r in rows:
         status = f"[{style.get(r['status'], 'dim')}]{r['status']}[/]"
         head = [r["model_id"], status, (r["sha"] or "")[:12], (r["last_modified"] or "")[:19]]
         for i, res in enumerate(r["results"] or [{}]):
-            table.add_row(*(head if i == 0 else [""] * 4), num(res.get("target_return")),
-                          num(res.get("mean_reward")), num(res.get("normalized_score")))
+            table.add_row(
+                *(head if i == 0 else [""] * 4),
+                num(res.get("target_return")),
+                num(res.get("mean_reward")),
+                num(res.get("normalized_score")),
+            )
     out.print(table)
 
 
@@ -146,8 +239,10 @@ def _print_revisions(revs: dict[str, dict], model_id: str, as_json: bool) -> Non
 
 
 @data_app.command("prepare")
-def data_prepare(envs: Annotated[list[str], typer.Argument(help="Env keys, e.g. pendulum.")],
-                 overwrite: Annotated[bool, typer.Option(help="Rebuild even if present.")] = False) -> None:
+def data_prepare(
+    envs: Annotated[list[str], typer.Argument(help="Env keys, e.g. pendulum.")],
+    overwrite: Annotated[bool, typer.Option(help="Rebuild even if present.")] = False,
+) -> None:
     """Make each env's dataset available locally (prepared here, or downloaded via Minari)."""
     from dtzoo import zoo
 
@@ -160,8 +255,10 @@ def data_prepare(envs: Annotated[list[str], typer.Argument(help="Env keys, e.g. 
 
 
 @data_app.command("info")
-def data_info(name: Annotated[str, typer.Argument(help="An env key or a Minari dataset id.")],
-              as_json: JsonOpt = False) -> None:
+def data_info(
+    name: Annotated[str, typer.Argument(help="An env key or a Minari dataset id.")],
+    as_json: JsonOpt = False,
+) -> None:
     """Episodes, steps, return distribution (with a histogram) and reference scores."""
     from dtzoo.data import dataset_summary
 
@@ -177,9 +274,14 @@ def data_info(name: Annotated[str, typer.Argument(help="An env key or a Minari d
         return
     r, ref = info["return"], info["ref_scores"]
     out.print(f"[bold]{info['dataset']}[/] ({info['gym_id']}, minari {info['minari_version']})")
-    out.print(f"episodes {info['episodes']}, steps {info['steps']}, episode length "
-              f"{info['episode_length']['min']}..{info['episode_length']['max']}")
-    out.print(f"return min {r['min']:.1f} / mean {r['mean']:.1f} / max {r['max']:.1f} (std {r['std']:.1f})")
+    out.print(
+        f"episodes {info['episodes']}, steps {info['steps']}, episode length "
+        f"{info['episode_length']['min']}..{info['episode_length']['max']}"
+    )
+    out.print(
+        f"return min {r['min']:.1f} / mean {r['mean']:.1f} / max {r['max']:.1f} "
+        f"(std {r['std']:.1f})"
+    )
     out.print(f"reference scores: random {ref.get('random')}, expert {ref.get('expert')}")
     counts, edges = info["histogram"]["counts"], info["histogram"]["edges"]
     width = max(counts) or 1
@@ -192,9 +294,15 @@ def data_collect(
     env: Annotated[str, typer.Argument(help="Env key from the registry (fixes the gym task).")],
     policy: Annotated[str, typer.Option(help="random, scripted, or a model id / model directory.")],
     episodes: Annotated[int, typer.Option(help="Number of episodes.", min=1, max=MAX_EPISODES)],
-    out_id: Annotated[str, typer.Option("--out", help="New Minari dataset id, e.g. me/pendulum/dt-v0.")],
-    noise: Annotated[Optional[list[str]], typer.Option(help="Noise levels (repeat or comma-separate).")] = None,
-    target_return: Annotated[Optional[float], typer.Option(help="Target return for a model policy.")] = None,
+    out_id: Annotated[
+        str, typer.Option("--out", help="New Minari dataset id, e.g. me/pendulum/dt-v0.")
+    ],
+    noise: Annotated[
+        Optional[list[str]], typer.Option(help="Noise levels (repeat or comma-separate).")
+    ] = None,
+    target_return: Annotated[
+        Optional[float], typer.Option(help="Target return for a model policy.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for env resets and noise.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset.")] = False,
 ) -> None:
@@ -203,24 +311,58 @@ def data_collect(
 
     levels = [float(x) for v in (noise or ["0"]) for x in v.split(",") if x.strip()]
     with err.status(f"collecting {episodes} episodes of {env} ..."):
-        info = zoo.collect(registry(), env, policy, episodes, levels, out_id, seed=seed,
-                           target_return=target_return, overwrite=overwrite)
-    out.print(f"{out_id}: {info['episodes']} episodes, {info['steps']} steps, return mean "
-              f"{info['return']['mean']:.1f} (min {info['return']['min']:.1f}, max {info['return']['max']:.1f})")
+        info = zoo.collect(
+            registry(),
+            env,
+            policy,
+            episodes,
+            levels,
+            out_id,
+            seed=seed,
+            target_return=target_return,
+            overwrite=overwrite,
+        )
+    out.print(
+        f"{out_id}: {info['episodes']} episodes, {info['steps']} steps, return mean "
+        f"{info['return']['mean']:.1f} (min {info['return']['min']:.1f}, "
+        f"max {info['return']['max']:.1f})"
+    )
 
 
 # ----------------------------------------------------------------------------- train / eval
 
 
 @app.command()
-def train(ids: IdsArg = None, grid: GridOpt = None,
-          steps: Annotated[Optional[int], typer.Option(help="Override the recipe's step count.", min=1)] = None,
-          device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Where to train.")] = "auto",
-          precision: Annotated[Optional[Literal["fp32", "bf16"]], typer.Option(help="bf16: bfloat16 autocast; default: the recipe's.", show_default=False)] = None,
-          checkpoints: Annotated[Optional[str], typer.Option("--checkpoints", help="Override the checkpoint schedule, e.g. log=16,evenly=20 (keys: log_until, every, log, evenly).", show_default=False)] = None,
-          executor_name: ExecOpt = "local", workers: WorkersOpt = 1, address: AddressOpt = None,
-          cpus_per_cell: CpusOpt = 1, gpus_per_cell: GpusOpt = 0, partition: PartitionOpt = None,
-          time_limit: TimeOpt = None) -> None:
+def train(
+    ids: IdsArg = None,
+    grid: GridOpt = None,
+    steps: Annotated[
+        Optional[int], typer.Option(help="Override the recipe's step count.", min=1)
+    ] = None,
+    device: Annotated[
+        Literal["auto", "cpu", "cuda"], typer.Option(help="Where to train.")
+    ] = "auto",
+    precision: Annotated[
+        Optional[Literal["fp32", "bf16"]],
+        typer.Option(help="bf16: bfloat16 autocast; default: the recipe's.", show_default=False),
+    ] = None,
+    checkpoints: Annotated[
+        Optional[str],
+        typer.Option(
+            "--checkpoints",
+            help="Override the checkpoint schedule, e.g. log=16,evenly=20 "
+            "(keys: log_until, every, log, evenly).",
+            show_default=False,
+        ),
+    ] = None,
+    executor_name: ExecOpt = "local",
+    workers: WorkersOpt = 1,
+    address: AddressOpt = None,
+    cpus_per_cell: CpusOpt = 1,
+    gpus_per_cell: GpusOpt = 0,
+    partition: PartitionOpt = None,
+    time_limit: TimeOpt = None,
+) -> None:
     """Train what is not trained yet; unfinished runs resume from their last checkpoint, and
     `--steps N` above a finished run's length extends it (the same weights as N steps at once)."""
     from dtzoo import grid as executor
@@ -233,46 +375,84 @@ def train(ids: IdsArg = None, grid: GridOpt = None,
         pick_device(device)
     reg = registry()
     specs = reg.select(grid, ids or [])
-    ex = executor.make_executor(executor_name, workers, address, cpus_per_cell, gpus_per_cell,
-                                partition, time_limit)
+    ex = executor.make_executor(
+        executor_name, workers, address, cpus_per_cell, gpus_per_cell, partition, time_limit
+    )
     if checkpoints:  # over the registry's schedule (global and per env)
         if not _in_process(ex):
-            raise typer.BadParameter("set the schedule in the registry for --executor/--workers",
-                                     param_hint="--checkpoints")
+            raise typer.BadParameter(
+                "set the schedule in the registry for --executor/--workers",
+                param_hint="--checkpoints",
+            )
         specs = with_checkpoints(specs, CheckpointSchedule.parse_override(checkpoints))
     if not _in_process(ex):
-        options = {"registry": str(reg.path.resolve()), "steps": steps, "device": device,
-                   "precision": precision}
+        options = {
+            "registry": str(reg.path.resolve()),
+            "steps": steps,
+            "device": device,
+            "precision": precision,
+        }
         return _report(_run_remote(ex, "train", specs, options), "trained")
     with progress_bar() as bar:
+
         def cell(spec):
             task = bar.add_task(spec.model_id, total=steps or spec.recipe.steps, info="")
 
             def tick(step: int, total: int, loss: float) -> None:
                 bar.update(task, completed=step, info=f"loss {loss:.4f}")
 
-            return zoo.train_cell(spec, reg, steps=steps, device=device, progress=tick,
-                                  precision=precision)
+            return zoo.train_cell(
+                spec, reg, steps=steps, device=device, progress=tick, precision=precision
+            )
 
         results = executor.run_cells(specs, cell, skip=executor.already_trained(steps), lock=True)
     _report(results, "trained")
 
 
-ModelsArg = Annotated[Optional[list[str]], typer.Argument(
-    help="Model ids trained here or on the hub (pendulum-1L-seed0), ORG/ID, or model directories.",
-    show_default=False)]
+ModelsArg = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        help="Model ids trained here or on the hub (pendulum-1L-seed0), ORG/ID, "
+        "or model directories.",
+        show_default=False,
+    ),
+]
 
 
 @app.command("eval")
-def eval_cmd(models: ModelsArg = None, grid: GridOpt = None, revision: RevisionOpt = "main",
-             episodes: Annotated[Optional[int], typer.Option(help="Episodes per target return.", min=1, max=MAX_EPISODES)] = None,
-             rtg_sweep: Annotated[bool, typer.Option("--rtg-sweep", help="Sweep target returns; writes rtg_sweep.json/.png.")] = False,
-             targets: Annotated[Optional[str], typer.Option(help="Sweep targets LO:HI:N (default: random score to 1.5x expert).")] = None,
-             revisions: Annotated[bool, typer.Option("--revisions", help="Every training-time checkpoint: return against training step (revisions.json/.png under $DTZOO_HOME/evals/revisions/<id>).")] = False,
-             hub: HubOpt = None, org: OrgOpt = None, as_json: JsonOpt = False,
-             executor_name: ExecOpt = "local", workers: WorkersOpt = 1, address: AddressOpt = None,
-             cpus_per_cell: CpusOpt = 1, gpus_per_cell: GpusOpt = 0, partition: PartitionOpt = None,
-             time_limit: TimeOpt = None) -> None:
+def eval_cmd(
+    models: ModelsArg = None,
+    grid: GridOpt = None,
+    revision: RevisionOpt = "main",
+    episodes: Annotated[
+        Optional[int], typer.Option(help="Episodes per target return.", min=1, max=MAX_EPISODES)
+    ] = None,
+    rtg_sweep: Annotated[
+        bool, typer.Option("--rtg-sweep", help="Sweep target returns; writes rtg_sweep.json/.png.")
+    ] = False,
+    targets: Annotated[
+        Optional[str],
+        typer.Option(help="Sweep targets LO:HI:N (default: random score to 1.5x expert)."),
+    ] = None,
+    revisions: Annotated[
+        bool,
+        typer.Option(
+            "--revisions",
+            help="Every training-time checkpoint: return against training step "
+            "(revisions.json/.png under $DTZOO_HOME/evals/revisions/<id>).",
+        ),
+    ] = False,
+    hub: HubOpt = None,
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+    executor_name: ExecOpt = "local",
+    workers: WorkersOpt = 1,
+    address: AddressOpt = None,
+    cpus_per_cell: CpusOpt = 1,
+    gpus_per_cell: GpusOpt = 0,
+    partition: PartitionOpt = None,
+    time_limit: TimeOpt = None,
+) -> None:
     """Roll models out at their target returns and print their leaderboard: models trained here,
     pulled from the hub (any org), or directories. Up-to-date results are reused."""
     from dtzoo import grid as executor
@@ -281,14 +461,17 @@ def eval_cmd(models: ModelsArg = None, grid: GridOpt = None, revision: RevisionO
 
     reg = registry()
     names = _model_names(reg, grid, models)
-    ex = executor.make_executor(executor_name, workers, address, cpus_per_cell, gpus_per_cell,
-                                partition, time_limit)
+    ex = executor.make_executor(
+        executor_name, workers, address, cpus_per_cell, gpus_per_cell, partition, time_limit
+    )
     if revisions:
         return _eval_revisions(names, reg, episodes, hub, org, as_json)
     if rtg_sweep or targets:
         if not _in_process(ex):
-            raise typer.BadParameter("--rtg-sweep runs in this process: drop --executor/--workers",
-                                     param_hint="--rtg-sweep")
+            raise typer.BadParameter(
+                "--rtg-sweep runs in this process: drop --executor/--workers",
+                param_hint="--rtg-sweep",
+            )
         return _sweep(names, reg, targets, episodes, revision, hub, org, as_json)
     if _in_process(ex):
         with progress_bar() as bar:
@@ -296,17 +479,20 @@ def eval_cmd(models: ModelsArg = None, grid: GridOpt = None, revision: RevisionO
 
             def cell(name: str):
                 bar.update(task, info=name)
-                outcome = zoo.eval_model(name, reg, revision=revision, episodes=episodes,
-                                         hub=hub, org=org)
+                outcome = zoo.eval_model(
+                    name, reg, revision=revision, episodes=episodes, hub=hub, org=org
+                )
                 bar.advance(task)
                 return outcome
 
             results = executor.run_cells(names, cell)
     else:  # workers re-resolve ids from the registry: models trained here
         if revision != "main" or any("/" in n for n in names):
-            raise typer.BadParameter("--executor/--workers evaluate registry models at main: "
-                                     "drop them for ORG/ID, directories or --revision",
-                                     param_hint="--executor")
+            raise typer.BadParameter(
+                "--executor/--workers evaluate registry models at main: "
+                "drop them for ORG/ID, directories or --revision",
+                param_hint="--executor",
+            )
         options = {"registry": str(reg.path.resolve()), "episodes": episodes}
         results = _run_remote(ex, "eval", [reg.resolve(n) for n in names], options)
     reports = [r.value for r in results if r.ok and r.value]
@@ -322,70 +508,125 @@ def _model_names(reg, grid: str | None, models: list[str] | None) -> list[str]:
     if grid and models:
         raise typer.BadParameter("give either --grid or models, not both", param_hint="--grid")
     if not grid and not models:
-        raise typer.BadParameter("nothing to do: give --grid NAME or models (ID, ORG/ID or a "
-                                 "directory)", param_hint="MODELS")
+        raise typer.BadParameter(
+            "nothing to do: give --grid NAME or models (ID, ORG/ID or a directory)",
+            param_hint="MODELS",
+        )
     return reg.grid(grid) if grid else list(models)
 
 
-def _eval_revisions(names: list[str], reg, episodes: int | None, hub: str | None,
-                    org: str | None, as_json: bool) -> None:
+def _eval_revisions(
+    names: list[str], reg, episodes: int | None, hub: str | None, org: str | None, as_json: bool
+) -> None:
     from dtzoo.dynamics import eval_revisions
 
     reports = []
     with progress_bar() as bar:
         for name in names:
             task = bar.add_task(f"{name} revisions", total=None, info="")
-            reports.append(eval_revisions(name, episodes, hub, org, reg, progress=lambda i, n:
-                                          bar.update(task, completed=i, total=n)))
+            reports.append(
+                eval_revisions(
+                    name,
+                    episodes,
+                    hub,
+                    org,
+                    reg,
+                    progress=lambda i, n: bar.update(task, completed=i, total=n),
+                )
+            )
     if as_json:
         return out.print_json(json.dumps(reports))
     for rep in reports:
         targets = [r["target_return"] for r in rep["revisions"][0]["results"]]
-        table = Table("step", *[f"return @ {t:g}" for t in targets],
-                      title=f"{rep['model_id']}: return against training step "
-                            f"({rep['episodes']} episodes)")
+        table = Table(
+            "step",
+            *[f"return @ {t:g}" for t in targets],
+            title=f"{rep['model_id']}: return against training step ({rep['episodes']} episodes)",
+        )
         for row in rep["revisions"]:
-            table.add_row(str(row["step"]), *[f"{r['return_mean']:.1f} ± {r['return_std']:.1f}"
-                                              for r in row["results"]])
+            table.add_row(
+                str(row["step"]),
+                *[f"{r['return_mean']:.1f} ± {r['return_std']:.1f}" for r in row["results"]],
+            )
         out.print(table)
         out.print(rep["files"]["png"])
 
 
-def _sweep(names: list[str], reg, targets: str | None, episodes: int | None, revision: str,
-           hub: str | None, org: str | None, as_json: bool) -> None:
+def _sweep(
+    names: list[str],
+    reg,
+    targets: str | None,
+    episodes: int | None,
+    revision: str,
+    hub: str | None,
+    org: str | None,
+    as_json: bool,
+) -> None:
     from dtzoo import grid as executor
     from dtzoo import zoo
     from dtzoo.evaluate import parse_targets, sweep_summary
 
     target_list = parse_targets(targets) if targets else None
     with progress_bar() as bar:
+
         def cell(name: str):
             task = bar.add_task(f"{name} rtg sweep", total=None, info="")
-            return zoo.sweep_model(name, reg, target_list, episodes, revision=revision, hub=hub,
-                                   org=org,
-                                   progress=lambda i, n: bar.update(task, completed=i, total=n))
+            return zoo.sweep_model(
+                name,
+                reg,
+                target_list,
+                episodes,
+                revision=revision,
+                hub=hub,
+                org=org,
+                progress=lambda i, n: bar.update(task, completed=i, total=n),
+            )
 
         results = executor.run_cells(names, cell)
     reports = [r.value for r in results if r.ok]
     if as_json:
         out.print_json(json.dumps(reports))
     for rep in [] if as_json else reports:
-        table = Table("target", "achieved", "± (episodes)", "norm. score",
-                      title=f"{rep['model_id']}: achieved vs target return")
+        table = Table(
+            "target",
+            "achieved",
+            "± (episodes)",
+            "norm. score",
+            title=f"{rep['model_id']}: achieved vs target return",
+        )
         for r in rep["results"]:
-            table.add_row(f"{r['target_return']:.1f}", f"{r['return_mean']:.1f}",
-                          f"{r['return_std']:.1f}", f"{r['normalized_mean']:.1f}")
+            table.add_row(
+                f"{r['target_return']:.1f}",
+                f"{r['return_mean']:.1f}",
+                f"{r['return_std']:.1f}",
+                f"{r['normalized_mean']:.1f}",
+            )
         out.print(table)
         out.print(sweep_summary(rep))  # the data's best, the expert, beyond the data
     _report(results, "swept", quiet=True)
 
 
 @app.command()
-def leaderboard(grid: GridOpt = None,
-                fmt: Annotated[Literal["table", "markdown", "csv", "json"], typer.Option("--format", "-f", help="Output format.")] = "table",
-                hub: Annotated[Optional[Literal["hf", "local"]], typer.Option("--hub", help="Rank what the hub's org published, from its model cards alone (no weights are downloaded); default: what was evaluated on this machine.", show_default=False)] = None,
-                org: OrgOpt = None,
-                plot: Annotated[Optional[str], typer.Option(help="Also write a PNG: score vs layers per env.")] = None) -> None:
+def leaderboard(
+    grid: GridOpt = None,
+    fmt: Annotated[
+        Literal["table", "markdown", "csv", "json"],
+        typer.Option("--format", "-f", help="Output format."),
+    ] = "table",
+    hub: Annotated[
+        Optional[Literal["hf", "local"]],
+        typer.Option(
+            "--hub",
+            help="Rank what the hub's org published, from its model cards alone (no weights "
+            "are downloaded); default: what was evaluated on this machine.",
+            show_default=False,
+        ),
+    ] = None,
+    org: OrgOpt = None,
+    plot: Annotated[
+        Optional[str], typer.Option(help="Also write a PNG: score vs layers per env.")
+    ] = None,
+) -> None:
     """Mean ± std over seeds for every env x layers x target return."""
     from pathlib import Path
 
@@ -396,8 +637,11 @@ def leaderboard(grid: GridOpt = None,
         raise typer.BadParameter(f"the folder of {plot} does not exist", param_hint="--plot")
     rows = zoo.leaderboard(registry(), grid, hub=hub, org=org)
     if not any(r["seeds"] for r in rows):
-        err.print("no published results for this grid yet" if hub else
-                  "no evaluated models yet: run `dtzoo eval --grid NAME` or `dtzoo eval ORG/ID`")
+        err.print(
+            "no published results for this grid yet"
+            if hub
+            else "no evaluated models yet: run `dtzoo eval --grid NAME` or `dtzoo eval ORG/ID`"
+        )
     if fmt == "table":
         _print_leaderboard(rows)
     else:
@@ -412,8 +656,10 @@ def leaderboard(grid: GridOpt = None,
 def _print_leaderboard(rows: list[dict]) -> None:
     from dtzoo.leaderboard import COLUMNS, HEADERS, format_cell
 
-    table = Table(*(HEADERS[c] for c in COLUMNS),
-                  title="leaderboard (mean ± std over seeds; seeds found/expected for a grid)")
+    table = Table(
+        *(HEADERS[c] for c in COLUMNS),
+        title="leaderboard (mean ± std over seeds; seeds found/expected for a grid)",
+    )
     for r in rows:
         table.add_row(*(format_cell(r, c) for c in COLUMNS))
     out.print(table)
@@ -423,13 +669,23 @@ def _print_leaderboard(rows: list[dict]) -> None:
 
 
 @app.command()
-def publish(ids: IdsArg = None, grid: GridOpt = None, hub: HubOpt = None, org: OrgOpt = None,
-            checkpoints: Annotated[bool, typer.Option("--checkpoints/--no-checkpoints", help="Also publish every training-time checkpoint as a step<N> revision.")] = True) -> None:
+def publish(
+    ids: IdsArg = None,
+    grid: GridOpt = None,
+    hub: HubOpt = None,
+    org: OrgOpt = None,
+    checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--checkpoints/--no-checkpoints",
+            help="Also publish every training-time checkpoint as a step<N> revision.",
+        ),
+    ] = True,
+) -> None:
     """Publish trained models: weights, config, card, plots, replay video and a transformers/
     folder, as `main` and one `step<N>` revision per training-time checkpoint."""
     from dtzoo import grid as executor
     from dtzoo import zoo
-
     from dtzoo.hub import get_hub, repo_id
 
     reg = registry()
@@ -448,18 +704,31 @@ def publish(ids: IdsArg = None, grid: GridOpt = None, hub: HubOpt = None, org: O
     table = Table("repo", "revision", "commit", "url", "status")
     for r in results:
         for p in r.value or []:
-            table.add_row(p.repo_id, p.revision, p.commit[:12], p.url,
-                          "unchanged (skipped)" if p.skipped else "published")
+            table.add_row(
+                p.repo_id,
+                p.revision,
+                p.commit[:12],
+                p.url,
+                "unchanged (skipped)" if p.skipped else "published",
+            )
     out.print(table)
     pushed = [p for r in results for p in (r.value or [])]
-    err.print(f"{sum(not p.skipped for p in pushed)} revisions published, "
-              f"{sum(p.skipped for p in pushed)} unchanged")
+    err.print(
+        f"{sum(not p.skipped for p in pushed)} revisions published, "
+        f"{sum(p.skipped for p in pushed)} unchanged"
+    )
     _report(results, "models processed", quiet=True)
 
 
 @app.command("pull")
-def pull_cmd(model_id: Annotated[str, typer.Argument(help="ID (in the default org) or ORG/ID, e.g. hopper-1L-seed0.")],
-             revision: RevisionOpt = "main", hub: HubOpt = None, org: OrgOpt = None) -> None:
+def pull_cmd(
+    model_id: Annotated[
+        str, typer.Argument(help="ID (in the default org) or ORG/ID, e.g. hopper-1L-seed0.")
+    ],
+    revision: RevisionOpt = "main",
+    hub: HubOpt = None,
+    org: OrgOpt = None,
+) -> None:
     """Download (cached, verified) any dtzoo model; the last line printed is its directory."""
     from dtzoo import zoo
 
@@ -468,10 +737,16 @@ def pull_cmd(model_id: Annotated[str, typer.Argument(help="ID (in the default or
 
 
 @app.command("export")
-def export_cmd(model: Annotated[str, typer.Argument(help="Model id, ORG/ID or model directory.")],
-               out_dir: Annotated[str, typer.Option("--out", help="Directory to write.")],
-               fmt: Annotated[Literal["transformers"], typer.Option("--format", help="Output format.")] = "transformers",
-               revision: RevisionOpt = "main", hub: HubOpt = None, org: OrgOpt = None) -> None:
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Model id, ORG/ID or model directory.")],
+    out_dir: Annotated[str, typer.Option("--out", help="Directory to write.")],
+    fmt: Annotated[
+        Literal["transformers"], typer.Option("--format", help="Output format.")
+    ] = "transformers",
+    revision: RevisionOpt = "main",
+    hub: HubOpt = None,
+    org: OrgOpt = None,
+) -> None:
     """Write a transformers DecisionTransformerModel directory (from_pretrained loads it)."""
     from dtzoo import zoo
 
@@ -479,17 +754,22 @@ def export_cmd(model: Annotated[str, typer.Argument(help="Model id, ORG/ID or mo
 
 
 @app.command("import")
-def import_cmd(src: Annotated[str, typer.Argument(help="A transformers DT checkpoint directory.")],
-               env: Annotated[str, typer.Option(help="Registry env the model acts in.")],
-               name: Annotated[str, typer.Option(help="Model id to give it, e.g. hopper-3L-seed0.")]) -> None:
+def import_cmd(
+    src: Annotated[str, typer.Argument(help="A transformers DT checkpoint directory.")],
+    env: Annotated[str, typer.Option(help="Registry env the model acts in.")],
+    name: Annotated[str, typer.Option(help="Model id to give it, e.g. hopper-3L-seed0.")],
+) -> None:
     """Turn a transformers DecisionTransformerModel checkpoint into a dtzoo model."""
     from pathlib import Path
 
     from dtzoo import zoo
 
     if not Path(src).is_dir():
-        raise typer.BadParameter(f"{src} is not a directory (download it first, e.g. with "
-                                 "`hf download REPO --local-dir DIR`)", param_hint="SRC")
+        raise typer.BadParameter(
+            f"{src} is not a directory (download it first, e.g. with "
+            "`hf download REPO --local-dir DIR`)",
+            param_hint="SRC",
+        )
     print(zoo.import_model(Path(src), env, name, registry()))
 
 
@@ -497,24 +777,40 @@ def import_cmd(src: Annotated[str, typer.Argument(help="A transformers DT checkp
 
 
 @app.command("status")
-def status_cmd(ids: IdsArg = None, grid: GridOpt = None, hub: HubOpt = None, org: OrgOpt = None,
-               as_json: JsonOpt = False) -> None:
+def status_cmd(
+    ids: IdsArg = None,
+    grid: GridOpt = None,
+    hub: HubOpt = None,
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Every cell's state from the files in DTZOO_HOME: pending, running, trained, evaluated,
     published."""
     from dtzoo import zoo
 
     reg = registry()
-    model_ids = [s.model_id for s in reg.select(grid, ids or [])] if grid or ids else reg.all_model_ids()
+    model_ids = (
+        [s.model_id for s in reg.select(grid, ids or [])] if grid or ids else reg.all_model_ids()
+    )
     rows = zoo.grid_status(reg, model_ids, hub=hub, org=org)
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    style = {"pending": "dim", "running": "yellow", "trained": "cyan", "evaluated": "blue",
-             "published": "green"}
+    style = {
+        "pending": "dim",
+        "running": "yellow",
+        "trained": "cyan",
+        "evaluated": "blue",
+        "published": "green",
+    }
     table = Table("model", "state", "step", "detail", title=f"status ({grid or 'all'})")
     for r in rows:
-        table.add_row(r["model_id"], f"[{style[r['state']]}]{r['state']}[/]",
-                      "" if r["step"] is None else str(r["step"]), r["detail"])
+        table.add_row(
+            r["model_id"],
+            f"[{style[r['state']]}]{r['state']}[/]",
+            "" if r["step"] is None else str(r["step"]),
+            r["detail"],
+        )
     out.print(table)
     counts = {k: sum(r["state"] == k for r in rows) for k in style}
     err.print(", ".join(f"{n} {k}" for k, n in counts.items()))
@@ -530,8 +826,10 @@ def _in_process(ex) -> bool:
 def _run_remote(ex, kind: str, specs, options: dict):
     """Hand the cells to the executor; a bar counts finished cells."""
     if ex.name == "slurm" and ex.cluster_name() != "slurm":  # plain print: one line
-        print("note: no SLURM here (sbatch not found): submitit runs the cells as local "
-              "subprocesses", file=sys.stderr)
+        print(
+            "note: no SLURM here (sbatch not found): submitit runs the cells as local subprocesses",
+            file=sys.stderr,
+        )
     with progress_bar() as bar:
         task = bar.add_task(f"{kind} ({ex.name})", total=len(specs), info="")
 
@@ -550,7 +848,10 @@ def _report(results, verb: str, quiet: bool = False) -> None:
     for r in failed:  # plain print: one line each, however narrow the terminal
         print(f"{r.model_id} failed: {r.detail}", file=sys.stderr)
     done = sum(r.status in ("done", "resumed") for r in results)
-    err.print(f"{done} {verb}, {sum(r.status == 'skipped' for r in results)} skipped, {len(failed)} failed")
+    err.print(
+        f"{done} {verb}, {sum(r.status == 'skipped' for r in results)} skipped, "
+        f"{len(failed)} failed"
+    )
     if failed:
         raise typer.Exit(1)
 

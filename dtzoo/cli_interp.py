@@ -15,26 +15,41 @@ from typing import Annotated, Optional
 
 import typer
 
-interp_app = typer.Typer(help="Interpretability: activation patching, RTG scan, direct "
-                              "attribution, attention (TransformerLens-compatible hooks).",
-                         no_args_is_help=True)
+interp_app = typer.Typer(
+    help="Interpretability: activation patching, RTG scan, direct "
+    "attribution, attention (TransformerLens-compatible hooks).",
+    no_args_is_help=True,
+)
 
-ModelArg = Annotated[str, typer.Argument(help="A model id, ORG/ID, or a model directory.",
-                                         show_default=False)]
-OutOpt = Annotated[Optional[Path], typer.Option(
-    "--out", help="Output directory (default ./interp/<model id>[@revision]).")]
+ModelArg = Annotated[
+    str, typer.Argument(help="A model id, ORG/ID, or a model directory.", show_default=False)
+]
+OutOpt = Annotated[
+    Optional[Path],
+    typer.Option("--out", help="Output directory (default ./interp/<model id>[@revision])."),
+]
 RevisionOpt = Annotated[str, typer.Option("--revision", help="main or step<N>.")]
-HubOpt = Annotated[Optional[str], typer.Option(
-    "--hub", help="local or hf (default $DTZOO_HUB or local).")]
-OrgOpt = Annotated[Optional[str], typer.Option(
-    "--org", help="Hub org (default $DTZOO_ORG or hub.org).")]
+HubOpt = Annotated[
+    Optional[str], typer.Option("--hub", help="local or hf (default $DTZOO_HUB or local).")
+]
+OrgOpt = Annotated[
+    Optional[str], typer.Option("--org", help="Hub org (default $DTZOO_ORG or hub.org).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
-AtOpt = Annotated[Optional[int], typer.Option(
-    "--at", min=0, help="Episode step whose context window is analysed (default: context_len; "
-                        "patch: the step where the two returns-to-go change the action most).")]
+AtOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--at",
+        min=0,
+        help="Episode step whose context window is analysed (default: context_len; "
+        "patch: the step where the two returns-to-go change the action most).",
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Env seed of the rollout.")]
-TargetOpt = Annotated[Optional[float], typer.Option(
-    "--target", help="Target return of the rollout (default: the model's first).")]
+TargetOpt = Annotated[
+    Optional[float],
+    typer.Option("--target", help="Target return of the rollout (default: the model's first)."),
+]
 
 
 def load_model(model: str, revision: str, hub: Optional[str], org: Optional[str]):
@@ -70,11 +85,17 @@ def emit(result: dict, as_json: bool, lines: list[str]) -> None:
 @interp_app.command("patch")
 def patch_cmd(
     model: ModelArg,
-    source: Annotated[float, typer.Option(
-        "--from", help="Target return whose activations are patched in.")],
+    source: Annotated[
+        float, typer.Option("--from", help="Target return whose activations are patched in.")
+    ],
     dest: Annotated[float, typer.Option("--to", help="Target return of the run patched into.")],
-    at: AtOpt = None, seed: SeedOpt = 0, out: OutOpt = None, revision: RevisionOpt = "main",
-    hub: HubOpt = None, org: OrgOpt = None, as_json: JsonOpt = False,
+    at: AtOpt = None,
+    seed: SeedOpt = 0,
+    out: OutOpt = None,
+    revision: RevisionOpt = "main",
+    hub: HubOpt = None,
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Activation patching between two returns-to-go on a real rollout.
 
@@ -90,21 +111,38 @@ def patch_cmd(
     r = interp.patch(m, source, dest, at=at, seed=seed, out_dir=out_dir(m, out, revision))
     top = r["top"][:5]
     if r["action_change"] < 1e-3:  # plain print to stderr: one line
-        print(f"note: the action changes by only {r['action_change']:.1e} here: the shares are "
-              "noisy; try another --at or targets further apart", file=sys.stderr)
-    emit(r, as_json, [f"action at RTG {source:g}: {fmt(r['action_from'])}, at {dest:g}: "
-                      f"{fmt(r['action_to'])}"] +
-         [f"  {t['hook']:<28} {t['kind']} t={t['step']:<4} recovers {t['recovered']:+.3f}"
-          for t in top])
+        print(
+            f"note: the action changes by only {r['action_change']:.1e} here: the shares are "
+            "noisy; try another --at or targets further apart",
+            file=sys.stderr,
+        )
+    emit(
+        r,
+        as_json,
+        [f"action at RTG {source:g}: {fmt(r['action_from'])}, at {dest:g}: {fmt(r['action_to'])}"]
+        + [
+            f"  {t['hook']:<28} {t['kind']} t={t['step']:<4} recovers {t['recovered']:+.3f}"
+            for t in top
+        ],
+    )
 
 
 @interp_app.command("rtg-scan")
 def rtg_scan_cmd(
     model: ModelArg,
-    targets: Annotated[Optional[str], typer.Option(
-        "--targets", help="LO:HI:N target returns (default: random score to 1.5x expert).")] = None,
-    at: AtOpt = None, seed: SeedOpt = 0, target: TargetOpt = None, out: OutOpt = None,
-    revision: RevisionOpt = "main", hub: HubOpt = None, org: OrgOpt = None,
+    targets: Annotated[
+        Optional[str],
+        typer.Option(
+            "--targets", help="LO:HI:N target returns (default: random score to 1.5x expert)."
+        ),
+    ] = None,
+    at: AtOpt = None,
+    seed: SeedOpt = 0,
+    target: TargetOpt = None,
+    out: OutOpt = None,
+    revision: RevisionOpt = "main",
+    hub: HubOpt = None,
+    org: OrgOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """In-context RTG scan: action and attention as the return-to-go varies.
@@ -116,16 +154,26 @@ def rtg_scan_cmd(
     m = load_model(model, revision, hub, org)
     from dtzoo import interp
 
-    r = interp.rtg_scan(m, targets=spec, at=at, seed=seed, target=target,
-                        out_dir=out_dir(m, out, revision))
-    emit(r, as_json, [f"target {t:>10.1f}  action {fmt(a)}"
-                      for t, a in zip(r["targets"], r["actions"])])
+    r = interp.rtg_scan(
+        m, targets=spec, at=at, seed=seed, target=target, out_dir=out_dir(m, out, revision)
+    )
+    emit(
+        r,
+        as_json,
+        [f"target {t:>10.1f}  action {fmt(a)}" for t, a in zip(r["targets"], r["actions"])],
+    )
 
 
 @interp_app.command("attribute")
 def attribute_cmd(
-    model: ModelArg, at: AtOpt = None, seed: SeedOpt = 0, target: TargetOpt = None,
-    out: OutOpt = None, revision: RevisionOpt = "main", hub: HubOpt = None, org: OrgOpt = None,
+    model: ModelArg,
+    at: AtOpt = None,
+    seed: SeedOpt = 0,
+    target: TargetOpt = None,
+    out: OutOpt = None,
+    revision: RevisionOpt = "main",
+    hub: HubOpt = None,
+    org: OrgOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Direct action attribution per component (embeddings, heads, MLPs, biases).
@@ -142,8 +190,14 @@ def attribute_cmd(
 
 @interp_app.command("attention")
 def attention_cmd(
-    model: ModelArg, at: AtOpt = None, seed: SeedOpt = 0, target: TargetOpt = None,
-    out: OutOpt = None, revision: RevisionOpt = "main", hub: HubOpt = None, org: OrgOpt = None,
+    model: ModelArg,
+    at: AtOpt = None,
+    seed: SeedOpt = 0,
+    target: TargetOpt = None,
+    out: OutOpt = None,
+    revision: RevisionOpt = "main",
+    hub: HubOpt = None,
+    org: OrgOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Attention summaries by token kind (R/s/a), per layer and head.
@@ -156,24 +210,36 @@ def attention_cmd(
     r = interp.attention(m, at=at, seed=seed, target=target, out_dir=out_dir(m, out, revision))
     lines = []
     for head in r["heads"]:
-        lines.append(f"L{head['layer']}H{head['head']}: state token attends "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in head["by_kind"]["s"].items())
-                     + f"; own step {head['own_step']['s']:.2f}")
+        lines.append(
+            f"L{head['layer']}H{head['head']}: state token attends "
+            + ", ".join(f"{k} {v:.2f}" for k, v in head["by_kind"]["s"].items())
+            + f"; own step {head['own_step']['s']:.2f}"
+        )
     emit(r, as_json, lines)
 
 
 @interp_app.command("probe")
 def probe_cmd(
     model: ModelArg,
-    targets: Annotated[list[str], typer.Option(
-        "--target", help="rtg, timestep, action or state\\[i] (repeatable).")] = ["rtg"],  # noqa: B006
-    hooks: Annotated[Optional[list[str]], typer.Option(
-        "--hook", help="Hook point (repeatable; default: resid_pre of block 0 and every "
-                       "resid_post).")] = None,
+    targets: Annotated[
+        list[str],
+        typer.Option("--target", help="rtg, timestep, action or state\\[i] (repeatable)."),
+    ] = ["rtg"],  # noqa: B006
+    hooks: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--hook",
+            help="Hook point (repeatable; default: resid_pre of block 0 and every resid_post).",
+        ),
+    ] = None,
     token: Annotated[str, typer.Option("--token", help="Token read: R, s or a.")] = "s",
-    source: Annotated[str, typer.Option(
-        "--source", help="auto, data (held-out episodes) or rollout.")] = "auto",
-    out: OutOpt = None, hub: HubOpt = None, org: OrgOpt = None, as_json: JsonOpt = False,
+    source: Annotated[
+        str, typer.Option("--source", help="auto, data (held-out episodes) or rollout.")
+    ] = "auto",
+    out: OutOpt = None,
+    hub: HubOpt = None,
+    org: OrgOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Linear probes at every revision: R² (accuracy for discrete actions) against step.
 
@@ -181,29 +247,46 @@ def probe_cmd(
     the episodes and scored on the rest. Writes probe.json and probe.png."""
     from dtzoo.dynamics import write_probe_report
 
-    r = write_probe_report(model, targets, hooks, token=token, source=source, out_dir=out,
-                           hub=hub, org=org)
-    lines = [f"{len(r['steps'])} revisions (steps {r['steps'][0]}..{r['steps'][-1]}); "
-             f"{r['source']}"]
+    r = write_probe_report(
+        model, targets, hooks, token=token, source=source, out_dir=out, hub=hub, org=org
+    )
+    lines = [
+        f"{len(r['steps'])} revisions (steps {r['steps'][0]}..{r['steps'][-1]}); {r['source']}"
+    ]
     for h in r["hooks"]:
         for t in r["targets"]:
             s = r["scores"][h][t]
-            lines.append(f"  {h:<28} {t:<10} {r['metric'][t]} first {s[0]:+.3f} "
-                         f"final {s[-1]:+.3f} best {max(s):+.3f}")
+            lines.append(
+                f"  {h:<28} {t:<10} {r['metric'][t]} first {s[0]:+.3f} "
+                f"final {s[-1]:+.3f} best {max(s):+.3f}"
+            )
     emit(r, as_json, lines)
 
 
 @interp_app.command("report")
 def report_cmd(
     model: ModelArg,
-    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
-    episodes: Annotated[int, typer.Option("--episodes", min=1, help="Episodes per sweep target.")] = 3,
-    targets: Annotated[Optional[str], typer.Option(
-        "--targets", help="Sweep targets LO:HI:N (default: random score to 1.5x expert).")] = None,
-    probe_targets: Annotated[str, typer.Option(
-        "--probe-targets", help="Comma-separated probe targets.")] = "rtg,timestep",
-    no_probes: Annotated[bool, typer.Option("--no-probes", help="Skip probes across training.")] = False,
-    seed: SeedOpt = 0, hub: HubOpt = None, org: OrgOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path(
+        "report.html"
+    ),
+    episodes: Annotated[
+        int, typer.Option("--episodes", min=1, help="Episodes per sweep target.")
+    ] = 3,
+    targets: Annotated[
+        Optional[str],
+        typer.Option(
+            "--targets", help="Sweep targets LO:HI:N (default: random score to 1.5x expert)."
+        ),
+    ] = None,
+    probe_targets: Annotated[
+        str, typer.Option("--probe-targets", help="Comma-separated probe targets.")
+    ] = "rtg,timestep",
+    no_probes: Annotated[
+        bool, typer.Option("--no-probes", help="Skip probes across training.")
+    ] = False,
+    seed: SeedOpt = 0,
+    hub: HubOpt = None,
+    org: OrgOpt = None,
 ) -> None:
     """One self-contained HTML page: attention on a rollout, RTG sweep, patching, probes."""
     from rich.console import Console
@@ -212,11 +295,18 @@ def report_cmd(
     from dtzoo.report import write_report
 
     err = Console(stderr=True)
-    path = write_report(model, out, note=lambda m: err.print(f"report: {m}"), hub=hub, org=org,
-                        episodes=episodes, seed=seed,
-                        targets=parse_targets(targets) if targets else None,
-                        probe_targets=tuple(t for t in probe_targets.split(",") if t),
-                        probes=not no_probes)
+    path = write_report(
+        model,
+        out,
+        note=lambda m: err.print(f"report: {m}"),
+        hub=hub,
+        org=org,
+        episodes=episodes,
+        seed=seed,
+        targets=parse_targets(targets) if targets else None,
+        probe_targets=tuple(t for t in probe_targets.split(",") if t),
+        probes=not no_probes,
+    )
     print(path)
 
 

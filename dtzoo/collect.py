@@ -474,8 +474,13 @@ def returns_by_noise(episodes: Sequence) -> dict[float, float]:
     return {float(x): float(rets[lv == x].mean()) for x in order}
 
 
-def measure_reference_scores(gym_id: str, episodes: int = 20, seed: int = 0,
-                             obs: str = "vector", max_episode_steps: int | None = None) -> dict[str, float]:
+def measure_reference_scores(
+    gym_id: str,
+    episodes: int = 20,
+    seed: int = 0,
+    obs: str = "vector",
+    max_episode_steps: int | None = None,
+) -> dict[str, float]:
     """Mean return of a uniform random policy and of the noiseless scripted expert.
 
         >>> measure_reference_scores("CartPole-v1", episodes=20)
@@ -532,7 +537,8 @@ def prepare_dataset(
     If the dataset already exists it is returned as is (a warning says so when it was made
     with other arguments) unless ``overwrite=True``. ``obs`` picks the observation kind (the
     env comes from dtzoo.observations.make_env and the dataset stores its preprocessed
-    observations; the recorded env spec is the unwrapped one). ``policy`` is "scripted", "random" or a
+    observations; the recorded env spec is the unwrapped one). ``policy`` is "scripted",
+    "random" or a
     batched callable. Reference scores (random and noiseless-expert mean returns over 100
     episodes) are stored as ``ref_min_score`` / ``ref_max_score`` when the env has a scripted
     expert; the collection arguments are stored under the metadata key ``dtzoo_collect``.

@@ -198,9 +198,11 @@ def to_transformers(
     """
     cfg = model.cfg
     if cfg.state_encoder != "linear":
-        raise CheckpointError(f"state encoder {cfg.state_encoder!r} has no transformers equivalent: "
-                              "transformers' DecisionTransformerModel embeds states with one "
-                              "nn.Linear, so only vector-state models can be exported")
+        raise CheckpointError(
+            f"state encoder {cfg.state_encoder!r} has no transformers equivalent: "
+            "transformers' DecisionTransformerModel embeds states with one "
+            "nn.Linear, so only vector-state models can be exported"
+        )
     transformers = _import_transformers()
     if cfg.activation not in _ACT_TO_HF:
         raise CheckpointError(f"activation {cfg.activation!r} has no transformers equivalent")

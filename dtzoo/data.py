@@ -1,8 +1,8 @@
 """Minari datasets -> flat arrays, normalisation statistics and vectorised batch sampling.
 
-    >>> data = load_trajectories("dtzoo/pendulum/scripted-v0")
-    >>> sampler = SegmentSampler(data, context_len=20, max_ep_len=200, reward_scale=100, seed=0)
-    >>> batch = sampler.sample(64)        # dict of numpy arrays, left-padded, with a mask
+>>> data = load_trajectories("dtzoo/pendulum/scripted-v0")
+>>> sampler = SegmentSampler(data, context_len=20, max_ep_len=200, reward_scale=100, seed=0)
+>>> batch = sampler.sample(64)        # dict of numpy arrays, left-padded, with a mask
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ class ActionSpace:
             if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
                 # actions are mapped onto the model's tanh range [-1, 1]: bounds are required
                 raise DatasetError(f"unsupported action space {space}: a Box needs finite bounds")
-            return cls("box", low=space.low.astype(float).tolist(), high=space.high.astype(float).tolist())
+            return cls(
+                "box", low=space.low.astype(float).tolist(), high=space.high.astype(float).tolist()
+            )
         raise DatasetError(f"unsupported action space {space}: dtzoo handles Box(1-d) and Discrete")
 
     def to_model(self, actions: np.ndarray) -> np.ndarray:
@@ -161,8 +163,10 @@ def load_trajectories(dataset_id: str, obs_kind: str = "vector") -> Trajectories
     for ep in ds.iterate_episodes():
         o = transform(obs_kind, ep.observations)
         if obs_kind == "vector" and o.ndim != 2:
-            raise DatasetError(f"dataset {dataset_id!r}: episode {ep.id} observations have shape "
-                               f"{o.shape}; dtzoo needs flat vector observations")
+            raise DatasetError(
+                f"dataset {dataset_id!r}: episode {ep.id} observations have shape "
+                f"{o.shape}; dtzoo needs flat vector observations"
+            )
         T = len(ep.actions)
         obs.append(o[:T])
         acts.append(np.asarray(ep.actions).reshape(T, -1))
@@ -175,7 +179,11 @@ def load_trajectories(dataset_id: str, obs_kind: str = "vector") -> Trajectories
         observations = observations.astype(np.float32)
     raw_actions = np.concatenate(acts)
     rewards = np.concatenate(rews)
-    for name, arr in (("observations", observations), ("actions", raw_actions), ("rewards", rewards)):
+    for name, arr in (
+        ("observations", observations),
+        ("actions", raw_actions),
+        ("rewards", rewards),
+    ):
         if not np.isfinite(arr).all():
             raise DatasetError(f"dataset {dataset_id!r}: {name} contain NaN or inf")
     lengths_arr = np.asarray(lengths, dtype=np.int64)
@@ -217,10 +225,17 @@ class SegmentSampler:
     the model scales by 1/255. Memory stays one uint8 frame per stored step.
     """
 
-    def __init__(self, data: Trajectories, context_len: int, max_ep_len: int,
-                 reward_scale: float, seed: int,
-                 state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None,
-                 frame_stack: int = 1):
+    def __init__(
+        self,
+        data: Trajectories,
+        context_len: int,
+        max_ep_len: int,
+        reward_scale: float,
+        seed: int,
+        state_mean: np.ndarray | None = None,
+        state_std: np.ndarray | None = None,
+        frame_stack: int = 1,
+    ):
         self.data, self.K, self.max_ep_len, self.scale = data, context_len, max_ep_len, reward_scale
         self.frame_stack = frame_stack
         if data.image:
@@ -262,7 +277,9 @@ class SegmentSampler:
         return {
             "states": self._states(idx, d.starts[ep], mask),
             "actions": np.where(mask[..., None], d.actions[idx], pad_action).astype(np.float32),
-            "returns_to_go": np.where(mask, self.rtg[idx] / self.scale, 0.0).astype(np.float32)[..., None],
+            "returns_to_go": np.where(mask, self.rtg[idx] / self.scale, 0.0).astype(np.float32)[
+                ..., None
+            ],
             "timesteps": np.where(mask, np.minimum(self.t_in_ep[idx], self.max_ep_len - 1), 0),
             "mask": mask,
         }
@@ -287,7 +304,7 @@ def _returns_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray)
     r = rewards.astype(np.float64)
     out = np.zeros(len(r), np.float64)
     for s, n in zip(starts.tolist(), lengths.tolist()):
-        out[s:s + n] = np.cumsum(r[s:s + n][::-1])[::-1]
+        out[s : s + n] = np.cumsum(r[s : s + n][::-1])[::-1]
     return out.astype(np.float32)
 
 
@@ -306,13 +323,17 @@ def check_matches_env(data: Trajectories, gym_id: str, obs_kind: str = "vector")
         env.close()
     want, have = int(np.prod(obs_shape or (0,))), int(np.prod(data.observations.shape[1:]))
     if want != have:
-        raise DatasetError(f"dataset {data.dataset_id!r} has observations of size {have}, but "
-                           f"{gym_id} gives {want}: the registry pairs this env with another "
-                           "env's dataset")
+        raise DatasetError(
+            f"dataset {data.dataset_id!r} has observations of size {have}, but "
+            f"{gym_id} gives {want}: the registry pairs this env with another "
+            "env's dataset"
+        )
     if (space.kind, space.dim) != (data.action_space.kind, data.action_space.dim):
-        raise DatasetError(f"dataset {data.dataset_id!r} has {data.action_space.kind} actions of "
-                           f"size {data.action_space.dim}, but {gym_id} takes {space.kind} "
-                           f"actions of size {space.dim}")
+        raise DatasetError(
+            f"dataset {data.dataset_id!r} has {data.action_space.kind} actions of "
+            f"size {data.action_space.dim}, but {gym_id} takes {space.kind} "
+            f"actions of size {space.dim}"
+        )
 
 
 def dataset_summary(dataset_id: str, bins: int = 10, obs_kind: str = "vector") -> dict[str, Any]:
@@ -328,10 +349,17 @@ def dataset_summary(dataset_id: str, bins: int = 10, obs_kind: str = "vector") -
         "gym_id": data.gym_id,
         "episodes": int(len(data.lengths)),
         "steps": int(data.lengths.sum()),
-        "episode_length": {"min": int(data.lengths.min()), "mean": float(data.lengths.mean()),
-                           "max": int(data.lengths.max())},
-        "return": {"min": float(rets.min()), "mean": float(rets.mean()),
-                   "std": float(rets.std()), "max": float(rets.max())},
+        "episode_length": {
+            "min": int(data.lengths.min()),
+            "mean": float(data.lengths.mean()),
+            "max": int(data.lengths.max()),
+        },
+        "return": {
+            "min": float(rets.min()),
+            "mean": float(rets.mean()),
+            "std": float(rets.std()),
+            "max": float(rets.max()),
+        },
         "histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
         "ref_scores": {"random": meta.get("ref_min_score"), "expert": meta.get("ref_max_score")},
         "state_dim": data.state_dim,

@@ -43,8 +43,9 @@ def held_out_episodes(n_episodes: int, fraction: float, seed: int) -> np.ndarray
     return np.sort(rng.permutation(n_episodes)[:n]).astype(np.int64)
 
 
-def episode_segments(lengths: np.ndarray, episodes: np.ndarray, context_len: int,
-                     limit: int = MAX_VAL_SEGMENTS) -> tuple[np.ndarray, np.ndarray]:
+def episode_segments(
+    lengths: np.ndarray, episodes: np.ndarray, context_len: int, limit: int = MAX_VAL_SEGMENTS
+) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping windows (start 0, K, 2K, ...) tiling each listed episode, thinned evenly
     to at most `limit`: (episode index, start index) arrays for `SegmentSampler.segments`."""
     ep = [np.full(-(-int(lengths[e]) // context_len), e) for e in episodes]
@@ -60,8 +61,9 @@ def episode_segments(lengths: np.ndarray, episodes: np.ndarray, context_len: int
 # ----------------------------------------------------------------------------- revisions
 
 
-def revision_dirs(model: str | os.PathLike, hub: str | None = None, org: str | None = None,
-                  registry=None) -> list[tuple[int, Path | str]]:
+def revision_dirs(
+    model: str | os.PathLike, hub: str | None = None, org: str | None = None, registry=None
+) -> list[tuple[int, Path | str]]:
     """(step, model directory or hub revision name) of every revision, in step order.
 
     A directory: its `checkpoints/step<N>` (and the directory itself when its step is not
@@ -72,12 +74,18 @@ def revision_dirs(model: str | os.PathLike, hub: str | None = None, org: str | N
     from dtzoo.registry import MODEL_ID_RE
 
     path = Path(os.path.expanduser(str(model)))
-    if (not path.is_dir() and MODEL_ID_RE.fullmatch(str(model))
-            and paths.run_dir(str(model)).is_dir()):
+    if (
+        not path.is_dir()
+        and MODEL_ID_RE.fullmatch(str(model))
+        and paths.run_dir(str(model)).is_dir()
+    ):
         path = paths.run_dir(str(model))
     if path.is_dir():
-        found = {int(p.name[4:]): p for p in (path / "checkpoints").glob("step*")
-                 if p.name[4:].isdigit() and (p / "config.json").is_file()}
+        found = {
+            int(p.name[4:]): p
+            for p in (path / "checkpoints").glob("step*")
+            if p.name[4:].isdigit() and (p / "config.json").is_file()
+        }
         if (path / "config.json").is_file():
             found.setdefault(read_config(path).step, path)
         if not found:
@@ -100,8 +108,14 @@ def _registry(registry):
     return registry if registry is not None else load_registry()
 
 
-def load_model_ref(model: str | os.PathLike, revision: str = "main", hub: str | None = None,
-                   org: str | None = None, device: str = "cpu", registry=None):
+def load_model_ref(
+    model: str | os.PathLike,
+    revision: str = "main",
+    hub: str | None = None,
+    org: str | None = None,
+    device: str = "cpu",
+    registry=None,
+):
     """`dtzoo.load` with an already loaded registry: the model, ModelConfig at `model.config`."""
     from dtzoo.checkpoint import load_model
     from dtzoo.locate import locate
@@ -112,8 +126,13 @@ def load_model_ref(model: str | os.PathLike, revision: str = "main", hub: str | 
     return net
 
 
-def revisions(model: str | os.PathLike, hub: str | None = None, org: str | None = None,
-              device: str = "cpu", registry=None) -> Iterator[tuple[int, torch.nn.Module]]:
+def revisions(
+    model: str | os.PathLike,
+    hub: str | None = None,
+    org: str | None = None,
+    device: str = "cpu",
+    registry=None,
+) -> Iterator[tuple[int, torch.nn.Module]]:
     """Yield `(step, model)` for every training-time checkpoint, in step order, loading one
     at a time (each model has its ModelConfig at `model.config`; the last one is `main`).
 
@@ -141,7 +160,7 @@ def _load_revision(model, where: Path | str, hub, org, device: str, registry):
 
 
 def parse_target(target: str) -> tuple[str, int | None]:
-    """"rtg" | "timestep" | "action" | "state[i]" -> (kind, index)."""
+    """ "rtg" | "timestep" | "action" | "state[i]" -> (kind, index)."""
     m = _TARGET_RE.match(target)
     if not m:
         raise UsageError(f"unknown probe target {target!r}: use rtg, timestep, action or state[i]")
@@ -170,12 +189,20 @@ def probe_episodes(config, source: str = "auto", episodes: int = 32):
             # too few held out for a probe (or an old run): add training episodes, by seed
             rng = np.random.default_rng([config.seed, 0x9B0B])
             rest = rng.permutation(np.setdiff1d(np.arange(len(data.lengths)), held))
-            eps = np.sort(np.concatenate([held, rest[:episodes - len(held)]]))
-            return data, eps, (f"{len(eps)} episodes of {ds} ({len(held)} held out in training, "
-                               "the rest seen in training)")
+            eps = np.sort(np.concatenate([held, rest[: episodes - len(held)]]))
+            return (
+                data,
+                eps,
+                (
+                    f"{len(eps)} episodes of {ds} ({len(held)} held out in training, "
+                    "the rest seen in training)"
+                ),
+            )
     if source == "data":
-        raise UsageError(f"probes with --source data need dataset {ds!r} here, as trained "
-                         "(`dtzoo data prepare ENV` or `minari download`)")
+        raise UsageError(
+            f"probes with --source data need dataset {ds!r} here, as trained "
+            "(`dtzoo data prepare ENV` or `minari download`)"
+        )
     return None, None, "rollout"
 
 
@@ -215,10 +242,18 @@ def record_episodes(model, target_return: float, seeds: list[int]):
         return np.concatenate([np.stack(xs, 1)[i, :n] for i, n in enumerate(lengths)])
 
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    return Trajectories(observations=pick(obs_l), actions=pick(act_l), rewards=pick(rew_l),
-                        starts=starts, lengths=lengths, action_space=space,
-                        dataset_id=f"rollouts of {config.model_id}", gym_id=config.env["gym_id"],
-                        minari_version="", fingerprint="")
+    return Trajectories(
+        observations=pick(obs_l),
+        actions=pick(act_l),
+        rewards=pick(rew_l),
+        starts=starts,
+        lengths=lengths,
+        action_space=space,
+        dataset_id=f"rollouts of {config.model_id}",
+        gym_id=config.env["gym_id"],
+        minari_version="",
+        fingerprint="",
+    )
 
 
 def probe_batch(config, data, episodes: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -226,9 +261,15 @@ def probe_batch(config, data, episodes: np.ndarray) -> tuple[dict, np.ndarray]:
     from dtzoo.data import SegmentSampler
 
     K = config.architecture["context_len"]
-    sampler = SegmentSampler(data, K, config.architecture["max_ep_len"], config.reward_scale,
-                             seed=0, state_mean=np.asarray(config.state_mean, np.float32),
-                             state_std=np.asarray(config.state_std, np.float32))
+    sampler = SegmentSampler(
+        data,
+        K,
+        config.architecture["max_ep_len"],
+        config.reward_scale,
+        seed=0,
+        state_mean=np.asarray(config.state_mean, np.float32),
+        state_std=np.asarray(config.state_std, np.float32),
+    )
     ep, si = episode_segments(data.lengths, episodes, K, limit=1024)
     return sampler.segments(ep, si), ep
 
@@ -244,7 +285,7 @@ def probe_targets(batch: dict, target: str, config) -> np.ndarray:
         return batch["actions"]
     if i >= batch["states"].shape[-1]:
         raise UsageError(f"probe target {target!r}: the state has {batch['states'].shape[-1]} dims")
-    return batch["states"][..., i:i + 1]  # z-normalised, as the model reads it
+    return batch["states"][..., i : i + 1]  # z-normalised, as the model reads it
 
 
 # ----------------------------------------------------------------------------- probes
@@ -267,8 +308,9 @@ def r2_score(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
     return float(np.mean(1.0 - ss_res[ok] / ss_tot[ok])) if ok.any() else float("nan")
 
 
-def fit_logistic(x: np.ndarray, labels: np.ndarray, n_classes: int, alpha: float = 1e-3,
-                 steps: int = 200) -> torch.nn.Linear:
+def fit_logistic(
+    x: np.ndarray, labels: np.ndarray, n_classes: int, alpha: float = 1e-3, steps: int = 200
+) -> torch.nn.Linear:
     """Multinomial logistic regression (L-BFGS, L2 penalty) for discrete targets."""
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
@@ -288,8 +330,9 @@ def fit_logistic(x: np.ndarray, labels: np.ndarray, n_classes: int, alpha: float
     return lin
 
 
-def probe_scores(acts: dict[str, np.ndarray], y: np.ndarray, train: np.ndarray,
-                 discrete: bool) -> dict[str, float]:
+def probe_scores(
+    acts: dict[str, np.ndarray], y: np.ndarray, train: np.ndarray, discrete: bool
+) -> dict[str, float]:
     """One probe per hook: R^2 (or accuracy for a discrete target) on the test rows."""
     out = {}
     for name, x in acts.items():
@@ -312,11 +355,19 @@ def activations(model, batch: dict, hooks: list[str], token: str = "s") -> dict[
     names = set(model.hook_names())
     for h in hooks:
         if h not in names:
-            raise UsageError(f"no hook point {h!r} in {model.config.model_id}; e.g. "
-                             f"{', '.join(n for n in model.hook_names() if 'resid' in n)[:200]}")
+            raise UsageError(
+                f"no hook point {h!r} in {model.config.model_id}; e.g. "
+                f"{', '.join(n for n in model.hook_names() if 'resid' in n)[:200]}"
+            )
     t = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
-    _, cache = model.run_with_cache(t["states"], t["actions"], t["returns_to_go"], t["timesteps"],
-                                    t["mask"], names_filter=list(hooks))
+    _, cache = model.run_with_cache(
+        t["states"],
+        t["actions"],
+        t["returns_to_go"],
+        t["timesteps"],
+        t["mask"],
+        names_filter=list(hooks),
+    )
     mask = batch["mask"].reshape(-1)
     out = {}
     for h in hooks:
@@ -333,9 +384,17 @@ def default_hooks(n_layers: int) -> list[str]:
     return ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
 
 
-def probe_revisions(model: str | os.PathLike, targets: list[str], hooks: list[str] | None = None,
-                    token: str = "s", source: str = "auto", hub: str | None = None,
-                    org: str | None = None, registry=None, progress=None) -> dict:
+def probe_revisions(
+    model: str | os.PathLike,
+    targets: list[str],
+    hooks: list[str] | None = None,
+    token: str = "s",
+    source: str = "auto",
+    hub: str | None = None,
+    org: str | None = None,
+    registry=None,
+    progress=None,
+) -> dict:
     """Fit linear probes at every revision of `model`: for each hook and target, the score
     (R^2, or accuracy for a discrete action) against training step. The probes' inputs are the
     same episodes at every revision; probes are fit on half the episodes, scored on the rest.
@@ -375,19 +434,30 @@ def probe_revisions(model: str | os.PathLike, targets: list[str], hooks: list[st
         if progress:
             progress(i + 1, len(revs))
     cfg = net.config
-    return {"model_id": cfg.model_id, "kind": "probe", "token": token, "targets": list(targets),
-            "hooks": list(hooks), "steps": steps, "scores": scores,
-            "metric": {t: "accuracy" if parse_target(t)[0] == "action" and net.cfg.discrete
-                       else "r2" for t in targets},
-            "samples": {"train": int(train.sum()), "test": int((~train).sum())}, **meta}
+    return {
+        "model_id": cfg.model_id,
+        "kind": "probe",
+        "token": token,
+        "targets": list(targets),
+        "hooks": list(hooks),
+        "steps": steps,
+        "scores": scores,
+        "metric": {
+            t: "accuracy" if parse_target(t)[0] == "action" and net.cfg.discrete else "r2"
+            for t in targets
+        },
+        "samples": {"train": int(train.sum()), "test": int((~train).sum())},
+        **meta,
+    }
 
 
 def _probe_inputs(model, config, source, hub, org, registry) -> tuple[dict, np.ndarray, dict]:
     """The fixed probe inputs: held-out data episodes, or rollouts of the final model."""
     data, eps, where = probe_episodes(config, source)
     if data is None:  # rollouts of the final model (main): what the trained policy visits
-        final = _load_revision(model, revision_dirs(model, hub, org, registry)[-1][1], hub, org,
-                               "cpu", registry)
+        final = _load_revision(
+            model, revision_dirs(model, hub, org, registry)[-1][1], hub, org, "cpu", registry
+        )
         seeds = [10_000_000 + config.seed * 100 + i for i in range(8)]
         data = record_episodes(final, config.target_returns[0], seeds)
         eps = np.arange(len(data.lengths))
@@ -396,8 +466,14 @@ def _probe_inputs(model, config, source, hub, org, registry) -> tuple[dict, np.n
     return batch, ep, {"source": where, "episodes": [int(e) for e in np.unique(ep)]}
 
 
-def write_probe_report(model: str | os.PathLike, targets: list[str], hooks: list[str] | None = None,
-                       out_dir: Path | None = None, progress=None, **kwargs) -> dict:
+def write_probe_report(
+    model: str | os.PathLike,
+    targets: list[str],
+    hooks: list[str] | None = None,
+    out_dir: Path | None = None,
+    progress=None,
+    **kwargs,
+) -> dict:
     """`probe_revisions`, then probe.json and probe.png under `out_dir` (default
     ./interp/<model id>); the result's `files` names them."""
     from dtzoo.fsutil import atomic_write_json
@@ -414,9 +490,15 @@ def write_probe_report(model: str | os.PathLike, targets: list[str], hooks: list
 # ----------------------------------------------------------------------------- return vs step
 
 
-def eval_revisions(model: str | os.PathLike, episodes: int | None = None, hub: str | None = None,
-                   org: str | None = None, registry=None, out_dir: Path | None = None,
-                   progress=None) -> dict:
+def eval_revisions(
+    model: str | os.PathLike,
+    episodes: int | None = None,
+    hub: str | None = None,
+    org: str | None = None,
+    registry=None,
+    out_dir: Path | None = None,
+    progress=None,
+) -> dict:
     """Roll every revision out at the model's target returns (the same episode seeds at each):
     return against training step. Writes revisions.json and revisions.png under `out_dir`
     (default $DTZOO_HOME/evals/revisions/<model id>).
@@ -436,9 +518,18 @@ def eval_revisions(model: str | os.PathLike, episodes: int | None = None, hub: s
         config = net.config
         n = episodes or default_episodes(reg, config)
         rep = evaluate(net, config, episodes=n, seed_base=reg.eval_seed)
-        rows.append({"step": step, "results": [
-            {k: r[k] for k in ("target_return", "return_mean", "return_std", "normalized_mean")}
-            for r in rep["results"]]})
+        rows.append(
+            {
+                "step": step,
+                "results": [
+                    {
+                        k: r[k]
+                        for k in ("target_return", "return_mean", "return_std", "normalized_mean")
+                    }
+                    for r in rep["results"]
+                ],
+            }
+        )
         if progress:
             progress(i + 1, len(revs))
     if out_dir is None:
@@ -446,10 +537,16 @@ def eval_revisions(model: str | os.PathLike, episodes: int | None = None, hub: s
 
         out_dir = paths.home() / "evals" / "revisions" / config.model_id
     out = Path(out_dir)
-    report = {"model_id": config.model_id, "kind": "eval_revisions", "episodes": n,
-              "eval_seed": reg.eval_seed, "ref_scores": config.env["ref_scores"],
-              "data_best_return": config.dataset.get("return_max"), "revisions": rows,
-              "files": {"json": str(out / "revisions.json"), "png": str(out / "revisions.png")}}
+    report = {
+        "model_id": config.model_id,
+        "kind": "eval_revisions",
+        "episodes": n,
+        "eval_seed": reg.eval_seed,
+        "ref_scores": config.env["ref_scores"],
+        "data_best_return": config.dataset.get("return_max"),
+        "revisions": rows,
+        "files": {"json": str(out / "revisions.json"), "png": str(out / "revisions.png")},
+    }
     revisions_plot(report, out / "revisions.png")
     atomic_write_json(out / "revisions.json", report)
     return report

@@ -1,7 +1,7 @@
 """Evaluation: N episodes at once in a gymnasium vector env, one batched forward per step.
 
-    >>> report = evaluate(model, config, episodes=10)          # every target return in config
-    >>> report["results"][0]["return_mean"]
+>>> report = evaluate(model, config, episodes=10)          # every target return in config
+>>> report["results"][0]["return_mean"]
 """
 
 from __future__ import annotations
@@ -26,9 +26,14 @@ def episode_seeds(model_seed: int, episodes: int, base: int = 0) -> list[int]:
     return [base * 1_000_000 + model_seed * 10_000 + i for i in range(episodes)]
 
 
-def rollout(model, config: ModelConfig, target_return: float | Sequence[float],
-            seeds: list[int], fast: bool = True,
-            overlap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def rollout(
+    model,
+    config: ModelConfig,
+    target_return: float | Sequence[float],
+    seeds: list[int],
+    fast: bool = True,
+    overlap: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Run len(seeds) episodes in lockstep, one batched forward per step; `target_return` is
     one number or one per episode. Returns (returns, lengths) per episode.
 
@@ -52,8 +57,10 @@ def rollout(model, config: ModelConfig, target_return: float | Sequence[float],
         obs = stepper.reset(seeds)
         groups = np.array_split(np.arange(n), 2 if overlap else 1)
         returns, lengths = np.zeros(n), np.zeros(n, np.int64)
-        agents = [Agent(model, config, target_return=targets[g], num_envs=len(g), fast=fast)
-                  for g in groups]
+        agents = [
+            Agent(model, config, target_return=targets[g], num_envs=len(g), fast=fast)
+            for g in groups
+        ]
         for g, agent in zip(groups, agents):  # env index of each agent row, per group
             stepper.send(g, agent.act(obs[g]))
         while any(g.size for g in groups):
@@ -101,8 +108,11 @@ def give_back_envs(key: tuple, envs) -> None:
 
 def _step_all(envs: list, idx: np.ndarray, actions: np.ndarray) -> tuple:
     out = [envs[i].step(a) for i, a in zip(idx, actions)]
-    return (np.stack([o[0] for o in out]), np.array([o[1] for o in out], np.float64),
-            np.array([o[2] or o[3] for o in out]))
+    return (
+        np.stack([o[0] for o in out]),
+        np.array([o[1] for o in out], np.float64),
+        np.array([o[2] or o[3] for o in out]),
+    )
 
 
 class InProcess:
@@ -130,8 +140,7 @@ class EnvWorker(InProcess):
 
     def __init__(self, envs: list):
         self.conn, child = mp.get_context("fork").Pipe()
-        self.proc = mp.get_context("fork").Process(target=_worker, args=(child, envs),
-                                                   daemon=True)
+        self.proc = mp.get_context("fork").Process(target=_worker, args=(child, envs), daemon=True)
         self.proc.start()
         child.close()
 
@@ -192,8 +201,14 @@ def summarize(config: ModelConfig, target: float, returns: np.ndarray, lengths: 
     }
 
 
-def evaluate(model, config: ModelConfig, episodes: int = 10, targets: list[float] | None = None,
-             seed_base: int = 0, progress: ProgressFn | None = None) -> dict:
+def evaluate(
+    model,
+    config: ModelConfig,
+    episodes: int = 10,
+    targets: list[float] | None = None,
+    seed_base: int = 0,
+    progress: ProgressFn | None = None,
+) -> dict:
     """Roll out at every target return; the dict is what eval.json holds."""
     t0 = time.time()
     targets = list(config.target_returns if targets is None else targets)
@@ -203,13 +218,20 @@ def evaluate(model, config: ModelConfig, episodes: int = 10, targets: list[float
     rows = [(t, s) for t in targets for s in seeds]
     returns, lengths = np.zeros(len(rows)), np.zeros(len(rows), np.int64)
     for start in range(0, len(rows), MAX_ENVS):
-        chunk = rows[start:start + MAX_ENVS]
+        chunk = rows[start : start + MAX_ENVS]
         r, n = rollout(model, config, [t for t, _ in chunk], [s for _, s in chunk])
-        returns[start:start + len(chunk)], lengths[start:start + len(chunk)] = r, n
+        returns[start : start + len(chunk)], lengths[start : start + len(chunk)] = r, n
         if progress:
             progress(start + len(chunk), len(rows))
-    results = [summarize(config, t, returns[i * episodes:(i + 1) * episodes],
-                         lengths[i * episodes:(i + 1) * episodes]) for i, t in enumerate(targets)]
+    results = [
+        summarize(
+            config,
+            t,
+            returns[i * episodes : (i + 1) * episodes],
+            lengths[i * episodes : (i + 1) * episodes],
+        )
+        for i, t in enumerate(targets)
+    ]
     return {
         "model_id": config.model_id,
         "step": config.step,
@@ -228,7 +250,7 @@ def evaluate(model, config: ModelConfig, episodes: int = 10, targets: list[float
 
 
 def parse_targets(spec: str) -> list[float]:
-    """"LO:HI:N" -> N evenly spaced target returns: `parse_targets("0:100:3")` -> [0, 50, 100]."""
+    """ "LO:HI:N" -> N evenly spaced target returns: `parse_targets("0:100:3")` -> [0, 50, 100]."""
     from dtzoo.errors import UsageError
 
     shown = repr(spec) if len(spec) <= 60 else repr(spec[:55]) + "..."
@@ -257,11 +279,18 @@ def default_sweep_targets(config: ModelConfig, n: int = 8) -> list[float]:
     return [float(x) for x in np.linspace(lo, hi + 0.5 * (hi - lo), n)]
 
 
-def rtg_sweep(model, config: ModelConfig, targets: list[float], episodes: int = 10,
-              seed_base: int = 0, progress: ProgressFn | None = None) -> dict:
+def rtg_sweep(
+    model,
+    config: ModelConfig,
+    targets: list[float],
+    episodes: int = 10,
+    seed_base: int = 0,
+    progress: ProgressFn | None = None,
+) -> dict:
     """Achieved vs target return over a range of targets (rtg_sweep.json holds the result)."""
-    report = evaluate(model, config, episodes=episodes, targets=targets, seed_base=seed_base,
-                      progress=progress)
+    report = evaluate(
+        model, config, episodes=episodes, targets=targets, seed_base=seed_base, progress=progress
+    )
     report["kind"] = "rtg_sweep"
     report["data_returns"] = {k: config.dataset.get(f"return_{k}") for k in ("min", "mean", "max")}
     # generalisation beyond the data: the marks every table and plot of a sweep shows
@@ -269,11 +298,15 @@ def rtg_sweep(model, config: ModelConfig, targets: list[float], episodes: int = 
     data_best = report["data_returns"]["max"]  # None in configs that predate it
     report["data_best_return"] = data_best
     report["expert_return"] = config.env["ref_scores"]["expert"]
-    report["best_achieved"] = {"target_return": best["target_return"],
-                               "return_mean": best["return_mean"]}
-    report["above_data_best"] = (best["return_mean"] - data_best
-                                 if data_best is not None and best["return_mean"] > data_best
-                                 else None)
+    report["best_achieved"] = {
+        "target_return": best["target_return"],
+        "return_mean": best["return_mean"],
+    }
+    report["above_data_best"] = (
+        best["return_mean"] - data_best
+        if data_best is not None and best["return_mean"] > data_best
+        else None
+    )
     return report
 
 
@@ -283,13 +316,21 @@ def sweep_summary(report: dict) -> str:
     from dtzoo.plots import sweep_marks
 
     m = sweep_marks(report)
-    parts = [f"data's best return {m['data_best']:.1f}" if m["data_best"] is not None
-             else "data's best return unknown",
-             f"expert score {m['expert']:.1f}" if m["expert"] is not None else ""]
+    parts = [
+        f"data's best return {m['data_best']:.1f}"
+        if m["data_best"] is not None
+        else "data's best return unknown",
+        f"expert score {m['expert']:.1f}" if m["expert"] is not None else "",
+    ]
     best = m["best_achieved"]
     if best is not None:
-        where = (f"{m['above_data_best']:.1f} above the data's best" if m["above_data_best"]
-                 is not None else "not above the data's best")
-        parts.append(f"best achieved {best['return_mean']:.1f} at target "
-                     f"{best['target_return']:.1f} ({where})")
+        where = (
+            f"{m['above_data_best']:.1f} above the data's best"
+            if m["above_data_best"] is not None
+            else "not above the data's best"
+        )
+        parts.append(
+            f"best achieved {best['return_mean']:.1f} at target "
+            f"{best['target_return']:.1f} ({where})"
+        )
     return "; ".join(p for p in parts if p)

@@ -43,8 +43,10 @@ def check_owned(path: Path) -> Path:
     for part in rel.parts[1:]:
         p = p / part
         if p.is_symlink():
-            raise LinkRefused(f"{p} is a symbolic link: dtzoo does not write, lock or clean "
-                              f"through links inside {home} (remove the link)")
+            raise LinkRefused(
+                f"{p} is a symbolic link: dtzoo does not write, lock or clean "
+                f"through links inside {home} (remove the link)"
+            )
         if p != path and p.exists() and not p.is_dir():
             raise LinkRefused(f"{p} is not a directory (remove it)")
     return path
@@ -88,7 +90,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno and e.filename is None:  # ENOSPC from write(): say where
+        if (
+            isinstance(e, OSError) and e.errno and e.filename is None
+        ):  # ENOSPC from write(): say where
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
@@ -161,7 +165,9 @@ def file_lock(path: Path, blocking: bool = True) -> Iterator[None]:
         if e.errno == errno.ELOOP:
             raise LinkRefused(f"{path} is a symbolic link: remove it") from None
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise DtzooError(f"cannot lock {path}: {e.strerror} (is DTZOO_HOME read-only?)") from None
+            raise DtzooError(
+                f"cannot lock {path}: {e.strerror} (is DTZOO_HOME read-only?)"
+            ) from None
         raise
     try:
         flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)

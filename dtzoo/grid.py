@@ -76,8 +76,12 @@ def _run_one(spec: ModelSpec | str, fn: Callable[[Any], Any], skip: SkipFn | Non
     return CellResult(name, "resumed", f"from step {resumed}", value)
 
 
-def run_cells(specs: list[ModelSpec] | list[str], fn: Callable[[Any], Any],
-              skip: SkipFn | None = None, lock: bool = False) -> list[CellResult]:
+def run_cells(
+    specs: list[ModelSpec] | list[str],
+    fn: Callable[[Any], Any],
+    skip: SkipFn | None = None,
+    lock: bool = False,
+) -> list[CellResult]:
     """Run `fn` over the cells (ModelSpecs, or plain names such as `ORG/ID` without `lock`)."""
     results: dict[str, CellResult] = {}
     deferred: list[ModelSpec] = []
@@ -120,9 +124,11 @@ def worker_env() -> dict[str, str]:
     from dtzoo.data import datasets_root
     from dtzoo.registry import default_registry_path
 
-    env = {"DTZOO_HOME": str(paths.home().resolve()),
-           "MINARI_DATASETS_PATH": str(datasets_root().resolve()),
-           "DTZOO_REGISTRY": str(default_registry_path().resolve())}
+    env = {
+        "DTZOO_HOME": str(paths.home().resolve()),
+        "MINARI_DATASETS_PATH": str(datasets_root().resolve()),
+        "DTZOO_REGISTRY": str(default_registry_path().resolve()),
+    }
     env.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
     return env
 
@@ -133,9 +139,13 @@ def _cell_fn(kind: str, options: dict[str, Any]):
 
     reg = load_registry(options.get("registry"))
     if kind == "train":
-        fn = lambda spec: zoo.train_cell(spec, reg, steps=options.get("steps"),
-                                         device=options.get("device", "auto"),
-                                         precision=options.get("precision"))
+        fn = lambda spec: zoo.train_cell(
+            spec,
+            reg,
+            steps=options.get("steps"),
+            device=options.get("device", "auto"),
+            precision=options.get("precision"),
+        )
         return reg, fn, already_trained(options.get("steps"))
     if kind == "eval":  # eval_model skips up-to-date reports and takes the run's lock itself
         fn = lambda spec: zoo.eval_model(spec.model_id, reg, episodes=options.get("episodes"))
@@ -143,8 +153,12 @@ def _cell_fn(kind: str, options: dict[str, Any]):
     raise ValueError(f"unknown cell kind {kind!r}: use one of {KINDS}")
 
 
-def run_cell(kind: str, model_id: str, options: dict[str, Any] | None = None,
-             env: dict[str, str] | None = None) -> CellResult:
+def run_cell(
+    kind: str,
+    model_id: str,
+    options: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> CellResult:
     """Train or evaluate one cell, idempotently; the function every executor runs.
 
     `options`: registry (path), steps, device, precision (train), episodes (eval).
@@ -178,8 +192,13 @@ class Executor(Protocol):
 
     name: str
 
-    def run(self, kind: str, model_ids: list[str], options: dict[str, Any],
-            on_done: OnDone | None = None) -> list[CellResult]: ...
+    def run(
+        self,
+        kind: str,
+        model_ids: list[str],
+        options: dict[str, Any],
+        on_done: OnDone | None = None,
+    ) -> list[CellResult]: ...
 
 
 class MissingExtra(DtzooError):
@@ -198,7 +217,9 @@ def _require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise MissingExtra(f"the {extra} executor needs {module}: pip install 'dtzoo[{extra}]'") from None
+        raise MissingExtra(
+            f"the {extra} executor needs {module}: pip install 'dtzoo[{extra}]'"
+        ) from None
 
 
 def _ordered(model_ids: list[str], results: dict[str, CellResult]) -> list[CellResult]:
@@ -224,7 +245,9 @@ class LocalExecutor:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         env = worker_env()
-        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             futures = {pool.submit(run_cell, kind, m, options, env): m for m in model_ids}
             for fut in as_completed(futures):
                 m = futures[fut]
@@ -254,17 +277,27 @@ class RayExecutor:
         started = False
         if not ray.is_initialized():
             try:
-                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                         runtime_env={"env_vars": env}, logging_level="ERROR")
+                ray.init(
+                    address=self.address,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    runtime_env={"env_vars": env},
+                    logging_level="ERROR",
+                )
             except Exception as e:  # no cluster there, refused, auth token: one line
                 cause = f" ({last_line(str(e.__cause__))[:300]})" if e.__cause__ else ""
-                raise ExecutorError(f"cannot start or reach Ray at {self.address or 'a local runtime'}: "
-                                    f"{_describe(e)}{cause}") from None
+                raise ExecutorError(
+                    f"cannot start or reach Ray at {self.address or 'a local runtime'}: "
+                    f"{_describe(e)}{cause}"
+                ) from None
             started = True
         try:
-            task = ray.remote(_ray_cell).options(num_cpus=self.cpus_per_cell,
-                                                 num_gpus=self.gpus_per_cell,
-                                                 runtime_env={"env_vars": env}, max_retries=0)
+            task = ray.remote(_ray_cell).options(
+                num_cpus=self.cpus_per_cell,
+                num_gpus=self.gpus_per_cell,
+                runtime_env={"env_vars": env},
+                max_retries=0,
+            )
             refs = {task.remote(kind, m, options, env): m for m in model_ids}
             results: dict[str, CellResult] = {}
             pending = list(refs)
@@ -305,7 +338,7 @@ class SlurmExecutor:
     name: str = "slurm"
 
     def cluster_name(self) -> str:
-        """"slurm" where sbatch is available, else "local" (or what `cluster` forces)."""
+        """ "slurm" where sbatch is available, else "local" (or what `cluster` forces)."""
         _require("submitit", "slurm")
         from submitit.auto.auto import AutoExecutor
 
@@ -315,8 +348,11 @@ class SlurmExecutor:
         submitit = _require("submitit", "slurm")
         folder = Path(self.folder) if self.folder else paths.home() / "slurm"
         ex = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster_name())
-        params: dict[str, Any] = {"name": "dtzoo", "timeout_min": parse_minutes(self.time),
-                                  "cpus_per_task": max(1, int(self.cpus_per_cell))}
+        params: dict[str, Any] = {
+            "name": "dtzoo",
+            "timeout_min": parse_minutes(self.time),
+            "cpus_per_task": max(1, int(self.cpus_per_cell)),
+        }
         if ex.cluster == "slurm":
             if self.partition:
                 params["slurm_partition"] = self.partition
@@ -351,7 +387,9 @@ class SlurmExecutor:
                 try:
                     results[m] = job.result()
                 except Exception as e:  # the job itself failed: timeout, preempted, killed
-                    results[m] = CellResult(m, "failed", f"{_describe(e)} (log: {job.paths.stderr})")
+                    results[m] = CellResult(
+                        m, "failed", f"{_describe(e)} (log: {job.paths.stderr})"
+                    )
                 del waiting[m]
                 on_done and on_done(results[m])
             if waiting:
@@ -382,19 +420,32 @@ def parse_minutes(value: str | None, default: int = 60) -> int:
     return minutes
 
 
-def make_executor(name: str, workers: int = 1, address: str | None = None,
-                  cpus_per_cell: float = 1, gpus_per_cell: float = 0,
-                  partition: str | None = None, time: str | None = None) -> Executor:
+def make_executor(
+    name: str,
+    workers: int = 1,
+    address: str | None = None,
+    cpus_per_cell: float = 1,
+    gpus_per_cell: float = 0,
+    partition: str | None = None,
+    time: str | None = None,
+) -> Executor:
     if name == "local":
         return LocalExecutor(workers=workers)
     if name == "ray":
         _require("ray", "ray")
-        return RayExecutor(address=address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell)
+        return RayExecutor(
+            address=address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell
+        )
     if name == "slurm":
         _require("submitit", "slurm")
         parse_minutes(time)
-        return SlurmExecutor(partition=partition, time=time, gpus_per_cell=gpus_per_cell,
-                             cpus_per_cell=cpus_per_cell, parallel=workers if workers > 1 else 0)
+        return SlurmExecutor(
+            partition=partition,
+            time=time,
+            gpus_per_cell=gpus_per_cell,
+            cpus_per_cell=cpus_per_cell,
+            parallel=workers if workers > 1 else 0,
+        )
     raise UsageError(f"unknown executor {name!r}: use local, ray or slurm")
 
 

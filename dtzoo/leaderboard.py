@@ -1,7 +1,7 @@
 """Leaderboards: mean ± std over seeds per env x layers x target return, never a single run.
 
-    >>> rows = leaderboard_rows(reports)              # eval.json dicts (or built from cards)
-    >>> print(render(rows, "markdown"))
+>>> rows = leaderboard_rows(reports)              # eval.json dicts (or built from cards)
+>>> print(render(rows, "markdown"))
 """
 
 from __future__ import annotations
@@ -16,11 +16,30 @@ import numpy as np
 from dtzoo.errors import UsageError
 from dtzoo.registry import parse_model_id
 
-COLUMNS = ["env", "layers", "target_return", "return_mean", "return_std", "score_mean",
-           "score_std", "seeds", "episodes", "data"]
-HEADERS = {"env": "env", "layers": "layers", "target_return": "target", "return_mean": "return",
-           "return_std": "± (seeds)", "score_mean": "norm. score", "score_std": "± (seeds)",
-           "seeds": "seeds", "episodes": "episodes/seed", "data": "data"}
+COLUMNS = [
+    "env",
+    "layers",
+    "target_return",
+    "return_mean",
+    "return_std",
+    "score_mean",
+    "score_std",
+    "seeds",
+    "episodes",
+    "data",
+]
+HEADERS = {
+    "env": "env",
+    "layers": "layers",
+    "target_return": "target",
+    "return_mean": "return",
+    "return_std": "± (seeds)",
+    "score_mean": "norm. score",
+    "score_std": "± (seeds)",
+    "seeds": "seeds",
+    "episodes": "episodes/seed",
+    "data": "data",
+}
 EXTRA_COLUMNS = ["seeds_expected", "missing"]  # in csv and json: what a grid lacks
 
 
@@ -35,8 +54,9 @@ def _env_layers(report: dict) -> tuple[str, int] | None:
     return env, layers
 
 
-def leaderboard_rows(reports: list[dict], expected: dict[tuple[str, int], list[str]] | None = None
-                     ) -> list[dict]:
+def leaderboard_rows(
+    reports: list[dict], expected: dict[tuple[str, int], list[str]] | None = None
+) -> list[dict]:
     """Aggregate eval reports: one row per (env, layers, target return), mean and std over
     seeds. `expected` maps (env, layers) to the model ids a grid holds: rows then say how many
     of them were found (`seeds` of `seeds_expected`) and which are `missing`; a group with none
@@ -54,20 +74,42 @@ def leaderboard_rows(reports: list[dict], expected: dict[tuple[str, int], list[s
         scores = np.array([r["normalized_mean"] for _, r in items], dtype=float)
         spread = len(items) > 1
         episodes = [rep["episodes"] for rep, _ in items if rep.get("episodes") is not None]
-        rows.append({
-            "env": env, "layers": layers, "target_return": target,
-            "return_mean": float(rets.mean()), "return_std": float(rets.std()) if spread else None,
-            "score_mean": float(scores.mean()), "score_std": float(scores.std()) if spread else None,
-            "seeds": len(items), "episodes": min(episodes) if episodes else None,
-            "data": ", ".join(sorted({str(rep.get("dataset")) for rep, _ in items})),
-            **_coverage(expected, env, layers, {rep["model_id"] for rep, _ in items}),
-        })
+        rows.append(
+            {
+                "env": env,
+                "layers": layers,
+                "target_return": target,
+                "return_mean": float(rets.mean()),
+                "return_std": float(rets.std()) if spread else None,
+                "score_mean": float(scores.mean()),
+                "score_std": float(scores.std()) if spread else None,
+                "seeds": len(items),
+                "episodes": min(episodes) if episodes else None,
+                "data": ", ".join(sorted({str(rep.get("dataset")) for rep, _ in items})),
+                **_coverage(expected, env, layers, {rep["model_id"] for rep, _ in items}),
+            }
+        )
     for env, layers in expected or {}:
         if not any(r["env"] == env and r["layers"] == layers for r in rows):
-            rows.append({**dict.fromkeys(COLUMNS), "env": env, "layers": layers, "seeds": 0,
-                         "data": "", **_coverage(expected, env, layers, set())})
-    return sorted(rows, key=lambda r: (r["env"], r["layers"], r["target_return"] is None,
-                                       -(r["target_return"] or 0)))
+            rows.append(
+                {
+                    **dict.fromkeys(COLUMNS),
+                    "env": env,
+                    "layers": layers,
+                    "seeds": 0,
+                    "data": "",
+                    **_coverage(expected, env, layers, set()),
+                }
+            )
+    return sorted(
+        rows,
+        key=lambda r: (
+            r["env"],
+            r["layers"],
+            r["target_return"] is None,
+            -(r["target_return"] or 0),
+        ),
+    )
 
 
 def _coverage(expected, env: str, layers: int, found: set[str]) -> dict:
@@ -104,15 +146,17 @@ def render(rows: list[dict], fmt: str = "markdown") -> str:
     if fmt == "csv":
         buf = io.StringIO()
         extra = [c for c in EXTRA_COLUMNS if any(c in r for r in rows)]
-        w = csv.DictWriter(buf, fieldnames=COLUMNS + extra, lineterminator="\n",
-                           extrasaction="ignore")
+        w = csv.DictWriter(
+            buf, fieldnames=COLUMNS + extra, lineterminator="\n", extrasaction="ignore"
+        )
         w.writeheader()
-        w.writerows({**r, "missing": " ".join(r["missing"])} if "missing" in r else r
-                    for r in rows)
+        w.writerows({**r, "missing": " ".join(r["missing"])} if "missing" in r else r for r in rows)
         return buf.getvalue()
     if fmt == "markdown":
-        lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |",
-                 "|" + "|".join("---" if c in ("env", "data") else "---:" for c in COLUMNS) + "|"]
+        lines = [
+            "| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |",
+            "|" + "|".join("---" if c in ("env", "data") else "---:" for c in COLUMNS) + "|",
+        ]
         lines += ["| " + " | ".join(format_cell(r, c) for c in COLUMNS) + " |" for r in rows]
         return "\n".join(lines)
     raise ValueError(f"unknown format {fmt!r}")

@@ -53,8 +53,13 @@ class ModelRef:
 
     def describe(self) -> dict:
         """The provenance recorded beside an evaluation."""
-        return {"source": self.source, "repo_id": self.repo_id, "revision": self.revision,
-                "commit": self.commit, "path": str(self.path)}
+        return {
+            "source": self.source,
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "path": str(self.path),
+        }
 
 
 def org_for(registry: Registry, org: str | None = None) -> str:
@@ -105,8 +110,13 @@ def local_run(model_id: str, revision: str = "main") -> Path | None:
     return ckpt if revision.startswith("step") and is_model_dir(ckpt) else None
 
 
-def locate(model: str, registry: Registry, revision: str = "main", hub: str | None = None,
-           org: str | None = None) -> ModelRef:
+def locate(
+    model: str,
+    registry: Registry,
+    revision: str = "main",
+    hub: str | None = None,
+    org: str | None = None,
+) -> ModelRef:
     """Find `model` (a directory, a model id trained here, or `[ORG/]ID` on the hub)."""
     check_revision(revision)
     path = Path(model).expanduser()
@@ -124,7 +134,9 @@ def locate(model: str, registry: Registry, revision: str = "main", hub: str | No
         snap = get_hub(hub).pull(rid, revision)
     except HubError as e:
         if "/" not in model and model in registry.all_model_ids():
-            raise HubError(f"{model} is not trained here (`dtzoo train {model}`), and {e}") from None
+            raise HubError(
+                f"{model} is not trained here (`dtzoo train {model}`), and {e}"
+            ) from None
         raise
     config = read_config(snap)
     return ModelRef(snap, config.model_id, "hub", revision, repo_id=rid, commit=snap.name)

@@ -51,8 +51,10 @@ class DTConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.state_encoder not in STATE_ENCODERS:
-            raise ValueError(f"unknown state_encoder {self.state_encoder!r}: use one of "
-                             f"{', '.join(STATE_ENCODERS)}")
+            raise ValueError(
+                f"unknown state_encoder {self.state_encoder!r}: use one of "
+                f"{', '.join(STATE_ENCODERS)}"
+            )
         if self.state_encoder == "nature_cnn":
             if self.obs_shape is None or len(self.obs_shape) != 3:
                 raise ValueError("state_encoder 'nature_cnn' needs obs_shape (frames, H, W)")
@@ -85,7 +87,11 @@ class Attention(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.attn_drop = nn.Dropout(cfg.dropout)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
-        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern, self.hook_z = (
+            HookPoint(),
+            HookPoint(),
+            HookPoint(),
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
@@ -265,7 +271,9 @@ class DecisionTransformer(nn.Module):
         return list(self.hook_points())
 
     @contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Callable]]) -> Iterator[None]:
+    def hooks(
+        self, fwd_hooks: Iterable[tuple[str | Callable[[str], bool], Callable]]
+    ) -> Iterator[None]:
         """Attach `(name_or_filter, fn(activation, hook_name) -> activation | None)` hooks."""
         points = self.hook_points()
         handles = []
@@ -275,8 +283,11 @@ class DecisionTransformer(nn.Module):
                 for n in names:
                     if n not in points:
                         raise KeyError(f"no hook point {n!r}; see model.hook_names()")
-                    handles.append(points[n].register_forward_hook(
-                        lambda _m, _inp, out, fn=fn, n=n: fn(out, n)))
+                    handles.append(
+                        points[n].register_forward_hook(
+                            lambda _m, _inp, out, fn=fn, n=n: fn(out, n)
+                        )
+                    )
             yield
         finally:
             for h in handles:
@@ -353,8 +364,13 @@ class DecisionTransformer(nn.Module):
         out = self.predict_action(self.ln_final(xs))
         return out if self.cfg.discrete else torch.tanh(out)
 
-    def embed_tokens(self, states: torch.Tensor, actions: torch.Tensor,
-                     returns_to_go: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def embed_tokens(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> torch.Tensor:
         """(B, T, 3, d_model): each step's (R, s, a) tokens after the embedding LayerNorm (what
         `forward` computes before its first block, without dropout or hooks)."""
         if returns_to_go.dim() == 2:
@@ -390,16 +406,20 @@ def hooks_attached(model: nn.Module, modules: list[nn.Module] | None = None) -> 
 
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-               or m._backward_pre_hooks for m in (model.modules() if modules is None else modules))
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in (model.modules() if modules is None else modules)
+    )
 
 
 def fast_path_ok(model: nn.Module, modules: list[nn.Module] | None = None) -> bool:
     """A fast path may replace `model.forward`: a DecisionTransformer whose forward is the
     reference one, with no hook attached."""
-    return (isinstance(model, DecisionTransformer)
-            and type(model).forward is DecisionTransformer.forward
-            and not hooks_attached(model, modules))
+    return (
+        isinstance(model, DecisionTransformer)
+        and type(model).forward is DecisionTransformer.forward
+        and not hooks_attached(model, modules)
+    )
 
 
 def _q(attn: Attention, h: torch.Tensor) -> torch.Tensor:
@@ -416,8 +436,9 @@ def _kv(attn: Attention, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return kv.view(*h.shape[:-1], 2, attn.n_heads, attn.d_head).unbind(dim=-3)
 
 
-def _attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            mask: torch.Tensor | None) -> torch.Tensor:
+def _attend(
+    attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """Attention.forward's arithmetic for (B, Lq, H, dh) queries against (B, Lk, H, dh) keys;
     returns z as (B, Lq, d_model), before the output projection."""
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(attn.d_head)
@@ -464,16 +485,22 @@ class InferenceCache:
         cap = 2 * TOKENS_PER_STEP * cfg.context_len  # room to slide before compacting
         self.x = torch.empty(batch, cap, cfg.d_model, dtype=p.dtype, device=p.device)
         # layer-0 q, k, v as (3, batch, heads, tokens, d_head): attention's matmul layout
-        self.qkv = torch.empty(3, batch, cfg.n_heads, cap, cfg.d_model // cfg.n_heads,
-                               dtype=p.dtype, device=p.device)
+        self.qkv = torch.empty(
+            3, batch, cfg.n_heads, cap, cfg.d_model // cfg.n_heads, dtype=p.dtype, device=p.device
+        )
         self.start = self.end = 0  # the window's tokens are x[:, start:end]
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (episodes that go on), in this order."""
         self.x, self.qkv = self.x[rows], self.qkv[:, rows]
 
-    def prefill(self, states: torch.Tensor, actions: torch.Tensor, returns_to_go: torch.Tensor,
-                timesteps: torch.Tensor) -> torch.Tensor:
+    def prefill(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        timesteps: torch.Tensor,
+    ) -> torch.Tensor:
         """Start from a window's real steps (B, f, ...), newest last (its action is unknown and
         ignored); returns the prediction for the newest state, (B, act_dim)."""
         B, f = states.shape[:2]
@@ -482,16 +509,25 @@ class InferenceCache:
         self._append(tokens.reshape(B, TOKENS_PER_STEP * f, -1)[:, :-1])  # drop a_newest
         return self._predict()
 
-    def step(self, prev_action: torch.Tensor, prev_timestep: torch.Tensor, state: torch.Tensor,
-             rtg: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    def step(
+        self,
+        prev_action: torch.Tensor,
+        prev_timestep: torch.Tensor,
+        state: torch.Tensor,
+        rtg: torch.Tensor,
+        timestep: torch.Tensor,
+    ) -> torch.Tensor:
         """Add a_{t-1} (B, act_dim) at prev_timestep (B,), then R_t (B,) and s_t (B, ...) at
         timestep (B,); drop what left the window; returns the prediction for s_t."""
         m = self.model  # (functional calls: at batch 20 the per-module overhead shows)
         a = _lin(m.embed_action, prev_action) + F.embedding(prev_timestep, m.embed_timestep.weight)
         time = F.embedding(timestep, m.embed_timestep.weight)
         r = _lin(m.embed_return, rtg.reshape(-1, 1)) + time
-        s = (_lin(m.embed_state, state) if isinstance(m.embed_state, nn.Linear)
-             else m.embed_state(state[:, None])[:, 0]) + time
+        s = (
+            _lin(m.embed_state, state)
+            if isinstance(m.embed_state, nn.Linear)
+            else m.embed_state(state[:, None])[:, 0]
+        ) + time
         self._append(_ln(m.embed_ln, torch.stack((a, r, s), dim=1)))
         return self._predict()
 
@@ -499,22 +535,23 @@ class InferenceCache:
         n = tokens.shape[1]
         if self.end + n > self.x.shape[1]:  # compact: move the window to the front
             keep = self.end - self.start
-            self.x[:, :keep] = self.x[:, self.start:self.end].clone()
-            self.qkv[..., :keep, :] = self.qkv[..., self.start:self.end, :].clone()
+            self.x[:, :keep] = self.x[:, self.start : self.end].clone()
+            self.qkv[..., :keep, :] = self.qkv[..., self.start : self.end, :].clone()
             self.start, self.end = 0, keep
         B, first = tokens.shape[0], self.model.blocks[0]
-        self.x[:, self.end:self.end + n] = tokens
+        self.x[:, self.end : self.end + n] = tokens
         qkv = _lin(first.attn.qkv, _ln(first.ln1, tokens))  # pre-LN: layer-0 Q/K/V
         # (B, n, 3, H, dh) -> (3, B, H, n, dh)
-        self.qkv[..., self.end:self.end + n, :] = (
-            qkv.view(B, n, 3, first.attn.n_heads, -1).permute(2, 0, 3, 1, 4))
+        self.qkv[..., self.end : self.end + n, :] = qkv.view(
+            B, n, 3, first.attn.n_heads, -1
+        ).permute(2, 0, 3, 1, 4)
         self.end += n
         self.start = max(self.start, self.end - self.max_tokens)
 
     def _predict(self) -> torch.Tensor:
         m, blocks = self.model, self.model.blocks
-        x = self.x[:, self.start:self.end]
-        q, k, v = self.qkv[..., self.start:self.end, :].unbind(0)  # (B, H, L, dh) each
+        x = self.x[:, self.start : self.end]
+        q, k, v = self.qkv[..., self.start : self.end, :].unbind(0)  # (B, H, L, dh) each
         first = blocks[0]
         if len(blocks) == 1:  # the newest state token's query is all that is needed
             h = x[:, -1:] + _lin(first.attn.out, _attend_heads(q[:, :, -1:], k, v, None))
@@ -536,8 +573,9 @@ class InferenceCache:
         return out if self.cfg.discrete else torch.tanh(out)
 
 
-def _attend_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  mask: torch.Tensor | None) -> torch.Tensor:
+def _attend_heads(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """Attention.forward's arithmetic in (B, H, L, dh) layout (plain matmuls: cheaper than
     einsum for one query); returns z as (B, Lq, d_model), before the output projection."""
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])

@@ -61,13 +61,24 @@ def preprocessing(kind: str, frame_stack: int = 1) -> dict[str, Any]:
     """What config.json records under `observation`: enough to rebuild the inputs at eval."""
     out: dict[str, Any] = {"kind": kind}
     if is_image(kind):
-        out.update(frame_shape=list(ATARI_FRAME), frame_stack=int(frame_stack), scale=1 / 255,
-                   steps=["rgb->grey (cv2.COLOR_RGB2GRAY)", "resize 84x84 (cv2.INTER_AREA)",
-                          "uint8", f"stack {frame_stack} frames (clamped at episode start)",
-                          "/255 in the state encoder"])
+        out.update(
+            frame_shape=list(ATARI_FRAME),
+            frame_stack=int(frame_stack),
+            scale=1 / 255,
+            steps=[
+                "rgb->grey (cv2.COLOR_RGB2GRAY)",
+                "resize 84x84 (cv2.INTER_AREA)",
+                "uint8",
+                f"stack {frame_stack} frames (clamped at episode start)",
+                "/255 in the state encoder",
+            ],
+        )
     elif kind.startswith("minigrid"):
-        out.update(view=list(MINIGRID_VIEW), direction=True,
-                   encoding="one-hot" if kind == "minigrid-onehot" else "flat")
+        out.update(
+            view=list(MINIGRID_VIEW),
+            direction=True,
+            encoding="one-hot" if kind == "minigrid-onehot" else "flat",
+        )
     return out
 
 
@@ -79,8 +90,10 @@ def _atari_frames(obs: np.ndarray) -> np.ndarray:
     if obs.shape[1:] == ATARI_FRAME:  # already preprocessed (locally collected data)
         return obs.astype(np.uint8, copy=False)
     if obs.shape[1:] != ATARI_RAW:
-        raise DatasetError(f"atari observations have shape {obs.shape[1:]}; expected raw "
-                           f"{ATARI_RAW} RGB or preprocessed {ATARI_FRAME} frames")
+        raise DatasetError(
+            f"atari observations have shape {obs.shape[1:]}; expected raw "
+            f"{ATARI_RAW} RGB or preprocessed {ATARI_FRAME} frames"
+        )
     try:
         import cv2
     except ImportError:
@@ -97,8 +110,10 @@ def _minigrid(obs: Any, onehot: bool) -> np.ndarray:
     if not isinstance(obs, dict):  # already flattened (locally collected data)
         arr = np.asarray(obs)
         if arr.ndim != 2 or arr.shape[1] != width:
-            raise DatasetError(f"minigrid observations have shape {arr.shape}; expected a dict "
-                               f"(image, direction) or flat rows of {width}")
+            raise DatasetError(
+                f"minigrid observations have shape {arr.shape}; expected a dict "
+                f"(image, direction) or flat rows of {width}"
+            )
         return arr.astype(np.uint8, copy=False)
     image = np.asarray(obs["image"]).astype(np.int64)
     direction = np.asarray(obs["direction"]).astype(np.int64).reshape(-1)
@@ -107,8 +122,10 @@ def _minigrid(obs: Any, onehot: bool) -> np.ndarray:
         raise DatasetError(f"minigrid image has shape {image.shape[1:]}, expected {MINIGRID_VIEW}")
     if not onehot:
         return np.concatenate([image.reshape(n, -1), direction[:, None]], axis=1).astype(np.uint8)
-    parts = [np.eye(size, dtype=np.uint8)[np.clip(image[..., c], 0, size - 1)].reshape(n, -1)
-             for c, size in enumerate(MINIGRID_SIZES)]
+    parts = [
+        np.eye(size, dtype=np.uint8)[np.clip(image[..., c], 0, size - 1)].reshape(n, -1)
+        for c, size in enumerate(MINIGRID_SIZES)
+    ]
     parts.append(np.eye(MINIGRID_DIRECTIONS, dtype=np.uint8)[direction % MINIGRID_DIRECTIONS])
     return np.concatenate(parts, axis=1)
 
@@ -132,7 +149,8 @@ def transform(kind: str, obs: Any) -> np.ndarray:
 
 
 def _register_optional(gym_id: str) -> None:
-    """Import the package that registers `gym_id` (ale-py for ALE/, minigrid for MiniGrid/BabyAI)."""
+    """Import the package that registers `gym_id` (ale-py for ALE/, minigrid for
+    MiniGrid/BabyAI)."""
     if gym_id.startswith("ALE/"):
         try:
             import ale_py
@@ -147,8 +165,9 @@ def _register_optional(gym_id: str) -> None:
         gym.register_envs(minigrid)
 
 
-def make_env(gym_id: str, kind: str = "vector", max_episode_steps: int | None = None,
-             **kwargs: Any):
+def make_env(
+    gym_id: str, kind: str = "vector", max_episode_steps: int | None = None, **kwargs: Any
+):
     """The env as dtzoo sees it, for collection and evaluation alike.
 
     Image and MiniGrid kinds wrap the env so it emits stored-format observations
@@ -164,8 +183,12 @@ def make_env(gym_id: str, kind: str = "vector", max_episode_steps: int | None = 
         kwargs["max_episode_steps"] = int(max_episode_steps)
     try:
         env = gym.make(gym_id, **kwargs)
-    except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound,
-            gym.error.DeprecatedEnv) as e:
+    except (
+        gym.error.NameNotFound,
+        gym.error.NamespaceNotFound,
+        gym.error.VersionNotFound,
+        gym.error.DeprecatedEnv,
+    ) as e:
         raise UsageError(f"unknown gym id {gym_id!r}: {e}") from None
     if kind == "vector":
         return env
@@ -177,7 +200,9 @@ def make_env(gym_id: str, kind: str = "vector", max_episode_steps: int | None = 
         onehot = kind == "minigrid-onehot"
         width = (49 * sum(MINIGRID_SIZES) + MINIGRID_DIRECTIONS) if onehot else 49 * 3 + 1
         space = spaces.Box(0, 255, (width,), np.uint8)
-        fn = lambda o: _minigrid({"image": o["image"][None], "direction": [o["direction"]]}, onehot)[0]
+        fn = lambda o: _minigrid(
+            {"image": o["image"][None], "direction": [o["direction"]]}, onehot
+        )[0]
     return gym.wrappers.TransformObservation(env, fn, space)
 
 
@@ -203,7 +228,8 @@ def make_vec_env(gym_id: str, kind: str, num_envs: int, max_episode_steps: int |
     if kind == "vector" and max_episode_steps is None:
         return gym.make_vec(gym_id, num_envs=num_envs, vectorization_mode="sync")
     return gym.vector.SyncVectorEnv(
-        [lambda: make_env(gym_id, kind, max_episode_steps) for _ in range(num_envs)])
+        [lambda: make_env(gym_id, kind, max_episode_steps) for _ in range(num_envs)]
+    )
 
 
 def memory_per_1k_frames(kind: str, frame_stack: int = 1) -> dict[str, float]:
@@ -212,4 +238,7 @@ def memory_per_1k_frames(kind: str, frame_stack: int = 1) -> dict[str, float]:
     if shape is None:
         raise UsageError(f"{kind!r} is not an image kind")
     per = int(np.prod(shape))
-    return {"stored_MB": per * 1000 / 1e6, "if_stacked_float32_MB": per * 4 * frame_stack * 1000 / 1e6}
+    return {
+        "stored_MB": per * 1000 / 1e6,
+        "if_stacked_float32_MB": per * 4 * frame_stack * 1000 / 1e6,
+    }

@@ -1,8 +1,8 @@
 """Where dtzoo keeps things: everything lives under $DTZOO_HOME (default ~/.cache/dtzoo).
 
-    runs/<model id>/                 training runs: the final model directory, checkpoints/step<N>/
-    hub/<org>/<model id>/            the local hub (snapshots and refs)
-    cache/<org>/<model id>/<commit>/ models pulled from a hub
+runs/<model id>/                 training runs: the final model directory, checkpoints/step<N>/
+hub/<org>/<model id>/            the local hub (snapshots and refs)
+cache/<org>/<model id>/<commit>/ models pulled from a hub
 """
 
 from __future__ import annotations

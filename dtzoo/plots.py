@@ -30,8 +30,12 @@ def learning_curve(log: list[dict], path: Path, title: str = "") -> None:
     ax.plot([r["step"] for r in log], [r["loss"] for r in log], color="tab:blue", label="training")
     val = [r for r in log if r.get("val_loss") is not None]
     if val:
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], color="tab:orange",
-                label="validation (held-out episodes)")
+        ax.plot(
+            [r["step"] for r in val],
+            [r["val_loss"] for r in val],
+            color="tab:orange",
+            label="validation (held-out episodes)",
+        )
         ax.legend(fontsize=8)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
@@ -59,19 +63,36 @@ def rtg_sweep_plot(report: dict, path: Path) -> None:
     ax.plot([lo, hi], [lo, hi], ls="--", color="grey", label="achieved = target")
     data = report.get("data_returns") or {}
     if data.get("min") is not None and data.get("max") is not None:
-        ax.axvspan(data["min"], data["max"], color="tab:green", alpha=0.12, label="returns in the data")
+        ax.axvspan(
+            data["min"], data["max"], color="tab:green", alpha=0.12, label="returns in the data"
+        )
     marks = sweep_marks(report)
     if marks["data_best"] is not None:
-        ax.axhline(marks["data_best"], color="tab:green", lw=1.2,
-                   label=f"data's best return ({marks['data_best']:.1f})")
+        ax.axhline(
+            marks["data_best"],
+            color="tab:green",
+            lw=1.2,
+            label=f"data's best return ({marks['data_best']:.1f})",
+        )
     if marks["expert"] is not None:
-        ax.axhline(marks["expert"], color="tab:red", lw=1.2, ls=":",
-                   label=f"expert score ({marks['expert']:.1f})")
+        ax.axhline(
+            marks["expert"],
+            color="tab:red",
+            lw=1.2,
+            ls=":",
+            label=f"expert score ({marks['expert']:.1f})",
+        )
     if marks["above_data_best"] is not None:
         best = marks["best_achieved"]
-        ax.annotate(f"+{marks['above_data_best']:.1f} above the data's best",
-                    (best["target_return"], best["return_mean"]), textcoords="offset points",
-                    xytext=(-10, 10), ha="right", fontsize=8, color="tab:green")
+        ax.annotate(
+            f"+{marks['above_data_best']:.1f} above the data's best",
+            (best["target_return"], best["return_mean"]),
+            textcoords="offset points",
+            xytext=(-10, 10),
+            ha="right",
+            fontsize=8,
+            color="tab:green",
+        )
     ax.set_xlabel("target return")
     ax.set_ylabel("achieved return")
     ax.set_title(f"{report['model_id']}: return conditioning")
@@ -94,8 +115,12 @@ def sweep_marks(report: dict) -> dict:
     above = None
     if best is not None and data_best is not None and best["return_mean"] > data_best:
         above = best["return_mean"] - data_best
-    return {"data_best": data_best, "expert": expert, "best_achieved": best,
-            "above_data_best": above}
+    return {
+        "data_best": data_best,
+        "expert": expert,
+        "best_achieved": best,
+        "above_data_best": above,
+    }
 
 
 def probe_plot(report: dict, path: Path) -> None:
@@ -150,16 +175,26 @@ def leaderboard_plot(rows: list[dict], path: Path) -> None:
     target return."""
     plt = _figure()
     envs = sorted({r["env"] for r in rows})
-    fig, axes = plt.subplots(1, max(1, len(envs)), figsize=(4 * max(1, len(envs)), 3.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(envs)), figsize=(4 * max(1, len(envs)), 3.4), squeeze=False
+    )
     for ax, env in zip(axes[0], envs):
         env_rows = [r for r in rows if r["env"] == env]
-        for target in sorted({r["target_return"] for r in env_rows
-                              if r["target_return"] is not None}, reverse=True):
-            line = sorted((r for r in env_rows if r["target_return"] == target), key=lambda r: r["layers"])
+        for target in sorted(
+            {r["target_return"] for r in env_rows if r["target_return"] is not None}, reverse=True
+        ):
+            line = sorted(
+                (r for r in env_rows if r["target_return"] == target), key=lambda r: r["layers"]
+            )
             # one seed has no spread: no error bar rather than a misleading zero
-            ax.errorbar([r["layers"] for r in line], [r["score_mean"] for r in line],
-                        yerr=[r["score_std"] or 0.0 for r in line], marker="o", capsize=3,
-                        label=f"target {target:g}")
+            ax.errorbar(
+                [r["layers"] for r in line],
+                [r["score_mean"] for r in line],
+                yerr=[r["score_std"] or 0.0 for r in line],
+                marker="o",
+                capsize=3,
+                label=f"target {target:g}",
+            )
         ax.set_title(env)
         ax.set_xlabel("layers")
         ax.set_xticks(sorted({r["layers"] for r in env_rows}))

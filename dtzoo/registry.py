@@ -1,10 +1,10 @@
 """The registry: envs, their datasets, the training recipe and the named grids, from YAML.
 
-    >>> reg = load_registry()                      # $DTZOO_REGISTRY or the bundled registry.yaml
-    >>> reg.grid("tiny")[0]
-    'pendulum-1L-seed0'
-    >>> reg.resolve("hopper-3L-seed2").env.gym_id
-    'Hopper-v5'
+>>> reg = load_registry()                      # $DTZOO_REGISTRY or the bundled registry.yaml
+>>> reg.grid("tiny")[0]
+'pendulum-1L-seed0'
+>>> reg.resolve("hopper-3L-seed2").env.gym_id
+'Hopper-v5'
 """
 
 from __future__ import annotations
@@ -26,20 +26,35 @@ from dtzoo.errors import RegistryError, UsageError, closest
 # always `fullmatch`: `$` also matches before a final newline, and "x-1L-seed0\n" would be a
 # second name (and run, and hub folder) for x-1L-seed0
 ENV_KEY_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
-# no leading zeros: "hopper-01L-seed0" would be a second name (and run, and repo) for hopper-1L-seed0
+# no leading zeros: "hopper-01L-seed0" would be a second name (and run, and repo) for
+# hopper-1L-seed0
 MODEL_ID_RE = re.compile(
-    r"(?P<env>[a-z0-9][a-z0-9-]*)-(?P<layers>0|[1-9][0-9]*)L-seed(?P<seed>0|[1-9][0-9]*)")
+    r"(?P<env>[a-z0-9][a-z0-9-]*)-(?P<layers>0|[1-9][0-9]*)L-seed(?P<seed>0|[1-9][0-9]*)"
+)
 
 # Bounds that keep a typo from exhausting the machine before the first step (each is far above
 # any DT in the literature; the model size is bounded as a whole by checkpoint.check_model_size)
 MAX_LAYERS = 128
 MAX_SEED = 2**31 - 1
 MAX_STEPS = 10**9  # training steps (and warm-up, checkpoint spacing)
-LIMITS = {"context_len": 4096, "d_model": 8192, "n_heads": 256, "d_mlp": 32768,
-          "batch_size": 65536, "steps": MAX_STEPS, "warmup_steps": MAX_STEPS,
-          "max_ep_len": 10**6, "max_episode_steps": 10**8, "frame_stack": 64,
-          "episodes": 10**4, "ref_episodes": 10**6, "targets": 256, "log": 10**4,
-          "evenly": 10**4, "noise": 256}
+LIMITS = {
+    "context_len": 4096,
+    "d_model": 8192,
+    "n_heads": 256,
+    "d_mlp": 32768,
+    "batch_size": 65536,
+    "steps": MAX_STEPS,
+    "warmup_steps": MAX_STEPS,
+    "max_ep_len": 10**6,
+    "max_episode_steps": 10**8,
+    "frame_stack": 64,
+    "episodes": 10**4,
+    "ref_episodes": 10**6,
+    "targets": 256,
+    "log": 10**4,
+    "evenly": 10**4,
+    "noise": 256,
+}
 PREPARE_KEYS = ("policy", "episodes", "noise", "seed", "ref_episodes")  # zoo.prepare_env's
 MAX_YAML_NODES = 100_000  # a registry expanded (aliases followed) beyond this is refused
 MAX_REGISTRY_BYTES = 10 * 2**20
@@ -91,7 +106,8 @@ class CheckpointSchedule:
         return _extra_steps(self.log, self.evenly, total)
 
     def is_checkpoint(self, step: int, total: int) -> bool:
-        """Whether `step` of a `total`-step run keeps a checkpoint, in O(1) for the unbounded parts."""
+        """Whether `step` of a `total`-step run keeps a checkpoint, in O(1) for the unbounded
+        parts."""
         if step in (0, total):
             return True
         if 0 < step <= self.log_until and step & (step - 1) == 0:  # a power of two
@@ -105,9 +121,10 @@ class CheckpointSchedule:
         import heapq
         import itertools
 
-        powers = itertools.takewhile(lambda s: s <= min(self.log_until, total),
-                                     (2 ** i for i in itertools.count()))
-        multiples = (range(self.every, total, self.every) if self.every > 0 else ())
+        powers = itertools.takewhile(
+            lambda s: s <= min(self.log_until, total), (2**i for i in itertools.count())
+        )
+        multiples = range(self.every, total, self.every) if self.every > 0 else ()
         last = None
         for s in heapq.merge([0], powers, multiples, self._extra(total), [total]):
             if s != last:
@@ -130,15 +147,18 @@ class CheckpointSchedule:
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, _, value = part.partition("=")
             if key not in names:
-                raise UsageError(f"--checkpoints {text!r}: unknown key {key!r}; keys: "
-                                 f"{', '.join(names)}")
+                raise UsageError(
+                    f"--checkpoints {text!r}: unknown key {key!r}; keys: {', '.join(names)}"
+                )
             if not re.fullmatch(r"[0-9]{1,19}", value):  # (isdigit() takes "²")
                 raise UsageError(f"--checkpoints {text!r}: {key} must be an integer >= 0")
             out[key] = int(value)
             if key == "every" and out[key] < 1:
                 raise UsageError(f"--checkpoints {text!r}: every must be >= 1")
         if not out:
-            raise UsageError(f"--checkpoints {text!r}: expected KEY=N[,KEY=N], e.g. log=16,evenly=20")
+            raise UsageError(
+                f"--checkpoints {text!r}: expected KEY=N[,KEY=N], e.g. log=16,evenly=20"
+            )
         return out
 
     def merged(self, override: dict[str, int] | None) -> "CheckpointSchedule":
@@ -148,8 +168,12 @@ class CheckpointSchedule:
 
 def with_checkpoints(specs: list["ModelSpec"], override: dict[str, int]) -> list["ModelSpec"]:
     """The specs with `override` over their env's checkpoint keys (`dtzoo train --checkpoints`)."""
-    return [dataclasses.replace(s, env=dataclasses.replace(
-        s.env, checkpoints={**s.env.checkpoints, **override})) for s in specs]
+    return [
+        dataclasses.replace(
+            s, env=dataclasses.replace(s.env, checkpoints={**s.env.checkpoints, **override})
+        )
+        for s in specs
+    ]
 
 
 @dataclass(frozen=True)
@@ -171,7 +195,7 @@ def _extra_steps(log: int, evenly: int, total: int) -> tuple[int, ...]:
     out: set[int] = set()
     if log > 0 and total > 0:
         ratio = total ** (1.0 / max(log - 1, 1))
-        out.update(min(total, round(ratio ** i)) for i in range(log))
+        out.update(min(total, round(ratio**i)) for i in range(log))
     if evenly > 0:
         out.update(total * i // evenly for i in range(1, evenly + 1))
     return tuple(sorted(out))
@@ -191,9 +215,12 @@ class EnvSpec:
     prepare: dict[str, Any] | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     eval_episodes: int = 10
-    obs: str = "vector"  # observation kind (dtzoo.observations): vector | atari | minigrid-flat | minigrid-onehot
+    # observation kind (dtzoo.observations): vector | atari | minigrid-flat | minigrid-onehot
+    obs: str = "vector"
     frame_stack: int = 1  # frames per state for image kinds (stacked on the fly)
-    max_episode_steps: int | None = None  # TimeLimit for collection and eval (None: the gym default)
+    max_episode_steps: int | None = (
+        None  # TimeLimit for collection and eval (None: the gym default)
+    )
     checkpoints: dict[str, int] = field(default_factory=dict)  # overrides of the global schedule
 
     def normalize(self, ret: float) -> float:
@@ -222,9 +249,7 @@ class Grid:
     description: str = ""
 
     def model_ids(self) -> list[str]:
-        return [
-            model_id(env, n, s) for env in self.envs for n in self.layers for s in self.seeds
-        ]
+        return [model_id(env, n, s) for env in self.envs for n in self.layers for s in self.seeds]
 
 
 def model_id(env: str, n_layers: int, seed: int) -> str:
@@ -250,7 +275,7 @@ def parse_model_id(mid: str) -> tuple[str, int, int]:
 def shown(value: Any, limit: int = 80) -> str:
     """repr() cut to `limit` characters, for error messages that echo user input."""
     r = repr(value) if not isinstance(value, (list, dict)) else f"<{type(value).__name__}>"
-    return r if len(r) <= limit else r[:limit - 5] + "...'"
+    return r if len(r) <= limit else r[: limit - 5] + "...'"
 
 
 @dataclass
@@ -263,12 +288,16 @@ class Registry:
     eval_seed: int
     envs: dict[str, EnvSpec]
     grids: dict[str, Grid]
-    eval_video: bool = True  # record replay.mp4 (one episode) when a model trained here is evaluated
+    eval_video: bool = (
+        True  # record replay.mp4 (one episode) when a model trained here is evaluated
+    )
     default_eval_episodes: int = 10  # for models whose env is not in this registry
 
     def env(self, key: str) -> EnvSpec:
         if key not in self.envs:
-            raise UsageError(f"unknown env {shown(key)}: {closest(str(key)[:200], sorted(self.envs))}")
+            raise UsageError(
+                f"unknown env {shown(key)}: {closest(str(key)[:200], sorted(self.envs))}"
+            )
         return self.envs[key]
 
     def grid(self, name: str) -> list[str]:
@@ -288,7 +317,9 @@ class Registry:
         """Parse and validate a model id against the registry."""
         if not isinstance(mid, str) or not MODEL_ID_RE.fullmatch(mid):
             hint = closest(str(mid)[:200], self.all_model_ids())
-            raise UsageError(f"malformed model id {shown(mid)} (expected <env>-<N>L-seed<K>); {hint}")
+            raise UsageError(
+                f"malformed model id {shown(mid)} (expected <env>-<N>L-seed<K>); {hint}"
+            )
         env_key, n_layers, seed = parse_model_id(mid)
         if env_key not in self.envs:
             hint = closest(mid[:200], self.all_model_ids())
@@ -298,12 +329,22 @@ class Registry:
         env = self.envs[env_key]
         recipe = dataclasses.replace(self.recipe, **env.recipe)
         if recipe.d_model % recipe.n_heads:
-            raise RegistryError(f"{self.path}: env {env_key!r}: recipe d_model {recipe.d_model} is "
-                                f"not divisible by n_heads {recipe.n_heads}")
+            raise RegistryError(
+                f"{self.path}: env {env_key!r}: recipe d_model {recipe.d_model} is "
+                f"not divisible by n_heads {recipe.n_heads}"
+            )
         from dtzoo.checkpoint import check_model_size
 
-        check_model_size({"n_layers": n_layers, "d_model": recipe.d_model, "d_mlp": recipe.d_mlp,
-                          "max_ep_len": env.max_ep_len}, where=mid, error=UsageError)
+        check_model_size(
+            {
+                "n_layers": n_layers,
+                "d_model": recipe.d_model,
+                "d_mlp": recipe.d_mlp,
+                "max_ep_len": env.max_ep_len,
+            },
+            where=mid,
+            error=UsageError,
+        )
         return ModelSpec(model_id=mid, env=env, n_layers=n_layers, seed=seed, recipe=recipe)
 
     def select(self, grid: str | None, ids: list[str]) -> list[ModelSpec]:
@@ -358,7 +399,7 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
+        line = data[: e.start].count(b"\n") + 1
         raise RegistryError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x})") from None
     try:
         raw = _load_yaml(text)
@@ -383,8 +424,9 @@ def _load_yaml(text: str) -> Any:
         if node is None:
             return None
         if _expanded_size(node, {}) > MAX_YAML_NODES:
-            raise yaml.YAMLError(f"more than {MAX_YAML_NODES} nodes once its aliases are "
-                                 "expanded (an alias bomb?)")
+            raise yaml.YAMLError(
+                f"more than {MAX_YAML_NODES} nodes once its aliases are expanded (an alias bomb?)"
+            )
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -429,13 +471,24 @@ class _Parser:
     def check_keys(self, node: _Map, allowed: list[str], what: str) -> None:
         for k in node:
             if k not in allowed:
-                raise self.fail(node, k, f"unknown key {shown(k)} in {what}; {closest(str(k), allowed)}")
+                raise self.fail(
+                    node, k, f"unknown key {shown(k)} in {what}; {closest(str(k), allowed)}"
+                )
 
-    def integer(self, node: _Map, key: str, what: str, default: int, minimum: int,
-                maximum: int | None = None) -> int:
+    def integer(
+        self,
+        node: _Map,
+        key: str,
+        what: str,
+        default: int,
+        minimum: int,
+        maximum: int | None = None,
+    ) -> int:
         v = node.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise self.fail(node, key, f"{what}.{key} must be an integer >= {minimum}, got {shown(v)}")
+            raise self.fail(
+                node, key, f"{what}.{key} must be an integer >= {minimum}, got {shown(v)}"
+            )
         maximum = maximum or LIMITS.get(key, MAX_STEPS)
         if v > maximum:
             raise self.fail(node, key, f"{what}.{key} must be <= {maximum}, got {shown(v)}")
@@ -450,11 +503,24 @@ class _Parser:
     def numbers(self, node: _Map, key: str, what: str) -> list[float]:
         """A non-empty, bounded list of finite numbers."""
         v = node[key]
-        if (not isinstance(v, list) or not v or len(v) > LIMITS["targets"]
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                           and abs(x) < 1e15 and math.isfinite(x) for x in v)):
-            raise self.fail(node, key, f"{what}.{key} must be a list of numbers (finite, 1 to "
-                                       f"{LIMITS['targets']} of them)")
+        if (
+            not isinstance(v, list)
+            or not v
+            or len(v) > LIMITS["targets"]
+            or not all(
+                isinstance(x, (int, float))
+                and not isinstance(x, bool)
+                and abs(x) < 1e15
+                and math.isfinite(x)
+                for x in v
+            )
+        ):
+            raise self.fail(
+                node,
+                key,
+                f"{what}.{key} must be a list of numbers (finite, 1 to "
+                f"{LIMITS['targets']} of them)",
+            )
         return [float(x) for x in v]
 
     def number(self, node: _Map, key: str, what: str) -> float:
@@ -472,8 +538,9 @@ class _Parser:
         names = {f.name: f for f in dataclasses.fields(cls)}
         for k in node:
             if k not in names:
-                raise self.fail(node, k, f"unknown key {shown(k)} in {what}; "
-                                         f"{closest(str(k), list(names))}")
+                raise self.fail(
+                    node, k, f"unknown key {shown(k)} in {what}; {closest(str(k), list(names))}"
+                )
         out = {}
         for k, v in node.items():
             want = type(names[k].default)
@@ -482,8 +549,9 @@ class _Parser:
                 if want is int and not (isinstance(v, int) or v.is_integer()):
                     raise self.fail(node, k, f"{what}.{k} must be an integer, got {v!r}")
                 if want is int and v > LIMITS.get(k, MAX_STEPS):
-                    raise self.fail(node, k, f"{what}.{k} must be <= {LIMITS.get(k, MAX_STEPS)}, "
-                                             f"got {v}")
+                    raise self.fail(
+                        node, k, f"{what}.{k} must be <= {LIMITS.get(k, MAX_STEPS)}, got {v}"
+                    )
             if want is str and not isinstance(v, str):
                 raise self.fail(node, k, f"{what}.{k} must be a string, got {shown(v)}")
             out[k] = int(v) if want is int else v
@@ -492,10 +560,15 @@ class _Parser:
     def recipe_fields(self, node: _Map, what: str) -> dict[str, Any]:
         """Recipe keys, with their values checked here rather than failing hours into training."""
         out = self.dataclass_fields(node, Recipe, what)
-        choices = {"activation": ("relu", "gelu", "gelu_exact", "tanh"), "precision": ("fp32", "bf16")}
+        choices = {
+            "activation": ("relu", "gelu", "gelu_exact", "tanh"),
+            "precision": ("fp32", "bf16"),
+        }
         for k, allowed in choices.items():
             if k in out and out[k] not in allowed:
-                raise self.fail(node, k, f"{what}.{k} must be one of {', '.join(allowed)}, got {out[k]!r}")
+                raise self.fail(
+                    node, k, f"{what}.{k} must be one of {', '.join(allowed)}, got {out[k]!r}"
+                )
         for k in ("context_len", "d_model", "n_heads", "d_mlp", "batch_size", "steps", "lr"):
             if k in out and out[k] <= 0:
                 raise self.fail(node, k, f"{what}.{k} must be positive, got {out[k]!r}")
@@ -503,10 +576,15 @@ class _Parser:
             if k in out and out[k] < 0:
                 raise self.fail(node, k, f"{what}.{k} must be >= 0, got {out[k]!r}")
         if "val_fraction" in out and not 0 <= out["val_fraction"] <= 0.5:
-            raise self.fail(node, "val_fraction",
-                            f"{what}.val_fraction must be in [0, 0.5], got {out['val_fraction']!r}")
+            raise self.fail(
+                node,
+                "val_fraction",
+                f"{what}.val_fraction must be in [0, 0.5], got {out['val_fraction']!r}",
+            )
         if "dropout" in out and out["dropout"] >= 1:
-            raise self.fail(node, "dropout", f"{what}.dropout must be below 1, got {out['dropout']!r}")
+            raise self.fail(
+                node, "dropout", f"{what}.dropout must be below 1, got {out['dropout']!r}"
+            )
         return out
 
     def checkpoint_fields(self, node: _Map, what: str) -> dict[str, int]:
@@ -540,7 +618,9 @@ class _Parser:
         eval_seed = self.integer(evaln, "seed", "eval", 0, 0)
         eval_video = evaln.get("video", True)
         if not isinstance(eval_video, bool):
-            raise self.fail(evaln, "video", f"eval.video must be true or false, got {shown(eval_video)}")
+            raise self.fail(
+                evaln, "video", f"eval.video must be true or false, got {shown(eval_video)}"
+            )
         envs_node = self.mapping(root.get("envs"), "envs", root, "envs")
         envs = {k: self.env(k, v, envs_node, default_episodes) for k, v in envs_node.items()}
         grids_node = self.mapping(root.get("grids"), "grids", root, "grids")
@@ -562,16 +642,34 @@ class _Parser:
         if not isinstance(key, str) or not ENV_KEY_RE.fullmatch(key):
             raise self.fail(parent, key, f"env key {shown(key)} must match [a-z0-9-]")
         node = self.mapping(node, f"envs.{key}", parent, key)
-        required = ["gym_id", "dataset", "max_ep_len", "reward_scale", "target_returns", "ref_scores"]
+        required = [
+            "gym_id",
+            "dataset",
+            "max_ep_len",
+            "reward_scale",
+            "target_returns",
+            "ref_scores",
+        ]
         for r in required:
             if r not in node:
                 raise self.fail(parent, key, f"envs.{key} is missing required key {r!r}")
-        allowed = set(required) | {"prepare", "recipe", "eval", "description", "obs", "frame_stack",
-                                   "max_episode_steps", "checkpoints"}
+        allowed = set(required) | {
+            "prepare",
+            "recipe",
+            "eval",
+            "description",
+            "obs",
+            "frame_stack",
+            "max_episode_steps",
+            "checkpoints",
+        }
         for k in node:
             if k not in allowed:
-                raise self.fail(node, k, f"unknown key {shown(k)} in envs.{key}; "
-                                         f"{closest(str(k), sorted(allowed))}")
+                raise self.fail(
+                    node,
+                    k,
+                    f"unknown key {shown(k)} in envs.{key}; {closest(str(k), sorted(allowed))}",
+                )
         for k in ("gym_id", "dataset"):
             self.string(node, k, f"envs.{key}")
         self.string(node, "description", f"envs.{key}", "")
@@ -579,18 +677,35 @@ class _Parser:
         refs = node["ref_scores"]
         if refs == "dataset":  # the Minari dataset's ref_min_score / ref_max_score
             refs = None
-        elif (not isinstance(refs, dict) or set(refs) != {"random", "expert"}
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                           and abs(v) < 1e15 and math.isfinite(v) for v in refs.values())
-                or refs["random"] == refs["expert"]):
-            raise self.fail(node, "ref_scores",
-                            f"envs.{key}.ref_scores needs distinct numbers 'random' and 'expert' "
-                            "(finite), or the word 'dataset'")
+        elif (
+            not isinstance(refs, dict)
+            or set(refs) != {"random", "expert"}
+            or not all(
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and abs(v) < 1e15
+                and math.isfinite(v)
+                for v in refs.values()
+            )
+            or refs["random"] == refs["expert"]
+        ):
+            raise self.fail(
+                node,
+                "ref_scores",
+                f"envs.{key}.ref_scores needs distinct numbers 'random' and 'expert' "
+                "(finite), or the word 'dataset'",
+            )
         for k in ("max_ep_len", "reward_scale"):
             v = node[k]
-            if (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e15
-                    or not math.isfinite(v)):
-                raise self.fail(node, k, f"envs.{key}.{k} must be a positive number, got {shown(v)}")
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not 0 < v < 1e15
+                or not math.isfinite(v)
+            ):
+                raise self.fail(
+                    node, k, f"envs.{key}.{k} must be a positive number, got {shown(v)}"
+                )
         self.integer(node, "max_ep_len", f"envs.{key}", 1, 1)
         recipe_node = self.mapping(node.get("recipe"), f"envs.{key}.recipe", node, "recipe")
         recipe = self.recipe_fields(recipe_node, f"envs.{key}.recipe")
@@ -601,18 +716,24 @@ class _Parser:
 
         obs = node.get("obs", "vector")
         if not isinstance(obs, str) or obs not in OBS_KINDS:
-            raise self.fail(node, "obs", f"envs.{key}.obs must be one of {', '.join(OBS_KINDS)}, "
-                                         f"got {shown(obs)}")
+            raise self.fail(
+                node,
+                "obs",
+                f"envs.{key}.obs must be one of {', '.join(OBS_KINDS)}, got {shown(obs)}",
+            )
         frame_stack = self.integer(node, "frame_stack", f"envs.{key}", 4 if is_image(obs) else 1, 1)
         if frame_stack > 1 and not is_image(obs):
-            raise self.fail(node, "frame_stack", f"envs.{key}.frame_stack applies to image observations only")
+            raise self.fail(
+                node, "frame_stack", f"envs.{key}.frame_stack applies to image observations only"
+            )
         max_steps = node.get("max_episode_steps")
         if max_steps is not None:
             max_steps = self.integer(node, "max_episode_steps", f"envs.{key}", 1, 1)
         prepare = node.get("prepare")
         if prepare is not None:
-            self.check_prepare(self.mapping(prepare, f"envs.{key}.prepare", node, "prepare"),
-                               f"envs.{key}.prepare")
+            self.check_prepare(
+                self.mapping(prepare, f"envs.{key}.prepare", node, "prepare"), f"envs.{key}.prepare"
+            )
         return EnvSpec(
             key=key,
             gym_id=str(node["gym_id"]),
@@ -628,8 +749,11 @@ class _Parser:
             frame_stack=frame_stack,
             max_episode_steps=max_steps,
             checkpoints=self.checkpoint_fields(
-                self.mapping(node.get("checkpoints"), f"envs.{key}.checkpoints", node, "checkpoints"),
-                f"envs.{key}.checkpoints"),
+                self.mapping(
+                    node.get("checkpoints"), f"envs.{key}.checkpoints", node, "checkpoints"
+                ),
+                f"envs.{key}.checkpoints",
+            ),
         )
 
     def check_prepare(self, node: _Map, what: str) -> None:
@@ -651,18 +775,36 @@ class _Parser:
         self.check_keys(node, ["envs", "layers", "seeds", "description"], f"grids.{name}")
         for r in ("envs", "layers", "seeds"):
             if not isinstance(node.get(r), list) or not node[r]:
-                raise self.fail(node if r in node else parent, r if r in node else name,
-                                f"grids.{name}.{r} must be a non-empty list")
+                raise self.fail(
+                    node if r in node else parent,
+                    r if r in node else name,
+                    f"grids.{name}.{r} must be a non-empty list",
+                )
         for e in node["envs"]:
             if not isinstance(e, str) or e not in envs:
-                raise self.fail(node, "envs", f"grids.{name} names unknown env {shown(e)}; "
-                                              f"{closest(str(e)[:200], sorted(envs))}")
+                raise self.fail(
+                    node,
+                    "envs",
+                    f"grids.{name} names unknown env {shown(e)}; "
+                    f"{closest(str(e)[:200], sorted(envs))}",
+                )
         for r, top in (("layers", MAX_LAYERS), ("seeds", MAX_SEED)):
-            if not all(isinstance(x, int) and not isinstance(x, bool) and (r == "layers") <= x <= top
-                       for x in node[r]):
-                raise self.fail(node, r, f"grids.{name}.{r} must be a list of non-negative integers "
-                                         f"(from {int(r == 'layers')} to {top})")
+            if not all(
+                isinstance(x, int) and not isinstance(x, bool) and (r == "layers") <= x <= top
+                for x in node[r]
+            ):
+                raise self.fail(
+                    node,
+                    r,
+                    f"grids.{name}.{r} must be a list of non-negative integers "
+                    f"(from {int(r == 'layers')} to {top})",
+                )
         if len(node["envs"]) * len(node["layers"]) * len(node["seeds"]) > 10**5:
             raise self.fail(node, "envs", f"grids.{name} has more than 100000 cells")
-        return Grid(name, list(node["envs"]), list(node["layers"]), list(node["seeds"]),
-                    self.string(node, "description", f"grids.{name}", ""))
+        return Grid(
+            name,
+            list(node["envs"]),
+            list(node["layers"]),
+            list(node["seeds"]),
+            self.string(node, "description", f"grids.{name}", ""),
+        )

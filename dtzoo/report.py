@@ -44,10 +44,13 @@ def rollout_window(model, target_return: float, seed: int = 0, at: int | None = 
         obs, _ = env.reset(seed=seed)
         for t in range(at + 1):
             action = agent.act(obs)
-            window = {"states": agent.states.copy(), "actions": agent.actions.copy(),
-                      "returns_to_go": agent.rtg.copy()[..., None],
-                      "timesteps": agent.timesteps.copy(),
-                      "mask": (np.arange(K) >= K - agent.filled)[None]}
+            window = {
+                "states": agent.states.copy(),
+                "actions": agent.actions.copy(),
+                "returns_to_go": agent.rtg.copy()[..., None],
+                "timesteps": agent.timesteps.copy(),
+                "mask": (np.arange(K) >= K - agent.filled)[None],
+            }
             window["actions"][:, -1] = 0.0  # as the model saw it: a_t was not known yet
             obs, reward, terminated, truncated, _ = env.step(action)
             agent.observe(reward)
@@ -65,13 +68,15 @@ def attention_data(model, window: dict) -> dict:
     and one (tokens x tokens) matrix per head, padding removed."""
     t = {k: torch.from_numpy(np.asarray(v)) for k, v in window.items() if k != "t"}
     names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
-    _, cache = model.run_with_cache(t["states"], t["actions"], t["returns_to_go"],
-                                    t["timesteps"], t["mask"], names_filter=names)
+    _, cache = model.run_with_cache(
+        t["states"], t["actions"], t["returns_to_go"], t["timesteps"], t["mask"], names_filter=names
+    )
     mask = np.asarray(window["mask"][0])
     keep = np.repeat(mask, 3)  # token positions of real steps
     ts = np.asarray(window["timesteps"][0])
-    labels = [f"{k}{ts[i // 3]}" for i, k in
-              ((i, "Rsa"[i % 3]) for i in range(3 * len(mask))) if keep[i]]
+    labels = [
+        f"{k}{ts[i // 3]}" for i, k in ((i, "Rsa"[i % 3]) for i in range(3 * len(mask))) if keep[i]
+    ]
     heads = []
     for layer, name in enumerate(names):
         pat = cache[name][0].float().numpy()  # (heads, L, L)
@@ -98,10 +103,19 @@ def _png_b64(path: Path) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def build_report(model_ref: str | os.PathLike, hub: str | None = None, org: str | None = None,
-                 episodes: int = 3, targets: list[float] | None = None, seed: int = 0,
-                 probe_targets: tuple[str, ...] = ("rtg", "timestep"), probes: bool = True,
-                 patching: bool = True, workdir: Path | None = None, note: Note = print) -> dict:
+def build_report(
+    model_ref: str | os.PathLike,
+    hub: str | None = None,
+    org: str | None = None,
+    episodes: int = 3,
+    targets: list[float] | None = None,
+    seed: int = 0,
+    probe_targets: tuple[str, ...] = ("rtg", "timestep"),
+    probes: bool = True,
+    patching: bool = True,
+    workdir: Path | None = None,
+    note: Note = print,
+) -> dict:
     """Everything the page shows, as one JSON-able dict (the page inlines it)."""
     from dtzoo.dynamics import load_model_ref
     from dtzoo.evaluate import default_sweep_targets, rtg_sweep
@@ -110,18 +124,28 @@ def build_report(model_ref: str | os.PathLike, hub: str | None = None, org: str 
     model = load_model_ref(model_ref, hub=hub, org=org)
     config = model.config
     target = config.target_returns[0]
-    out: dict = {"model_id": config.model_id, "step": config.step, "gym_id": config.env["gym_id"],
-                 "dataset": config.dataset.get("id"), "target_return": target,
-                 "architecture": config.architecture, "generated": time.strftime("%Y-%m-%d %H:%M"),
-                 "notes": []}
+    out: dict = {
+        "model_id": config.model_id,
+        "step": config.step,
+        "gym_id": config.env["gym_id"],
+        "dataset": config.dataset.get("id"),
+        "target_return": target,
+        "architecture": config.architecture,
+        "generated": time.strftime("%Y-%m-%d %H:%M"),
+        "notes": [],
+    }
     note("attention on a rollout")
     out["attention"] = attention_data(model, rollout_window(model, target, seed))
     note("rtg sweep")
     sweep = rtg_sweep(model, config, targets or default_sweep_targets(config), episodes=episodes)
-    out["sweep"] = {"results": [{k: r[k] for k in ("target_return", "return_mean", "return_std")}
-                                for r in sweep["results"]],
-                    "data_returns": sweep["data_returns"], **{k: v for k, v in
-                                                              sweep_marks(sweep).items()}}
+    out["sweep"] = {
+        "results": [
+            {k: r[k] for k in ("target_return", "return_mean", "return_std")}
+            for r in sweep["results"]
+        ],
+        "data_returns": sweep["data_returns"],
+        **{k: v for k, v in sweep_marks(sweep).items()},
+    }
     out["patching"] = _patching(model, config, workdir, seed, note) if patching else None
     if out["patching"] is None:
         out["notes"].append("activation patching: skipped (dtzoo.interp.patch unavailable)")
@@ -159,8 +183,12 @@ def _patching(model, config, workdir: Path | None, seed: int, note: Note) -> dic
     with tempfile.TemporaryDirectory() as tmp:
         r = patch(to_transformer_lens(model), hi, lo, seed=seed, out_dir=Path(workdir or tmp))
         png = (r.get("files") or {}).get("png")
-        return {"from": hi, "to": lo, "top": (r.get("top") or [])[:8],
-                "png": _png_b64(png) if png and Path(png).is_file() else None}
+        return {
+            "from": hi,
+            "to": lo,
+            "top": (r.get("top") or [])[:8],
+            "png": _png_b64(png) if png and Path(png).is_file() else None,
+        }
 
 
 def _training_log(model_ref) -> list[dict] | None:
@@ -186,8 +214,12 @@ def render(data: dict) -> str:
     blob = json.dumps(_finite(data), allow_nan=False).replace("</", "<\\/")
     title = html.escape(f"{data['model_id']} (step {data['step']})")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.get("notes", []))
-    return (PAGE.replace("%TITLE%", title).replace("%NOTES%", notes)
-            .replace("%DATA%", blob).replace("%SCRIPT%", SCRIPT))
+    return (
+        PAGE.replace("%TITLE%", title)
+        .replace("%NOTES%", notes)
+        .replace("%DATA%", blob)
+        .replace("%SCRIPT%", SCRIPT)
+    )
 
 
 PAGE = """<!doctype html>

@@ -57,18 +57,32 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def make_config(spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.ndarray,
-                steps: int, step: int) -> ModelConfig:
+def make_config(
+    spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.ndarray, steps: int, step: int
+) -> ModelConfig:
     r = spec.recipe
     refs = spec.env.ref_scores or data.ref_scores
     if not refs:
-        raise TrainingError(f"env {spec.env.key!r} takes its reference scores from dataset "
-                            f"{data.dataset_id!r}, which has none: set ref_scores in the registry")
-    arch = dict(n_layers=spec.n_layers, d_model=r.d_model, n_heads=r.n_heads, d_mlp=r.d_mlp,
-                context_len=r.context_len, max_ep_len=spec.env.max_ep_len,
-                activation=r.activation, dropout=r.dropout)
-    env = {"key": spec.env.key, "gym_id": spec.env.gym_id, "max_ep_len": spec.env.max_ep_len,
-           "ref_scores": dict(refs)}
+        raise TrainingError(
+            f"env {spec.env.key!r} takes its reference scores from dataset "
+            f"{data.dataset_id!r}, which has none: set ref_scores in the registry"
+        )
+    arch = dict(
+        n_layers=spec.n_layers,
+        d_model=r.d_model,
+        n_heads=r.n_heads,
+        d_mlp=r.d_mlp,
+        context_len=r.context_len,
+        max_ep_len=spec.env.max_ep_len,
+        activation=r.activation,
+        dropout=r.dropout,
+    )
+    env = {
+        "key": spec.env.key,
+        "gym_id": spec.env.gym_id,
+        "max_ep_len": spec.env.max_ep_len,
+        "ref_scores": dict(refs),
+    }
     if spec.env.obs != "vector":  # vector envs keep their config.json exactly as before
         from dtzoo.observations import preprocessing
 
@@ -76,8 +90,10 @@ def make_config(spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.n
     if spec.env.max_episode_steps is not None:
         env["max_episode_steps"] = spec.env.max_episode_steps
     if data.image:
-        arch.update(state_encoder="nature_cnn",
-                    obs_shape=[spec.env.frame_stack, *data.observations.shape[1:]])
+        arch.update(
+            state_encoder="nature_cnn",
+            obs_shape=[spec.env.frame_stack, *data.observations.shape[1:]],
+        )
     return ModelConfig(
         model_id=spec.model_id,
         architecture=arch,
@@ -89,13 +105,19 @@ def make_config(spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.n
         reward_scale=spec.env.reward_scale,
         target_returns=list(spec.env.target_returns),
         env=env,
-        dataset={"id": data.dataset_id, "minari_version": data.minari_version,
-                 "fingerprint": data.fingerprint, "episodes": int(len(data.lengths)),
-                 "steps": int(data.lengths.sum()), "return_min": float(data.returns.min()),
-                 "return_mean": float(data.returns.mean()), "return_max": float(data.returns.max()),
-                 "val_episodes": held_out_episodes(len(data.lengths),
-                                                   getattr(r, "val_fraction", 0.0),
-                                                   spec.seed).tolist()},
+        dataset={
+            "id": data.dataset_id,
+            "minari_version": data.minari_version,
+            "fingerprint": data.fingerprint,
+            "episodes": int(len(data.lengths)),
+            "steps": int(data.lengths.sum()),
+            "return_min": float(data.returns.min()),
+            "return_mean": float(data.returns.mean()),
+            "return_max": float(data.returns.max()),
+            "val_episodes": held_out_episodes(
+                len(data.lengths), getattr(r, "val_fraction", 0.0), spec.seed
+            ).tolist(),
+        },
         recipe={**dataclasses.asdict(r), "steps": steps},
         seed=spec.seed,
         step=step,
@@ -106,8 +128,14 @@ def make_config(spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.n
 class Trainer:
     """One run: model, optimiser, schedule and sampler, plus save/restore of all their state."""
 
-    def __init__(self, spec: ModelSpec, data: Trajectories, steps: int,
-                 schedule: CheckpointSchedule, device: torch.device):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        data: Trajectories,
+        steps: int,
+        schedule: CheckpointSchedule,
+        device: torch.device,
+    ):
         self.spec, self.data, self.steps, self.device = spec, data, steps, device
         self.run = paths.run_dir(spec.model_id)
         r = spec.recipe
@@ -115,13 +143,22 @@ class Trainer:
         self.config = make_config(spec, data, self.mean, self.std, steps, step=0)
         torch.manual_seed(spec.seed)  # fixes the initialisation and then dropout
         self.model = DecisionTransformer(self.config.dt_config()).to(device)
-        self.optim = torch.optim.AdamW(self.model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+        self.optim = torch.optim.AdamW(
+            self.model.parameters(), lr=r.lr, weight_decay=r.weight_decay
+        )
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.optim, lambda s: min((s + 1) / max(r.warmup_steps, 1), 1.0))
-        self.sampler = SegmentSampler(data, r.context_len, spec.env.max_ep_len,
-                                      spec.env.reward_scale, seed=spec.seed,
-                                      state_mean=self.mean, state_std=self.std,
-                                      frame_stack=spec.env.frame_stack)
+            self.optim, lambda s: min((s + 1) / max(r.warmup_steps, 1), 1.0)
+        )
+        self.sampler = SegmentSampler(
+            data,
+            r.context_len,
+            spec.env.max_ep_len,
+            spec.env.reward_scale,
+            seed=spec.seed,
+            state_mean=self.mean,
+            state_std=self.std,
+            frame_stack=spec.env.frame_stack,
+        )
         # lazy (`in` is O(1)): a run of 10**20 steps never lists its checkpoints
         self.checkpoint_steps = schedule.merged(spec.env.checkpoints).for_run(steps)
         # held-out episodes: never drawn for training, scored at every log row (val_loss)
@@ -133,7 +170,9 @@ class Trainer:
         self.val_segments = episode_segments(data.lengths, held, r.context_len)
         self.log: list[dict] = []
         self.flushed = 0  # log rows on disk
-        self.pending: list[float] = []  # losses since the last log row (saved with the resume state)
+        self.pending: list[
+            float
+        ] = []  # losses since the last log row (saved with the resume state)
         self.step = 0
 
     # -------------------------------------------------------------- the recipe
@@ -141,12 +180,14 @@ class Trainer:
     def loss(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
         """Masked MSE (or cross-entropy) of the actions predicted from the state tokens."""
         b = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.spec.recipe.precision == "bf16"):
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.spec.recipe.precision == "bf16"
+        ):
             # forward's predictions, skipping the last block's work for R and a tokens (the
             # loss reads state tokens only); the plain forward when a hook is attached
-            pred = self.model.predict_actions(b["states"], b["actions"], b["returns_to_go"],
-                                              b["timesteps"], b["mask"])
+            pred = self.model.predict_actions(
+                b["states"], b["actions"], b["returns_to_go"], b["timesteps"], b["mask"]
+            )
         pred, mask = pred.float(), b["mask"]
         if self.config.action_space["kind"] == "discrete":
             return F.cross_entropy(pred[mask], b["actions"][mask].argmax(-1))
@@ -163,23 +204,32 @@ class Trainer:
         while self.step < self.steps:
             loss = self.loss(self.sampler.sample(r.batch_size))
             if not torch.isfinite(loss):
-                raise TrainingError(f"{self.spec.model_id}: loss is {loss.item()} at step "
-                                    f"{self.step + 1}; the last good checkpoint is kept")
+                raise TrainingError(
+                    f"{self.spec.model_id}: loss is {loss.item()} at step "
+                    f"{self.step + 1}; the last good checkpoint is kept"
+                )
             self.optim.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
             if not torch.isfinite(norm):  # the step would turn every weight into NaN
-                raise TrainingError(f"{self.spec.model_id}: gradient norm is {norm.item()} at step "
-                                    f"{self.step + 1}; the last good checkpoint is kept")
+                raise TrainingError(
+                    f"{self.spec.model_id}: gradient norm is {norm.item()} at step "
+                    f"{self.step + 1}; the last good checkpoint is kept"
+                )
             self.optim.step()
             self.sched.step()
             self.step += 1
             self.pending.append(loss.item())
             if self.step % log_every == 0 or self.step == self.steps:
-                self.log.append({"step": self.step, "loss": float(np.mean(self.pending)),
-                                 "lr": self.sched.get_last_lr()[0],
-                                 "elapsed_s": round(time.time() - t0, 3),
-                                 "val_loss": self.validation_loss()})
+                self.log.append(
+                    {
+                        "step": self.step,
+                        "loss": float(np.mean(self.pending)),
+                        "lr": self.sched.get_last_lr()[0],
+                        "elapsed_s": round(time.time() - t0, 3),
+                        "val_loss": self.validation_loss(),
+                    }
+                )
                 self.pending = []
             if self.step in self.checkpoint_steps:
                 self.save_checkpoint()
@@ -200,7 +250,7 @@ class Trainer:
         total, weight = 0.0, 0
         bs = self.spec.recipe.batch_size
         for i in range(0, len(ep), bs):
-            batch = self.sampler.segments(ep[i:i + bs], si[i:i + bs])
+            batch = self.sampler.segments(ep[i : i + bs], si[i : i + bs])
             n = int(batch["mask"].sum())
             total += float(self.loss(batch)) * n
             weight += n
@@ -218,8 +268,10 @@ class Trainer:
         """A full model directory for this step, the training log, and the resume state."""
         bad = [k for k, v in self.model.state_dict().items() if not torch.isfinite(v).all()]
         if bad:  # never write (or resume from) weights that are NaN or inf
-            raise TrainingError(f"{self.spec.model_id}: weights are not finite after step "
-                                f"{self.step} ({', '.join(bad[:3])}); the last good checkpoint is kept")
+            raise TrainingError(
+                f"{self.spec.model_id}: weights are not finite after step "
+                f"{self.step} ({', '.join(bad[:3])}); the last good checkpoint is kept"
+            )
         self.model.eval()
         config = dataclasses.replace(self.config, step=self.step)
         save_model(self.model, config, paths.checkpoint_dir(self.spec.model_id, self.step))
@@ -230,7 +282,9 @@ class Trainer:
     def save_resume_state(self) -> None:
         from safetensors.torch import save as save_tensors
 
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tensors = {
+            f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
+        }
         opt = self.optim.state_dict()
         for pid, state in opt["state"].items():
             for k, v in state.items():
@@ -238,14 +292,19 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {"step": self.step, "sampler": self.sampler.state(),
-                "scheduler": self.sched.state_dict(),  # plain numbers (the lambda is not saved)
-                "dataset_fingerprint": self.data.fingerprint, "total_steps": self.steps,
-                "pending_losses": self.pending,
-                "log": self.log}  # the rows so far: a damaged training_log.csv is rewritten
+        meta = {
+            "step": self.step,
+            "sampler": self.sampler.state(),
+            "scheduler": self.sched.state_dict(),  # plain numbers (the lambda is not saved)
+            "dataset_fingerprint": self.data.fingerprint,
+            "total_steps": self.steps,
+            "pending_losses": self.pending,
+            "log": self.log,
+        }  # the rows so far: a damaged training_log.csv is rewritten
         meta_json = json.dumps(meta)  # with the digest of it all: a flipped bit is caught
-        data = save_tensors(tensors, metadata={"resume": meta_json,
-                                               "sha256": resume_digest(meta_json, tensors)})
+        data = save_tensors(
+            tensors, metadata={"resume": meta_json, "sha256": resume_digest(meta_json, tensors)}
+        )
         resume = self.run / "resume"
         atomic_write_bytes(resume / f"state-{self.step}.safetensors", data)
         for old in resume.glob("state-*.safetensors"):
@@ -260,13 +319,17 @@ class Trainer:
         meta, tensors = read_resume_state(state)
         if meta["dataset_fingerprint"] != self.data.fingerprint:
             raise TrainingError(
-                f"{self.spec.model_id}: the dataset {self.data.dataset_id!r} changed since this run "
-                f"started (fingerprint differs); delete {self.run} to train from scratch")
+                f"{self.spec.model_id}: the dataset {self.data.dataset_id!r} changed since this "
+                f"run started (fingerprint differs); delete {self.run} to train from scratch"
+            )
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         opt = self.optim.state_dict()
         for pid in range(len(opt["param_groups"][0]["params"])):
-            opt["state"][pid] = {k.split(".", 2)[2]: v.to(self.device) for k, v in tensors.items()
-                                 if k.startswith(f"optim.{pid}.")}
+            opt["state"][pid] = {
+                k.split(".", 2)[2]: v.to(self.device)
+                for k, v in tensors.items()
+                if k.startswith(f"optim.{pid}.")
+            }
         self.optim.load_state_dict(opt)
         self.sched.load_state_dict(meta["scheduler"])
         for group, lr in zip(self.optim.param_groups, self.sched.get_last_lr()):
@@ -285,8 +348,9 @@ class Trainer:
             try:
                 self.log = [row for row in read_log(log_path) if row["step"] <= self.step]
             except (ValueError, KeyError, TypeError) as e:
-                raise TrainingError(f"{log_path}: damaged ({str(e)[:80]}); delete {self.run} "
-                                    "to train from scratch") from None
+                raise TrainingError(
+                    f"{log_path}: damaged ({str(e)[:80]}); delete {self.run} to train from scratch"
+                ) from None
             self.flushed = len(self.log)
         return self.step
 
@@ -310,8 +374,9 @@ def remove_stale_temps(run: Path) -> None:
     from dtzoo.fsutil import remove_stale
 
     for d in (run, run / "checkpoints", run / "resume"):
-        remove_stale(d, lambda p: p.name.startswith(".")
-                     and (p.name.endswith(".tmp") or ".old-" in p.name))
+        remove_stale(
+            d, lambda p: p.name.startswith(".") and (p.name.endswith(".tmp") or ".old-" in p.name)
+        )
 
 
 def trained_steps(model_id: str) -> int | None:
@@ -333,12 +398,14 @@ def check_extendable(model_id: str, trained: int, steps: int, state: Path | None
         raise TrainingError(
             f"{model_id} is already trained for {trained} steps, more than --steps {steps}: "
             f"use a training-time checkpoint (`dtzoo list {model_id} --revisions`), or delete "
-            f"{run} to train it again with {steps} steps")
+            f"{run} to train it again with {steps} steps"
+        )
     step = int(state.stem.split("-")[1]) if state is not None else None
     if step is None or step < trained:
         raise TrainingError(
             f"{model_id} is trained for {trained} steps but its resume state is gone, so it "
-            f"cannot be extended to {steps}: delete {run} to train it again with --steps {steps}")
+            f"cannot be extended to {steps}: delete {run} to train it again with --steps {steps}"
+        )
 
 
 RESUME_RE = re.compile(r"state-(0|[1-9][0-9]{0,17})\.safetensors")
@@ -346,9 +413,11 @@ RESUME_RE = re.compile(r"state-(0|[1-9][0-9]{0,17})\.safetensors")
 
 def newest_resume_state(run: Path) -> Path | None:
     """The newest `resume/state-<step>.safetensors` (a stray `state-foo.safetensors` is not one)."""
-    states = sorted((p for p in (run / "resume").glob("state-*.safetensors")
-                     if RESUME_RE.fullmatch(p.name)),
-                    key=lambda p: int(p.stem.split("-")[1]), reverse=True)
+    states = sorted(
+        (p for p in (run / "resume").glob("state-*.safetensors") if RESUME_RE.fullmatch(p.name)),
+        key=lambda p: int(p.stem.split("-")[1]),
+        reverse=True,
+    )
     return states[0] if states else None
 
 
@@ -397,22 +466,35 @@ def read_log(path: Path) -> list[dict]:
     """Rows of training_log.csv; `val_loss` is None where the run held nothing out (or the
     log predates validation)."""
     with open(path) as f:
-        return [{"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"]),
-                 "elapsed_s": float(r["elapsed_s"]),
-                 "val_loss": float(r["val_loss"]) if r.get("val_loss") else None}
-                for r in csv.DictReader(f)]
+        return [
+            {
+                "step": int(r["step"]),
+                "loss": float(r["loss"]),
+                "lr": float(r["lr"]),
+                "elapsed_s": float(r["elapsed_s"]),
+                "val_loss": float(r["val_loss"]) if r.get("val_loss") else None,
+            }
+            for r in csv.DictReader(f)
+        ]
 
 
-def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None = None,
-                device: str = "auto", progress: ProgressFn | None = None,
-                precision: str | None = None) -> TrainResult:
+def train_model(
+    spec: ModelSpec,
+    schedule: CheckpointSchedule,
+    steps: int | None = None,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+    precision: str | None = None,
+) -> TrainResult:
     """Train (or resume) one model. `precision` ("fp32" or "bf16") overrides the recipe's."""
     if steps is not None and not 1 <= steps <= MAX_STEPS:  # before anything sized by it
         raise TrainingError(f"--steps {str(steps)[:30]}: must be from 1 to {MAX_STEPS}")
     if precision:
         if precision not in PRECISIONS:
             raise TrainingError(f"unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
-        spec = dataclasses.replace(spec, recipe=dataclasses.replace(spec.recipe, precision=precision))
+        spec = dataclasses.replace(
+            spec, recipe=dataclasses.replace(spec.recipe, precision=precision)
+        )
     run = paths.run_dir(spec.model_id)
     t0 = time.time()
     trained = trained_steps(spec.model_id)
@@ -424,8 +506,10 @@ def train_model(spec: ModelSpec, schedule: CheckpointSchedule, steps: int | None
         check_extendable(spec.model_id, trained, steps, state)
     elif state is not None:  # an unfinished run keeps the length it was started with
         if steps and steps != started:
-            raise TrainingError(f"{spec.model_id}: this run was started with {started} steps; "
-                                f"resume it with --steps {started}, or delete {run} to start over")
+            raise TrainingError(
+                f"{spec.model_id}: this run was started with {started} steps; "
+                f"resume it with --steps {started}, or delete {run} to start over"
+            )
         steps = started
     steps = steps or spec.recipe.steps
     data = load_trajectories(spec.env.dataset, spec.env.obs)

@@ -21,8 +21,9 @@ LOG = logging.getLogger(__name__)
 _last_failure: dict[str, str] = {}  # gym id -> why it could not be rendered (for the card)
 
 
-def record_replay(model, config, path: Path, seed: int = 0,
-                  target_return: float | None = None) -> bool:
+def record_replay(
+    model, config, path: Path, seed: int = 0, target_return: float | None = None
+) -> bool:
     """Roll out one episode with frames and write it to `path` as MP4 (atomically).
 
     Returns False (and writes nothing) where the env cannot be rendered here."""
@@ -37,11 +38,19 @@ def record_replay(model, config, path: Path, seed: int = 0,
     target = config.target_returns[0] if target_return is None else target_return
     tmp = Path(tempfile.mkdtemp(prefix="dtzoo-replay-"))
     try:
-        env = make_env(config.env["gym_id"], config.env.get("observation", {}).get("kind", "vector"),
-                       max_episode_steps=config.env.get("max_episode_steps"),
-                       render_mode="rgb_array")
-        env = RecordVideo(env, str(tmp / "video"), episode_trigger=lambda _: True, name_prefix="replay",
-                          disable_logger=True)
+        env = make_env(
+            config.env["gym_id"],
+            config.env.get("observation", {}).get("kind", "vector"),
+            max_episode_steps=config.env.get("max_episode_steps"),
+            render_mode="rgb_array",
+        )
+        env = RecordVideo(
+            env,
+            str(tmp / "video"),
+            episode_trigger=lambda _: True,
+            name_prefix="replay",
+            disable_logger=True,
+        )
         agent = Agent(model, config, target_return=target)
         obs, _ = env.reset(seed=seed)
         done = False
@@ -56,7 +65,9 @@ def record_replay(model, config, path: Path, seed: int = 0,
         atomic_write_bytes(Path(path), videos[0].read_bytes())
         return True
     except Exception as e:  # noqa: BLE001 - no display, no GL, no pygame: the card says so
-        return _fail(config, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+        return _fail(
+            config, f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -71,8 +82,12 @@ def renderer_note(config) -> str:
     """What the card says where there is no video."""
     why = _last_failure.get(config.env["gym_id"])
     if why:
-        return (f"No replay video: this environment could not be rendered where the model was "
-                f"evaluated ({why}). `dtzoo eval` records `replay.mp4` where a renderer is "
-                "available (MuJoCo: MUJOCO_GL=egl; classic control: pygame).")
-    return ("No replay video was recorded (the registry's `eval.video` is off, or the model "
-            "was not evaluated where it was trained).")
+        return (
+            f"No replay video: this environment could not be rendered where the model was "
+            f"evaluated ({why}). `dtzoo eval` records `replay.mp4` where a renderer is "
+            "available (MuJoCo: MUJOCO_GL=egl; classic control: pygame)."
+        )
+    return (
+        "No replay video was recorded (the registry's `eval.video` is off, or the model "
+        "was not evaluated where it was trained)."
+    )

@@ -35,11 +35,18 @@ def prepare_env(env: EnvSpec, overwrite: bool = False) -> Path:
         from dtzoo.collect import prepare_dataset
 
         p = env.prepare
-        prepare_dataset(env.dataset, env.gym_id, policy=p.get("policy", "scripted"),
-                        episodes=int(p.get("episodes", 100)), noise=p.get("noise", [0.0]),
-                        seed=int(p.get("seed", 0)), overwrite=overwrite, obs=env.obs,
-                        max_episode_steps=env.max_episode_steps,
-                        ref_episodes=p.get("ref_episodes"))
+        prepare_dataset(
+            env.dataset,
+            env.gym_id,
+            policy=p.get("policy", "scripted"),
+            episodes=int(p.get("episodes", 100)),
+            noise=p.get("noise", [0.0]),
+            seed=int(p.get("seed", 0)),
+            overwrite=overwrite,
+            obs=env.obs,
+            max_episode_steps=env.max_episode_steps,
+            ref_episodes=p.get("ref_episodes"),
+        )
         return dataset_dir(env.dataset)
     if dataset_exists(env.dataset) and not overwrite:
         return dataset_dir(env.dataset)
@@ -55,7 +62,8 @@ def download_dataset(dataset_id: str) -> Path:
         return DatasetError(
             f"dataset {dataset_id!r} is not in {datasets_root()} and could not be downloaded "
             f"({reason}); on a machine with network run `minari download {dataset_id}` and copy "
-            "the folder, or point MINARI_DATASETS_PATH at a store that has it")
+            "the folder, or point MINARI_DATASETS_PATH at a store that has it"
+        )
 
     if os.environ.get("MINARI_REMOTE", "hf://").startswith("hf://"):
         # huggingface_hub retries a refused connection for ~30 s; ask once, quickly, first
@@ -114,8 +122,9 @@ def model_state(spec: ModelSpec, published: set[str] | None = None) -> ModelStat
     )
 
 
-def grid_status(registry: Registry, model_ids: list[str], hub: str | None = None,
-                org: str | None = None) -> list[dict]:
+def grid_status(
+    registry: Registry, model_ids: list[str], hub: str | None = None, org: str | None = None
+) -> list[dict]:
     """Every cell's state from the files in DTZOO_HOME (and the hub's model list):
     `running` (another process holds the run's lock, or a resume state exists without a final
     model: an unfinished run, live or interrupted), else `published` / `evaluated` / `trained`,
@@ -141,9 +150,19 @@ def grid_status(registry: Registry, model_ids: list[str], hub: str | None = None
             state, detail = "running", f"unfinished: resume state at step {step}, lock free"
         else:
             state = st.label if st.label != "prepared" else "pending"
-        rows.append({"model_id": mid, "state": state, "step": step, "locked": locked,
-                     "prepared": st.prepared, "trained": st.trained, "evaluated": st.evaluated,
-                     "published": st.published, "detail": detail})
+        rows.append(
+            {
+                "model_id": mid,
+                "state": state,
+                "step": step,
+                "locked": locked,
+                "prepared": st.prepared,
+                "trained": st.trained,
+                "evaluated": st.evaluated,
+                "published": st.published,
+                "detail": detail,
+            }
+        )
     return rows
 
 
@@ -152,8 +171,9 @@ def published_ids(registry: Registry, hub: str | None = None, org: str | None = 
     return {r.split("/", 1)[1] for r in h.list_models(org_for(registry, org))}
 
 
-def published_ids_or_none(registry: Registry, hub: str | None = None,
-                          org: str | None = None) -> tuple[set[str] | None, str]:
+def published_ids_or_none(
+    registry: Registry, hub: str | None = None, org: str | None = None
+) -> tuple[set[str] | None, str]:
     """`published_ids`, or (None, why) when the hub cannot be asked (offline): `dtzoo list` and
     `dtzoo status` still show everything they know from this machine."""
     from dtzoo.errors import HubError
@@ -167,13 +187,25 @@ def published_ids_or_none(registry: Registry, hub: str | None = None,
 # ----------------------------------------------------------------------------- train / eval
 
 
-def train_cell(spec: ModelSpec, registry: Registry, steps: int | None = None,
-               device: str = "auto", progress=None, precision: str | None = None):
+def train_cell(
+    spec: ModelSpec,
+    registry: Registry,
+    steps: int | None = None,
+    device: str = "auto",
+    progress=None,
+    precision: str | None = None,
+):
     from dtzoo.train import train_model
 
     prepare_env(spec.env)
-    return train_model(spec, registry.checkpoints, steps=steps, device=device, progress=progress,
-                       precision=precision)
+    return train_model(
+        spec,
+        registry.checkpoints,
+        steps=steps,
+        device=device,
+        progress=progress,
+        precision=precision,
+    )
 
 
 def require_trained(model_id: str) -> Path:
@@ -207,15 +239,26 @@ def _up_to_date(path: Path, model_hash: str, episodes: int, seed_base: int) -> d
     from dtzoo.evals import read_report
 
     old = read_report(path)
-    if old and old.get("model_hash") == model_hash and old.get("episodes") == episodes \
-            and old.get("eval_seed", 0) == seed_base:
+    if (
+        old
+        and old.get("model_hash") == model_hash
+        and old.get("episodes") == episodes
+        and old.get("eval_seed", 0) == seed_base
+    ):
         return old
     return None
 
 
-def eval_model(model: str, registry: Registry, revision: str = "main", episodes: int | None = None,
-               hub: str | None = None, org: str | None = None, progress=None,
-               video: bool | None = None) -> EvalOutcome:
+def eval_model(
+    model: str,
+    registry: Registry,
+    revision: str = "main",
+    episodes: int | None = None,
+    hub: str | None = None,
+    org: str | None = None,
+    progress=None,
+    video: bool | None = None,
+) -> EvalOutcome:
     """Evaluate any model (`dtzoo eval ID|ORG/ID|DIR`) at its target returns.
 
     A model trained here gets eval.json, replay.mp4 and a fresh card in its run directory; any
@@ -235,8 +278,9 @@ def eval_model(model: str, registry: Registry, revision: str = "main", episodes:
         old = _up_to_date(out / EVAL, model_hash, episodes, registry.eval_seed)
         if old is not None:
             return EvalOutcome(old, ref, "already evaluated")
-        report = evaluate(net, config, episodes=episodes, seed_base=registry.eval_seed,
-                          progress=progress)
+        report = evaluate(
+            net, config, episodes=episodes, seed_base=registry.eval_seed, progress=progress
+        )
         report.update(_provenance(ref, config, model_hash, registry.eval_seed))
         if ref.trained_here and (registry.eval_video if video is None else video):
             from dtzoo.video import record_replay
@@ -250,21 +294,34 @@ def eval_model(model: str, registry: Registry, revision: str = "main", episodes:
 
 def _provenance(ref: ModelRef, config, model_hash: str, seed_base: int) -> dict:
     """What a report needs beyond the numbers: which model, from where, for the leaderboard."""
-    return {"total_steps": config.total_steps, "env": config.env.get("key"),
-            "layers": config.architecture["n_layers"], "model_hash": model_hash,
-            "eval_seed": seed_base, "source": ref.describe()}
+    return {
+        "total_steps": config.total_steps,
+        "env": config.env.get("key"),
+        "layers": config.architecture["n_layers"],
+        "model_hash": model_hash,
+        "eval_seed": seed_base,
+        "source": ref.describe(),
+    }
 
 
-def eval_cell(spec: ModelSpec, registry: Registry, episodes: int | None = None,
-              progress=None) -> dict:
+def eval_cell(
+    spec: ModelSpec, registry: Registry, episodes: int | None = None, progress=None
+) -> dict:
     """Evaluate a model trained here (writes eval.json and its card); see `eval_model`."""
     require_trained(spec.model_id)
     return eval_model(spec.model_id, registry, episodes=episodes, progress=progress).report
 
 
-def sweep_model(model: str, registry: Registry, targets: list[float] | None = None,
-                episodes: int | None = None, revision: str = "main", hub: str | None = None,
-                org: str | None = None, progress=None) -> dict:
+def sweep_model(
+    model: str,
+    registry: Registry,
+    targets: list[float] | None = None,
+    episodes: int | None = None,
+    revision: str = "main",
+    hub: str | None = None,
+    org: str | None = None,
+    progress=None,
+) -> dict:
     """Roll out over a range of target returns; writes rtg_sweep.json/.png beside eval.json
     (and refreshes the card of a model trained here)."""
     from dtzoo.evaluate import default_sweep_targets, rtg_sweep
@@ -274,9 +331,14 @@ def sweep_model(model: str, registry: Registry, targets: list[float] | None = No
     out = report_dir(ref)
     with file_lock(_eval_lock(ref)):
         net, config = load_model(ref.path)
-        report = rtg_sweep(net, config, targets or default_sweep_targets(config),
-                           episodes=episodes or default_episodes(registry, config),
-                           seed_base=registry.eval_seed, progress=progress)
+        report = rtg_sweep(
+            net,
+            config,
+            targets or default_sweep_targets(config),
+            episodes=episodes or default_episodes(registry, config),
+            seed_base=registry.eval_seed,
+            progress=progress,
+        )
         report.update(_provenance(ref, config, content_hash(ref.path), registry.eval_seed))
         atomic_write_json(out / SWEEP, report)
         rtg_sweep_plot(report, out / "rtg_sweep.png")
@@ -285,8 +347,13 @@ def sweep_model(model: str, registry: Registry, targets: list[float] | None = No
     return report
 
 
-def sweep_cell(spec: ModelSpec, registry: Registry, targets: list[float] | None = None,
-               episodes: int | None = None, progress=None) -> dict:
+def sweep_cell(
+    spec: ModelSpec,
+    registry: Registry,
+    targets: list[float] | None = None,
+    episodes: int | None = None,
+    progress=None,
+) -> dict:
     require_trained(spec.model_id)
     return sweep_model(spec.model_id, registry, targets, episodes, progress=progress)
 
@@ -297,8 +364,9 @@ def _optional_json(model_dir: Path, name: str) -> dict | None:
     return read_report(model_dir / name) if (model_dir / name).is_file() else None
 
 
-def build_model_card(model_dir: Path, registry: Registry, org: str | None = None,
-                     transformers: bool = False):
+def build_model_card(
+    model_dir: Path, registry: Registry, org: str | None = None, transformers: bool = False
+):
     """The card of a model directory, from config.json, eval.json, rtg_sweep.json and the
     plots and video beside them."""
     from dtzoo.card import build_card
@@ -306,12 +374,17 @@ def build_model_card(model_dir: Path, registry: Registry, org: str | None = None
 
     config = read_config(model_dir)
     video = VIDEO if (model_dir / VIDEO).is_file() else None
-    return build_card(config, _optional_json(model_dir, EVAL), org=org_for(registry, org),
-                      license=registry.license,
-                      plots=[p for p in PLOTS if (model_dir / p).is_file()],
-                      sweep=_optional_json(model_dir, SWEEP), video=video,
-                      video_note=None if video else renderer_note(config),
-                      transformers=transformers)
+    return build_card(
+        config,
+        _optional_json(model_dir, EVAL),
+        org=org_for(registry, org),
+        license=registry.license,
+        plots=[p for p in PLOTS if (model_dir / p).is_file()],
+        sweep=_optional_json(model_dir, SWEEP),
+        video=video,
+        video_note=None if video else renderer_note(config),
+        transformers=transformers,
+    )
 
 
 def write_card(model_dir: Path, registry: Registry, org: str | None = None) -> None:
@@ -327,8 +400,9 @@ def eval_reports(model_ids: list[str] | None = None) -> list[dict]:
     return local_reports(model_ids)
 
 
-def leaderboard(registry: Registry, grid: str | None = None, hub: str | None = None,
-                org: str | None = None) -> list[dict]:
+def leaderboard(
+    registry: Registry, grid: str | None = None, hub: str | None = None, org: str | None = None
+) -> list[dict]:
     """Leaderboard rows: from what was evaluated on this machine, or (with `hub`) from the
     model cards the hub's org published. With a grid, rows say which seeds are missing."""
     from dtzoo.leaderboard import expected_cells, leaderboard_rows
@@ -341,8 +415,9 @@ def leaderboard(registry: Registry, grid: str | None = None, hub: str | None = N
     return leaderboard_rows(reports, expected_cells(ids) if ids else None)
 
 
-def card_reports(registry: Registry, model_ids: list[str] | None, hub: str | None = None,
-                 org: str | None = None) -> list[dict]:
+def card_reports(
+    registry: Registry, model_ids: list[str] | None, hub: str | None = None, org: str | None = None
+) -> list[dict]:
     """Eval reports built from the published cards' model-index alone (no weights are
     downloaded): one per model of the hub's org (of `model_ids`, if given)."""
     wanted = set(model_ids) if model_ids is not None else None
@@ -350,25 +425,42 @@ def card_reports(registry: Registry, model_ids: list[str] | None, hub: str | Non
     for r in get_hub(hub).list_remote(org_for(registry, org)):
         if wanted is not None and r["model_id"] not in wanted:
             continue
-        results = [{"target_return": x["target_return"], "return_mean": x.get("mean_reward"),
-                    "normalized_mean": x.get("normalized_score")}
-                   for x in r["results"] if x.get("target_return") is not None
-                   and x.get("mean_reward") is not None and x.get("normalized_score") is not None]
+        results = [
+            {
+                "target_return": x["target_return"],
+                "return_mean": x.get("mean_reward"),
+                "normalized_mean": x.get("normalized_score"),
+            }
+            for x in r["results"]
+            if x.get("target_return") is not None
+            and x.get("mean_reward") is not None
+            and x.get("normalized_score") is not None
+        ]
         if results:
             eps = [x["episodes"] for x in r["results"] if x.get("episodes") is not None]
             data = sorted({x["dataset"] for x in r["results"] if x.get("dataset")})
-            reports.append({"model_id": r["model_id"], "results": results,
-                            "episodes": min(eps) if eps else None,
-                            "dataset": ", ".join(data) or "?", "source": {"repo_id": r["repo_id"],
-                                                                          "commit": r["sha"]}})
+            reports.append(
+                {
+                    "model_id": r["model_id"],
+                    "results": results,
+                    "episodes": min(eps) if eps else None,
+                    "dataset": ", ".join(data) or "?",
+                    "source": {"repo_id": r["repo_id"], "commit": r["sha"]},
+                }
+            )
     return reports
 
 
 # ----------------------------------------------------------------------------- hubs
 
 
-def publish_cell(spec: ModelSpec, registry: Registry, hub: str | None = None,
-                 org: str | None = None, checkpoints: bool = True) -> list[PublishResult]:
+def publish_cell(
+    spec: ModelSpec,
+    registry: Registry,
+    hub: str | None = None,
+    org: str | None = None,
+    checkpoints: bool = True,
+) -> list[PublishResult]:
     """Publish the final model as `main` and (unless checkpoints=False) every training-time
     checkpoint as `step<N>`. The run directory is not modified: each revision is staged."""
     run = require_trained(spec.model_id)
@@ -435,8 +527,9 @@ def write_transformers_dir(model_dir: Path, out: Path) -> bool:
     return True
 
 
-def remote_status(registry: Registry, grid: str | None = None, hub: str | None = None,
-                  org: str | None = None) -> list[dict]:
+def remote_status(
+    registry: Registry, grid: str | None = None, hub: str | None = None, org: str | None = None
+) -> list[dict]:
     """The org's published zoo next to the registry's grid, one row per model id:
     `{"model_id", "repo_id", "status", "sha", "last_modified", "results"}`, `results` being the
     card's numeric eval results (`[{"target_return", "mean_reward", "normalized_score",
@@ -452,31 +545,61 @@ def remote_status(registry: Registry, grid: str | None = None, hub: str | None =
     for mid in ids + extra:
         r = remote.get(mid)
         if r is None:
-            rows.append({"model_id": mid, "repo_id": f"{org}/{mid}", "status": "missing",
-                         "sha": None, "last_modified": None, "results": []})
+            rows.append(
+                {
+                    "model_id": mid,
+                    "repo_id": f"{org}/{mid}",
+                    "status": "missing",
+                    "sha": None,
+                    "last_modified": None,
+                    "results": [],
+                }
+            )
             continue
         status = "published" if mid in ids else "not in registry"
         local = paths.run_dir(mid) / "eval.json"
-        if mid in ids and local.is_file() and _local_results(read_json(local)) != _card_key(r["results"]):
+        if (
+            mid in ids
+            and local.is_file()
+            and _local_results(read_json(local)) != _card_key(r["results"])
+        ):
             status = "stale"
-        rows.append({"model_id": mid, "repo_id": r["repo_id"], "status": status, "sha": r["sha"],
-                     "last_modified": r["last_modified"], "results": r["results"]})
+        rows.append(
+            {
+                "model_id": mid,
+                "repo_id": r["repo_id"],
+                "status": status,
+                "sha": r["sha"],
+                "last_modified": r["last_modified"],
+                "results": r["results"],
+            }
+        )
     return rows
 
 
 def _local_results(report: dict) -> list[tuple]:
     """eval.json as the card rounds it (card.eval_results: 2 decimals)."""
-    return sorted((float(x["target_return"]), round(x["return_mean"], 2), round(x["normalized_mean"], 2))
-                  for x in report.get("results", []))
+    return sorted(
+        (float(x["target_return"]), round(x["return_mean"], 2), round(x["normalized_mean"], 2))
+        for x in report.get("results", [])
+    )
 
 
 def _card_key(results: list[dict]) -> list[tuple]:
-    return sorted((r["target_return"], r.get("mean_reward"), r.get("normalized_score"))
-                  for r in results if r.get("target_return") is not None)
+    return sorted(
+        (r["target_return"], r.get("mean_reward"), r.get("normalized_score"))
+        for r in results
+        if r.get("target_return") is not None
+    )
 
 
-def pull(model: str, registry: Registry, revision: str = "main", hub: str | None = None,
-         org: str | None = None) -> Path:
+def pull(
+    model: str,
+    registry: Registry,
+    revision: str = "main",
+    hub: str | None = None,
+    org: str | None = None,
+) -> Path:
     """Download `[ORG/]ID` (cached, verified) from the hub; any dtzoo model, registry or not."""
     from dtzoo.errors import HubError
 
@@ -488,8 +611,9 @@ def pull(model: str, registry: Registry, revision: str = "main", hub: str | None
     return path
 
 
-def revisions(model: str, registry: Registry, hub: str | None = None,
-              org: str | None = None) -> dict[str, dict]:
+def revisions(
+    model: str, registry: Registry, hub: str | None = None, org: str | None = None
+) -> dict[str, dict]:
     """Every revision of a model: local checkpoints (`step<N>`, `main`) and what the hub holds."""
     from dtzoo.locate import local_run
 
@@ -502,21 +626,39 @@ def revisions(model: str, registry: Registry, hub: str | None = None,
             out["main"] = {"local": str(paths.run_dir(model)), "hub_commit": None}
     for rev, commit in get_hub(hub).revisions(hub_repo_id(model, registry, org)).items():
         out.setdefault(rev, {"local": None})["hub_commit"] = commit
-    return dict(sorted(out.items(), key=lambda kv: (kv[0] != "main", int(kv[0][4:] or 0)
-                                                    if kv[0].startswith("step") else 0)))
+    return dict(
+        sorted(
+            out.items(),
+            key=lambda kv: (
+                kv[0] != "main",
+                int(kv[0][4:] or 0) if kv[0].startswith("step") else 0,
+            ),
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- interop
 
 
-def resolve_model_dir(model: str, registry: Registry, revision: str = "main",
-                      hub: str | None = None, org: str | None = None) -> Path:
+def resolve_model_dir(
+    model: str,
+    registry: Registry,
+    revision: str = "main",
+    hub: str | None = None,
+    org: str | None = None,
+) -> Path:
     """A model directory: a directory, a model trained here, or (failing both) a hub pull."""
     return locate(model, registry, revision, hub, org).path
 
 
-def export_model(model: str, out: Path, registry: Registry, revision: str = "main",
-                 hub: str | None = None, org: str | None = None) -> Path:
+def export_model(
+    model: str,
+    out: Path,
+    registry: Registry,
+    revision: str = "main",
+    hub: str | None = None,
+    org: str | None = None,
+) -> Path:
     """Write a transformers `DecisionTransformerModel` directory (plus our config under "dtzoo")."""
     from dtzoo.convert import export_transformers
 
@@ -539,8 +681,10 @@ def import_model(src: Path, env_key: str, name: str, registry: Registry) -> Path
     if spec.env.key != env_key:
         raise UsageError(f"--name {name!r} belongs to env {spec.env.key!r}, not {env_key!r}")
     if not (Path(src) / "config.json").is_file():
-        raise UsageError(f"{src} holds no config.json: not a transformers DecisionTransformerModel "
-                         "directory (save one with `model.save_pretrained(DIR)`)")
+        raise UsageError(
+            f"{src} holds no config.json: not a transformers DecisionTransformerModel "
+            "directory (save one with `model.save_pretrained(DIR)`)"
+        )
     try:
         hf_config = read_json(Path(src) / "config.json")
     except (OSError, ValueError):
@@ -572,25 +716,43 @@ def _config_for_import(spec: ModelSpec, dt_config, src: Path):
     from dtzoo.train import make_config
 
     if not dataset_exists(spec.env.dataset):
-        raise DatasetError(f"importing needs the state statistics of {spec.env.dataset!r}: run "
-                           f"`dtzoo data prepare {spec.env.key}` first")
+        raise DatasetError(
+            f"importing needs the state statistics of {spec.env.dataset!r}: run "
+            f"`dtzoo data prepare {spec.env.key}` first"
+        )
     data = load_trajectories(spec.env.dataset, spec.env.obs)
     if data.state_dim != dt_config.state_dim or data.action_space.dim != dt_config.act_dim:
-        raise UsageError(f"{src} expects state/action dims {dt_config.state_dim}/{dt_config.act_dim}, "
-                         f"env {spec.env.key!r} has {data.state_dim}/{data.action_space.dim}")
+        raise UsageError(
+            f"{src} expects state/action dims {dt_config.state_dim}/{dt_config.act_dim}, "
+            f"env {spec.env.key!r} has {data.state_dim}/{data.action_space.dim}"
+        )
     mean, std = data.state_stats()
-    recipe = dataclasses.replace(spec.recipe, d_model=dt_config.d_model, n_heads=dt_config.n_heads,
-                                 d_mlp=dt_config.d_mlp, context_len=dt_config.context_len,
-                                 activation=dt_config.activation, dropout=dt_config.dropout)
+    recipe = dataclasses.replace(
+        spec.recipe,
+        d_model=dt_config.d_model,
+        n_heads=dt_config.n_heads,
+        d_mlp=dt_config.d_mlp,
+        context_len=dt_config.context_len,
+        activation=dt_config.activation,
+        dropout=dt_config.dropout,
+    )
     config = make_config(dataclasses.replace(spec, recipe=recipe), data, mean, std, steps=0, step=0)
     config.architecture["max_ep_len"] = dt_config.max_ep_len
     config.extra["imported_from"] = str(src)
     return config
 
 
-def collect(registry: Registry, env_key: str, policy: str, episodes: int, noise: list[float],
-            dataset_id: str, seed: int = 0, target_return: float | None = None,
-            overwrite: bool = False) -> dict:
+def collect(
+    registry: Registry,
+    env_key: str,
+    policy: str,
+    episodes: int,
+    noise: list[float],
+    dataset_id: str,
+    seed: int = 0,
+    target_return: float | None = None,
+    overwrite: bool = False,
+) -> dict:
     """`dtzoo data collect`: a Minari dataset from random, scripted or zoo-model actions."""
     from dtzoo.collect import prepare_dataset
     from dtzoo.data import dataset_summary
@@ -603,7 +765,15 @@ def collect(registry: Registry, env_key: str, policy: str, episodes: int, noise:
         if config.env["gym_id"] != env.gym_id:
             raise UsageError(f"{policy} acts in {config.env['gym_id']}, not {env.gym_id}")
         policy = AgentPolicy(net, config, target_return)
-    prepare_dataset(dataset_id, env.gym_id, policy=policy, episodes=episodes, noise=noise,
-                    seed=seed, overwrite=overwrite, obs=env.obs,
-                    max_episode_steps=env.max_episode_steps)
+    prepare_dataset(
+        dataset_id,
+        env.gym_id,
+        policy=policy,
+        episodes=episodes,
+        noise=noise,
+        seed=seed,
+        overwrite=overwrite,
+        obs=env.obs,
+        max_episode_steps=env.max_episode_steps,
+    )
     return dataset_summary(dataset_id, obs_kind=env.obs)

@@ -49,9 +49,15 @@ def dataset_segments(config, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     if data.fingerprint != config.dataset["fingerprint"]:
         print(f"note: {config.dataset['id']} differs from the data the model was trained on")
     K = config.architecture["context_len"]
-    sampler = SegmentSampler(data, K, config.architecture["max_ep_len"], config.reward_scale,
-                             seed=seed, state_mean=np.asarray(config.state_mean),
-                             state_std=np.asarray(config.state_std))
+    sampler = SegmentSampler(
+        data,
+        K,
+        config.architecture["max_ep_len"],
+        config.reward_scale,
+        seed=seed,
+        state_mean=np.asarray(config.state_mean),
+        state_std=np.asarray(config.state_std),
+    )
     ep, si = sampler.draw(n)
     si = np.minimum(si, data.lengths[ep] - K)  # full windows: no padding in the probe data
     if (si < 0).any():
@@ -63,8 +69,10 @@ def dataset_segments(config, n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def as_tensors(seg: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(seg[k]) for k in
-                 ("states", "actions", "returns_to_go", "timesteps", "mask"))
+    return tuple(
+        torch.from_numpy(seg[k])
+        for k in ("states", "actions", "returns_to_go", "timesteps", "mask")
+    )
 
 
 # ----------------------------------------------------------------------------- 1. attention
@@ -83,18 +91,26 @@ def attention_figure(model, x, path: Path, title: str, last_steps: int = 4) -> n
     K = model.cfg.context_len
     layers, heads = model.cfg.n_layers, model.cfg.n_heads
     lo = token_position(K - last_steps, "rtg")
-    labels = [f"{KIND_LABEL[k]} t{t - K + 1:+d}".replace("+0", "")
-              for t in range(K - last_steps, K) for k in TOKEN_KINDS]  # "R t-3", ..., "a t"
+    labels = [
+        f"{KIND_LABEL[k]} t{t - K + 1:+d}".replace("+0", "")
+        for t in range(K - last_steps, K)
+        for k in TOKEN_KINDS
+    ]  # "R t-3", ..., "a t"
     kinds = np.zeros((layers, heads, 3, 3))
-    fig, axes = plt.subplots(layers * heads, 2, figsize=(9.5, 4.2 * layers * heads),
-                             gridspec_kw={"width_ratios": [3, 1.3]}, squeeze=False)
+    fig, axes = plt.subplots(
+        layers * heads,
+        2,
+        figsize=(9.5, 4.2 * layers * heads),
+        gridspec_kw={"width_ratios": [3, 1.3]},
+        squeeze=False,
+    )
     for layer in range(layers):
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"].mean(0)  # (heads, 3K, 3K)
         for h in range(heads):
             p = pattern[h].numpy()
             for qi in range(3):  # mass from the window's queries of kind qi onto all keys of
                 # kind ki, in the whole context (rows sum to 1)
-                kinds[layer, h, qi] = [p[lo + qi::3, ki::3].sum(-1).mean() for ki in range(3)]
+                kinds[layer, h, qi] = [p[lo + qi :: 3, ki::3].sum(-1).mean() for ki in range(3)]
             ax, ax2 = axes[layer * heads + h]
             im = ax.imshow(p[lo:, lo:], cmap="viridis", vmin=0)
             ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
@@ -107,13 +123,21 @@ def attention_figure(model, x, path: Path, title: str, last_steps: int = 4) -> n
             for qi in range(3):
                 for ki in range(3):
                     v = kinds[layer, h, qi, ki]
-                    ax2.text(ki, qi, f"{v:.2f}", ha="center", va="center",
-                             color="white" if v < 0.6 else "black", fontsize=9)
+                    ax2.text(
+                        ki,
+                        qi,
+                        f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        color="white" if v < 0.6 else "black",
+                        fontsize=9,
+                    )
             ticks = [KIND_LABEL[k] for k in TOKEN_KINDS]
             ax2.set_xticks(range(3), ticks)
             ax2.set_yticks(range(3), [f"{t} tokens" for t in ticks])
-            ax2.set_title(f"attention mass by kind\n(queries in the last {last_steps} steps)",
-                          fontsize=9)
+            ax2.set_title(
+                f"attention mass by kind\n(queries in the last {last_steps} steps)", fontsize=9
+            )
     fig.suptitle(f"{title}: mean attention over {x[0].shape[0]} dataset segments", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +172,8 @@ def rtg_ablations(model, config, x) -> dict[str, torch.Tensor]:
     out["zero-ablate R embeddings"] = model.run_with_hooks(*x, fwd_hooks=[("hook_embed_rtg", zero)])
     out["mean-ablate R embeddings"] = model.run_with_hooks(*x, fwd_hooks=[("hook_embed_rtg", mean)])
     out["attention to R knocked out"] = model.run_with_hooks(
-        *x, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), knock_out)])
+        *x, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), knock_out)]
+    )
     # not an ablation, a counterfactual: every segment told the return-to-go is the expert's
     expert = torch.full_like(rtg, config.env["ref_scores"]["expert"] / config.reward_scale)
     out["R := expert return (counterfactual)"] = model(states, actions, expert, timesteps, mask)
@@ -166,8 +191,9 @@ def rollout_under(model, config, target: float, seeds: list[int], fwd_hooks=()) 
 
 def residual_dump(model, x, seg) -> dict[str, np.ndarray]:
     """The residual stream at every state token after the embedding and after every block."""
-    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post"
-                                           for i in range(model.cfg.n_layers)]
+    names = ["blocks.0.hook_resid_pre"] + [
+        f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)
+    ]
     _, cache = model.run_with_cache(*x, names_filter=names)
     s_pos = [token_position(t, "state") for t in range(model.cfg.context_len)]
     d = model.cfg.d_model
@@ -189,10 +215,13 @@ def probe_r2(X: np.ndarray, y: np.ndarray, test: np.ndarray) -> float:
 
 def probe_table(dump: dict[str, np.ndarray]) -> dict[str, float]:
     test = dump["episode"] % 5 == 0  # held-out episodes, not just held-out steps
-    r2 = {f"{i}: {n}": probe_r2(dump[f"resid_{i}"], dump["rtg"], test)
-          for i, n in enumerate(dump["layer_names"])}
+    r2 = {
+        f"{i}: {n}": probe_r2(dump[f"resid_{i}"], dump["rtg"], test)
+        for i, n in enumerate(dump["layer_names"])
+    }
     r2["baseline: state + timestep"] = probe_r2(
-        np.c_[dump["state"], dump["timestep"]], dump["rtg"], test)
+        np.c_[dump["state"], dump["timestep"]], dump["rtg"], test
+    )
     return r2
 
 
@@ -201,8 +230,9 @@ def probe_table(dump: dict[str, np.ndarray]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", nargs="?", default="pendulum-2L-seed0",
-                    help="model id (or model directory)")
+    ap.add_argument(
+        "model", nargs="?", default="pendulum-2L-seed0", help="model id (or model directory)"
+    )
     ap.add_argument("--out-dir", default=".", help="where the PNG and the .npz go")
     ap.add_argument("--segments", type=int, default=512, help="dataset segments to analyse")
     ap.add_argument("--episodes", type=int, default=10, help="rollout episodes per condition")
@@ -215,9 +245,11 @@ def main(argv: list[str] | None = None) -> None:
     config = model.config
     stem = config.model_id
 
-    print(f"== {stem} (step {config.step}): {model.cfg.n_layers} layers, d_model "
-          f"{model.cfg.d_model}, context {model.cfg.context_len} steps = "
-          f"{3 * model.cfg.context_len} tokens")
+    print(
+        f"== {stem} (step {config.step}): {model.cfg.n_layers} layers, d_model "
+        f"{model.cfg.d_model}, context {model.cfg.context_len} steps = "
+        f"{3 * model.cfg.context_len} tokens"
+    )
     print(f"{len(model.hook_names())} hook points: {model.hook_names()}")
 
     seg = dataset_segments(config, args.segments)
@@ -237,8 +269,10 @@ def main(argv: list[str] | None = None) -> None:
         space = ActionSpace(**config.action_space)
         acts = rtg_ablations(model, config, x)
         clean = space.to_env(acts["clean"].numpy())
-        print(f"\n== 2. ablating the return-to-go tokens (action at the last step of "
-              f"{args.segments} segments, env units)")
+        print(
+            f"\n== 2. ablating the return-to-go tokens (action at the last step of "
+            f"{args.segments} segments, env units)"
+        )
         print(f"  {'condition':38s} {'mean |Δa|':>10s} {'max |Δa|':>9s} {'segment 0 action':>17s}")
         for name, pred in acts.items():
             a = space.to_env(pred.numpy())
@@ -250,10 +284,12 @@ def main(argv: list[str] | None = None) -> None:
         base = rollout_under(model, config, target, seeds)
         ablated = rollout_under(model, config, target, seeds, zero)
         low = rollout_under(model, config, config.env["ref_scores"]["random"], seeds)
-        print(f"  rollouts at target {target:g} ({args.episodes} episodes): return "
-              f"{base.mean():.1f} ± {base.std():.1f}; R embeddings zeroed: "
-              f"{ablated.mean():.1f} ± {ablated.std():.1f}; (target "
-              f"{config.env['ref_scores']['random']:g}: {low.mean():.1f} ± {low.std():.1f})")
+        print(
+            f"  rollouts at target {target:g} ({args.episodes} episodes): return "
+            f"{base.mean():.1f} ± {base.std():.1f}; R embeddings zeroed: "
+            f"{ablated.mean():.1f} ± {ablated.std():.1f}; (target "
+            f"{config.env['ref_scores']['random']:g}: {low.mean():.1f} ± {low.std():.1f})"
+        )
 
         # 3. probe-ready dump + linear probe
         dump = residual_dump(model, x, seg)
@@ -270,13 +306,17 @@ def main(argv: list[str] | None = None) -> None:
         if args.revisions:
             print("\n== 4. the same probe across training (R^2, held-out episodes)")
             names = list(dump["layer_names"])
-            print(f"  {'revision':10s} " + " ".join(f"{'layer ' + str(i):>9s}"
-                                                    for i in range(len(names))))
+            print(
+                f"  {'revision':10s} "
+                + " ".join(f"{'layer ' + str(i):>9s}" for i in range(len(names)))
+            )
             for rev in args.revisions.split(","):
                 m = dtzoo.load(args.model, revision=rev, hub=args.hub)
                 r2 = probe_table(residual_dump(m, x, seg))
-                print(f"  {rev:10s} " + " ".join(f"{v:9.3f}" for k, v in r2.items()
-                                                 if not k.startswith("baseline")))
+                print(
+                    f"  {rev:10s} "
+                    + " ".join(f"{v:9.3f}" for k, v in r2.items() if not k.startswith("baseline"))
+                )
 
     # 5. TransformerLens's analysis and the dtzoo.interp helpers
     try:
@@ -298,26 +338,28 @@ def transformer_lens_tour(hooked, x, out_dir: Path, stem: str) -> None:
         parts, labels = cache.decompose_resid(return_labels=True)
         err = (parts.sum(0) - cache["resid_post", -1]).abs().max()
         print(f"  decompose_resid: {labels}; sum - final residual: max |err| = {err:.1e}")
-        full, labels = cache.get_full_resid_decomposition(expand_neurons=False,
-                                                          return_labels=True)
+        full, labels = cache.get_full_resid_decomposition(expand_neurons=False, return_labels=True)
         attrs = cache.logit_attrs(full, tokens=0)[:, :, 1::3]  # state tokens, action dim 0
         print("  direct attribution to action[0] (pre-tanh), mean |.| over state tokens:")
-        for name, a in sorted(zip(labels, attrs.abs().mean((1, 2)).tolist()),
-                              key=lambda t: -t[1]):
+        for name, a in sorted(zip(labels, attrs.abs().mean((1, 2)).tolist()), key=lambda t: -t[1]):
             print(f"    {name:10s} {a:.3f}")
     target = hooked.config.target_returns
     low = hooked.config.env["ref_scores"]["random"]
     at = 3 * hooked.cfg.context_len  # past the swing-up, where the return-to-go matters
     r = interp.patch(hooked, target[0], low, at=at, out_dir=out_dir / f"{stem}_interp")
     best = r["top"][0]
-    print(f"  patch RTG {target[0]:g} -> {low:g} at step {at}: action "
-          f"{r['action_from'][0]:+.3f} vs "
-          f"{r['action_to'][0]:+.3f}; largest share: {best['hook']} {best['kind']}"
-          f"{best['step']} ({best['recovered']:+.2f}) -> {r['files']['png']}")
+    print(
+        f"  patch RTG {target[0]:g} -> {low:g} at step {at}: action "
+        f"{r['action_from'][0]:+.3f} vs "
+        f"{r['action_to'][0]:+.3f}; largest share: {best['hook']} {best['kind']}"
+        f"{best['step']} ({best['recovered']:+.2f}) -> {r['files']['png']}"
+    )
     scan = interp.rtg_scan(hooked, at=at, out_dir=out_dir / f"{stem}_interp")
     a = np.asarray(scan["actions"])[:, 0]
-    print(f"  rtg scan over {len(a)} targets: action[0] from {a.min():+.3f} to {a.max():+.3f}"
-          f" -> {scan['files']['png']}")
+    print(
+        f"  rtg scan over {len(a)} targets: action[0] from {a.min():+.3f} to {a.max():+.3f}"
+        f" -> {scan['files']['png']}"
+    )
 
 
 if __name__ == "__main__":

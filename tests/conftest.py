@@ -63,8 +63,14 @@ def minari_store(tmp_path_factory) -> Path:
     return store
 
 
-def trained_home(tmp_path_factory, minari_store: Path, name: str, train: list[str],
-                 evaluate: tuple[str, ...] = (), video: bool = False) -> Path:
+def trained_home(
+    tmp_path_factory,
+    minari_store: Path,
+    name: str,
+    train: list[str],
+    evaluate: tuple[str, ...] = (),
+    video: bool = False,
+) -> Path:
     """A DTZOO_HOME of its own with `train` trained and `evaluate` evaluated, for a
     module-scoped fixture: train once per module, copy the runs into each test's home."""
     from dtzoo import zoo
@@ -73,8 +79,11 @@ def trained_home(tmp_path_factory, minari_store: Path, name: str, train: list[st
     home = tmp_path_factory.mktemp(name) / "home"
     reg_path = make_test_registry(home.parent / "registry.yaml")
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"DTZOO_HOME": str(home), "DTZOO_REGISTRY": str(reg_path),
-                     "MINARI_DATASETS_PATH": str(minari_store)}.items():
+        for k, v in {
+            "DTZOO_HOME": str(home),
+            "DTZOO_REGISTRY": str(reg_path),
+            "MINARI_DATASETS_PATH": str(minari_store),
+        }.items():
             mp.setenv(k, v)
         reg = load_registry()
         for mid in train:
@@ -89,8 +98,12 @@ def zoo_env(tmp_path, monkeypatch, minari_store) -> dict[str, str]:
     """Isolated DTZOO_HOME + test registry + the shared tiny datasets; returns the env vars."""
     home = tmp_path / "home"
     reg = make_test_registry(tmp_path / "registry.yaml")
-    env = {"DTZOO_HOME": str(home), "DTZOO_REGISTRY": str(reg),
-           "MINARI_DATASETS_PATH": str(minari_store), "DTZOO_HUB": "local"}
+    env = {
+        "DTZOO_HOME": str(home),
+        "DTZOO_REGISTRY": str(reg),
+        "MINARI_DATASETS_PATH": str(minari_store),
+        "DTZOO_HUB": "local",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("DTZOO_ORG", raising=False)
@@ -104,15 +117,24 @@ def registry(zoo_env):
     return load_registry()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run the real `dtzoo` command in a subprocess (as a user would)."""
     full_env = {**os.environ, **(env or {}), "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "dtzoo.cli", *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dtzoo.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"dtzoo {' '.join(args)} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"dtzoo {' '.join(args)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 
@@ -124,9 +146,13 @@ def ghost_registry(zoo_env):
     path = Path(zoo_env["DTZOO_REGISTRY"])
     reg = yaml.safe_load(path.read_text())
     pend = reg["envs"]["pendulum"]
-    reg["envs"]["ghost"] = {**{k: pend[k] for k in ("gym_id", "max_ep_len", "reward_scale",
-                                                    "target_returns", "ref_scores")},
-                            "dataset": "dtzoo/ghost/missing-v0"}
+    reg["envs"]["ghost"] = {
+        **{
+            k: pend[k]
+            for k in ("gym_id", "max_ep_len", "reward_scale", "target_returns", "ref_scores")
+        },
+        "dataset": "dtzoo/ghost/missing-v0",
+    }
     path.write_text(yaml.safe_dump(reg, sort_keys=False))
     return load_registry()
 
@@ -143,4 +169,6 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert list(wa) == list(wb)
     for k in wa:
         assert torch.equal(wa[k], wb[k]), f"{k} differs between {a} and {b}"
-    assert (Path(a) / "model.safetensors").read_bytes() == (Path(b) / "model.safetensors").read_bytes()
+    assert (Path(a) / "model.safetensors").read_bytes() == (
+        Path(b) / "model.safetensors"
+    ).read_bytes()

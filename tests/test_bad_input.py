@@ -78,7 +78,9 @@ def a_model_dir(path: Path) -> Path:
 
     from dtzoo.registry import Recipe
 
-    config = dataclasses.replace(make_config(), recipe={**dataclasses.asdict(Recipe()), "steps": 40})
+    config = dataclasses.replace(
+        make_config(), recipe={**dataclasses.asdict(Recipe()), "steps": 40}
+    )
     return save_model(make_model(config), config, path, extra_files={"README.md": b"# card\n"})
 
 
@@ -132,7 +134,9 @@ def outside_file(ctx: Ctx) -> Path:
 
 def pickle_weights(ctx: Ctx, path: Path) -> None:
     ctx.marker = ctx.tmp / "pwned"
-    torch.save({"embed_state.weight": torch.zeros(16, 3), "payload": Payload(ctx.marker)}, path / WEIGHTS)
+    torch.save(
+        {"embed_state.weight": torch.zeros(16, 3), "payload": Payload(ctx.marker)}, path / WEIGHTS
+    )
 
 
 def rewrite_weights(path: Path, edit: Callable[[dict], None]) -> None:
@@ -148,12 +152,14 @@ def bad_model(edit: Callable[[Ctx, Path], None]) -> Callable[[Ctx], None]:
     def setup(ctx: Ctx) -> None:
         a_model_dir(ctx.model)
         edit(ctx, ctx.model)
+
     return setup
 
 
 def bad_registry(text: str) -> Callable[[Ctx], None]:
     def setup(ctx: Ctx) -> None:
         (ctx.tmp / "bad.yaml").write_text(textwrap.dedent(text))
+
     return setup
 
 
@@ -206,11 +212,13 @@ def drop(k):
 
 def edit_config(edit: Callable[[dict], object]) -> Callable[[Ctx, Path], None]:
     """Rewrite config.json (and the manifest, so that only the config check can catch it)."""
+
     def apply(ctx: Ctx, path: Path) -> None:
         d = json.loads((path / CONFIG).read_text())
         new = edit(d)
         (path / CONFIG).write_text(json.dumps(d if new is None else new))
         write_manifest(path)
+
     return apply
 
 
@@ -239,9 +247,14 @@ def pulled(ctx: Ctx) -> Path:
     return LocalHub(ctx.home / "hub").pull(REPO)
 
 
-ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
-    for p, c in zip("abcdefgh", "bcdefghi")) + "grids:\n  g:\n    description: *i\n"
+ALIAS_BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi")
+    )
+    + "grids:\n  g:\n    description: *i\n"
+)
 ENV = """\
     envs:
       p:
@@ -258,52 +271,112 @@ CUDA = torch.cuda.is_available()
 CASES = [
     # model ids
     Case("id-unknown-env", ["train", "pendulm-1L-seed0"], "did you mean pendulum-1L-seed0"),
-    Case("id-lowercase-l", ["train", "pendulum-1l-seed0"], "malformed model id 'pendulum-1l-seed0'"),
+    Case(
+        "id-lowercase-l", ["train", "pendulum-1l-seed0"], "malformed model id 'pendulum-1l-seed0'"
+    ),
     # (pull, export and eval take any [ORG/]ID of the hub, not only registry ids: issue 12)
-    Case("id-leading-zero", ["pull", "pendulum-01L-seed0"], "dtzoo/pendulum-01L-seed0 is not on the local hub", 1),
-    Case("id-zero-layers", ["pull", "pendulum-0L-seed0"], "dtzoo/pendulum-0L-seed0 is not on the local hub", 1),
+    Case(
+        "id-leading-zero",
+        ["pull", "pendulum-01L-seed0"],
+        "dtzoo/pendulum-01L-seed0 is not on the local hub",
+        1,
+    ),
+    Case(
+        "id-zero-layers",
+        ["pull", "pendulum-0L-seed0"],
+        "dtzoo/pendulum-0L-seed0 is not on the local hub",
+        1,
+    ),
     Case("id-path", ["eval", "../../etc/passwd"], "invalid repo id '../../etc/passwd'", 1, "cell"),
-    Case("id-path-suffix", ["pull", "pendulum-1L-seed0/../../x"], "invalid repo id 'pendulum-1L-seed0/../../x'"),
+    Case(
+        "id-path-suffix",
+        ["pull", "pendulum-1L-seed0/../../x"],
+        "invalid repo id 'pendulum-1L-seed0/../../x'",
+    ),
     Case("id-empty", ["pull", ""], "invalid repo id 'dtzoo/'"),
-    Case("id-export-unknown", ["export", "nope-1L-seed0", "--out", "{tmp}/out"],
-         "dtzoo/nope-1L-seed0 is not on the local hub", 1),
+    Case(
+        "id-export-unknown",
+        ["export", "nope-1L-seed0", "--out", "{tmp}/out"],
+        "dtzoo/nope-1L-seed0 is not on the local hub",
+        1,
+    ),
     # revisions
     Case("rev-dotdot", ["pull", MID, "--revision", "../x"], "invalid revision '../x'"),
     Case("rev-negative", ["pull", MID, "--revision", "step-1"], "invalid revision"),
     Case("rev-shell", ["pull", MID, "--revision", "main;rm -rf ~"], "invalid revision"),
     Case("rev-refs", ["pull", MID, "--revision", "refs/heads/main"], "invalid revision"),
-    Case("rev-absent", ["pull", MID, "--revision", "step999"], "has no revision 'step999'", 1,
-         setup=a_published_model),
+    Case(
+        "rev-absent",
+        ["pull", MID, "--revision", "step999"],
+        "has no revision 'step999'",
+        1,
+        setup=a_published_model,
+    ),
     Case("rev-not-published", ["pull", MID], "is not on the local hub", 1),
     # grids and selections
     Case("grid-unknown", ["train", "--grid", "huge"], "unknown grid 'huge'"),
     Case("grid-path", ["leaderboard", "--grid", "../x"], "unknown grid '../x'"),
-    Case("grid-and-ids", ["train", "--grid", "tiny", "pendulum-1L-seed0"], "either --grid or model ids"),
+    Case(
+        "grid-and-ids",
+        ["train", "--grid", "tiny", "pendulum-1L-seed0"],
+        "either --grid or model ids",
+    ),
     Case("nothing", ["train"], "nothing to do"),
     # env keys
     Case("env-typo", ["data", "prepare", "pendulm"], "did you mean pendulum"),
     Case("env-path", ["data", "prepare", "../x"], "unknown env '../x'"),
-    Case("env-collect", ["data", "collect", "nope", "--policy", "random", "--episodes", "1",
-                         "--out", "a/b-v0"], "unknown env 'nope'"),
-    Case("env-import-mismatch", ["import", "{tmp}", "--env", "cartpole", "--name", MID],
-         "belongs to env 'pendulum', not 'cartpole'"),
+    Case(
+        "env-collect",
+        ["data", "collect", "nope", "--policy", "random", "--episodes", "1", "--out", "a/b-v0"],
+        "unknown env 'nope'",
+    ),
+    Case(
+        "env-import-mismatch",
+        ["import", "{tmp}", "--env", "cartpole", "--name", MID],
+        "belongs to env 'pendulum', not 'cartpole'",
+    ),
     # hubs and orgs (repo ids the Hub would reject)
     Case("org-space", ["pull", MID, "--org", "bad org!"], "invalid org 'bad org!'"),
     Case("org-dotdot", ["pull", MID, "--org", "../../etc"], "invalid org '../../etc'"),
     Case("org-double-dash", ["pull", MID, "--org", "a--b"], "invalid org 'a--b'"),
     Case("hub-unknown", ["pull", MID, "--hub", "nowhere"], "'nowhere' is not one of 'hf', 'local'"),
-    Case("org-publish", ["publish", MID, "--org", "bad org!"], "invalid org 'bad org!'", 1, "cell",
-         setup=a_trained_run),
+    Case(
+        "org-publish",
+        ["publish", MID, "--org", "bad org!"],
+        "invalid org 'bad org!'",
+        1,
+        "cell",
+        setup=a_trained_run,
+    ),
     # malformed registry.yaml: the message names the file and the line
-    Case("reg-missing", ["--registry", "{tmp}/absent.yaml", "list"], "cannot read registry {tmp}/absent.yaml"),
-    Case("reg-yaml", ["--registry", "{tmp}/bad.yaml", "list"], "{tmp}/bad.yaml:3: invalid YAML",
-         setup=bad_registry("hub:\n  org: dtzoo\n  license: a: b\n")),
-    Case("reg-top-key", ["--registry", "{tmp}/bad.yaml", "list"], "{tmp}/bad.yaml:2: unknown top-level key 'gridz'",
-         setup=bad_registry("grids: {}\ngridz: {}\n")),
-    Case("reg-not-mapping", ["--registry", "{tmp}/bad.yaml", "list"], "{tmp}/bad.yaml: the registry must be a mapping",
-         setup=bad_registry("- just\n- a list\n")),
-    Case("reg-negative", ["--registry", "{tmp}/bad.yaml", "list"], "{tmp}/bad.yaml:5: envs.p.max_ep_len must be a positive number",
-         setup=bad_registry("""\
+    Case(
+        "reg-missing",
+        ["--registry", "{tmp}/absent.yaml", "list"],
+        "cannot read registry {tmp}/absent.yaml",
+    ),
+    Case(
+        "reg-yaml",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "{tmp}/bad.yaml:3: invalid YAML",
+        setup=bad_registry("hub:\n  org: dtzoo\n  license: a: b\n"),
+    ),
+    Case(
+        "reg-top-key",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "{tmp}/bad.yaml:2: unknown top-level key 'gridz'",
+        setup=bad_registry("grids: {}\ngridz: {}\n"),
+    ),
+    Case(
+        "reg-not-mapping",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "{tmp}/bad.yaml: the registry must be a mapping",
+        setup=bad_registry("- just\n- a list\n"),
+    ),
+    Case(
+        "reg-negative",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "{tmp}/bad.yaml:5: envs.p.max_ep_len must be a positive number",
+        setup=bad_registry("""\
              envs:
                p:
                  gym_id: Pendulum-v1
@@ -312,148 +385,485 @@ CASES = [
                  reward_scale: 1
                  target_returns: [1]
                  ref_scores: {random: 0, expert: 1}
-             """)),
-    Case("reg-lr-word", ["--registry", "{tmp}/bad.yaml", "list"], "{tmp}/bad.yaml:2: recipe.lr must be a number",
-         setup=bad_registry("recipe:\n  lr: fast\n")),
-    Case("reg-env-key", ["--registry", "{tmp}/bad.yaml", "list"], "{tmp}/bad.yaml:2: env key 'Bad_Key' must match",
-         setup=bad_registry("envs:\n  Bad_Key: {}\n")),
-    Case("reg-grid-env", ["--registry", "{tmp}/bad.yaml", "list"], "{tmp}/bad.yaml:3: grids.g names unknown env 'ghost'",
-         setup=bad_registry("grids:\n  g:\n    envs: [ghost]\n    layers: [1]\n    seeds: [0]\n")),
+             """),
+    ),
+    Case(
+        "reg-lr-word",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "{tmp}/bad.yaml:2: recipe.lr must be a number",
+        setup=bad_registry("recipe:\n  lr: fast\n"),
+    ),
+    Case(
+        "reg-env-key",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "{tmp}/bad.yaml:2: env key 'Bad_Key' must match",
+        setup=bad_registry("envs:\n  Bad_Key: {}\n"),
+    ),
+    Case(
+        "reg-grid-env",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "{tmp}/bad.yaml:3: grids.g names unknown env 'ghost'",
+        setup=bad_registry("grids:\n  g:\n    envs: [ghost]\n    layers: [1]\n    seeds: [0]\n"),
+    ),
     # datasets: wrong shapes, NaNs, no episodes, absent
-    Case("data-3d-obs", ["data", "info", "badobs"], "dtzoo needs flat vector observations", 1, datasets=True),
-    Case("data-2d-action", ["data", "info", "badact"], "unsupported action space", 1, datasets=True),
-    Case("data-nan", ["data", "info", "nandata"], "'test/nan-v0': observations contain NaN or inf", 1,
-         datasets=True),
+    Case(
+        "data-3d-obs",
+        ["data", "info", "badobs"],
+        "dtzoo needs flat vector observations",
+        1,
+        datasets=True,
+    ),
+    Case(
+        "data-2d-action", ["data", "info", "badact"], "unsupported action space", 1, datasets=True
+    ),
+    Case(
+        "data-nan",
+        ["data", "info", "nandata"],
+        "'test/nan-v0': observations contain NaN or inf",
+        1,
+        datasets=True,
+    ),
     Case("data-empty", ["data", "info", "emptydata"], "has no episodes", 1, datasets=True),
     Case("data-absent", ["data", "info", "ghost"], "is not in", 1, datasets=True),
-    Case("data-train-nan", ["train", "nandata-1L-seed0"], "observations contain NaN or inf", 1, "cell", datasets=True),
+    Case(
+        "data-train-nan",
+        ["train", "nandata-1L-seed0"],
+        "observations contain NaN or inf",
+        1,
+        "cell",
+        datasets=True,
+    ),
     # checkpoints: missing / extra / mis-shaped tensors, not safetensors, broken config
-    Case("ckpt-missing-tensor", ["export", "{tmp}/model", "--out", "{tmp}/out"], "missing blocks.1.mlp.fc_out.weight", 1,
-         setup=bad_model(lambda c, p: rewrite_weights(p, drop("blocks.1.mlp.fc_out.weight")))),
-    Case("ckpt-extra-tensor", ["export", "{tmp}/model", "--out", "{tmp}/out"], "unexpected blocks.2.ln1.weight", 1,
-         setup=bad_model(lambda c, p: rewrite_weights(p, lambda t: t.update({"blocks.2.ln1.weight": torch.ones(16)})))),
-    Case("ckpt-misshaped", ["export", "{tmp}/model", "--out", "{tmp}/out"],
-         "embed_state.weight has shape (16, 4), expected (16, 3)", 1,
-         setup=bad_model(lambda c, p: rewrite_weights(p, lambda t: t.update({"embed_state.weight": torch.zeros(16, 4)})))),
-    Case("ckpt-pickle", ["export", "{tmp}/model", "--out", "{tmp}/out"], "model.safetensors: not a valid safetensors file", 1,
-         setup=bad_model(lambda c, p: (pickle_weights(c, p), write_manifest(p)))),
-    Case("ckpt-pickle-no-manifest-update", ["export", "{tmp}/model", "--out", "{tmp}/out"],
-         "model.safetensors: sha256 mismatch", 1, setup=bad_model(pickle_weights)),
-    Case("ckpt-garbage", ["export", "{tmp}/model", "--out", "{tmp}/out"], "not a valid safetensors file", 1,
-         setup=bad_model(lambda c, p: ((p / WEIGHTS).write_bytes(b"\x08" + b"\x00" * 7 + b"{broken}"), write_manifest(p)))),
-    Case("ckpt-no-weights", ["export", "{tmp}/model", "--out", "{tmp}/out"], "missing model.safetensors", 1,
-         setup=bad_model(lambda c, p: (p / WEIGHTS).unlink())),
-    Case("ckpt-config-json", ["export", "{tmp}/model", "--out", "{tmp}/out"], "config.json: invalid config", 1,
-         setup=bad_model(lambda c, p: ((p / CONFIG).write_text("{not json"), write_manifest(p)))),
-    Case("ckpt-config-newer", ["export", "{tmp}/model", "--out", "{tmp}/out"], "format version 99 is newer", 1,
-         setup=bad_model(lambda c, p: (set_json(p / CONFIG, "format_version", 99), write_manifest(p)))),
-    Case("ckpt-manifest-dotdot", ["export", "{tmp}/model", "--out", "{tmp}/out"],
-         "'../outside/x' listed in the manifest is not a file name", 1,
-         setup=bad_model(lambda c, p: add_manifest_entry(p, "../outside/x", outside_file(c)))),
-    Case("ckpt-manifest-absolute", ["export", "{tmp}/model", "--out", "{tmp}/out"],
-         "'/etc/hostname' listed in the manifest is not a file name", 1,
-         setup=bad_model(lambda c, p: add_manifest_entry(p, "/etc/hostname", Path("/etc/hostname")))),
+    Case(
+        "ckpt-missing-tensor",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "missing blocks.1.mlp.fc_out.weight",
+        1,
+        setup=bad_model(lambda c, p: rewrite_weights(p, drop("blocks.1.mlp.fc_out.weight"))),
+    ),
+    Case(
+        "ckpt-extra-tensor",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "unexpected blocks.2.ln1.weight",
+        1,
+        setup=bad_model(
+            lambda c, p: rewrite_weights(
+                p, lambda t: t.update({"blocks.2.ln1.weight": torch.ones(16)})
+            )
+        ),
+    ),
+    Case(
+        "ckpt-misshaped",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "embed_state.weight has shape (16, 4), expected (16, 3)",
+        1,
+        setup=bad_model(
+            lambda c, p: rewrite_weights(
+                p, lambda t: t.update({"embed_state.weight": torch.zeros(16, 4)})
+            )
+        ),
+    ),
+    Case(
+        "ckpt-pickle",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "model.safetensors: not a valid safetensors file",
+        1,
+        setup=bad_model(lambda c, p: (pickle_weights(c, p), write_manifest(p))),
+    ),
+    Case(
+        "ckpt-pickle-no-manifest-update",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "model.safetensors: sha256 mismatch",
+        1,
+        setup=bad_model(pickle_weights),
+    ),
+    Case(
+        "ckpt-garbage",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "not a valid safetensors file",
+        1,
+        setup=bad_model(
+            lambda c, p: (
+                (p / WEIGHTS).write_bytes(b"\x08" + b"\x00" * 7 + b"{broken}"),
+                write_manifest(p),
+            )
+        ),
+    ),
+    Case(
+        "ckpt-no-weights",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "missing model.safetensors",
+        1,
+        setup=bad_model(lambda c, p: (p / WEIGHTS).unlink()),
+    ),
+    Case(
+        "ckpt-config-json",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "config.json: invalid config",
+        1,
+        setup=bad_model(lambda c, p: ((p / CONFIG).write_text("{not json"), write_manifest(p))),
+    ),
+    Case(
+        "ckpt-config-newer",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "format version 99 is newer",
+        1,
+        setup=bad_model(
+            lambda c, p: (set_json(p / CONFIG, "format_version", 99), write_manifest(p))
+        ),
+    ),
+    Case(
+        "ckpt-manifest-dotdot",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "'../outside/x' listed in the manifest is not a file name",
+        1,
+        setup=bad_model(lambda c, p: add_manifest_entry(p, "../outside/x", outside_file(c))),
+    ),
+    Case(
+        "ckpt-manifest-absolute",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "'/etc/hostname' listed in the manifest is not a file name",
+        1,
+        setup=bad_model(lambda c, p: add_manifest_entry(p, "/etc/hostname", Path("/etc/hostname"))),
+    ),
     # the local hub: names that escape, refs that escape, pickles
-    Case("hub-manifest-dotdot", ["pull", MID], "'../../../../../../outside/x' listed in the manifest", 1,
-         setup=lambda c: add_manifest_entry(a_published_model(c), "../../../../../../outside/x", outside_file(c))),
-    Case("hub-manifest-absolute", ["pull", MID], "'/etc/hostname' listed in the manifest", 1,
-         setup=lambda c: add_manifest_entry(a_published_model(c), "/etc/hostname", Path("/etc/hostname"))),
-    Case("hub-forged-absolute", ["pull", MID], "'/etc/hostname' listed in the manifest", 1,
-         setup=lambda c: forged_snapshot(c, lambda s: add_manifest_entry(s, "/etc/hostname", Path("/etc/hostname")))),
+    Case(
+        "hub-manifest-dotdot",
+        ["pull", MID],
+        "'../../../../../../outside/x' listed in the manifest",
+        1,
+        setup=lambda c: add_manifest_entry(
+            a_published_model(c), "../../../../../../outside/x", outside_file(c)
+        ),
+    ),
+    Case(
+        "hub-manifest-absolute",
+        ["pull", MID],
+        "'/etc/hostname' listed in the manifest",
+        1,
+        setup=lambda c: add_manifest_entry(
+            a_published_model(c), "/etc/hostname", Path("/etc/hostname")
+        ),
+    ),
+    Case(
+        "hub-forged-absolute",
+        ["pull", MID],
+        "'/etc/hostname' listed in the manifest",
+        1,
+        setup=lambda c: forged_snapshot(
+            c, lambda s: add_manifest_entry(s, "/etc/hostname", Path("/etc/hostname"))
+        ),
+    ),
     Case("hub-ref-escapes", ["pull", MID], "corrupt ref", 1, setup=bad_ref),
-    Case("hub-publish-pickle", ["publish", MID], "model.safetensors: not a valid safetensors file", 1, "cell",
-         setup=lambda c: (a_trained_run(c, card=True), pickle_weights(c, c.run), write_manifest(c.run))),
-    Case("hub-forged-pickle", ["export", MID, "--out", "{tmp}/out"], "not a valid safetensors file", 1,
-         setup=lambda c: forged_snapshot(c, lambda s: (pickle_weights(c, s), write_manifest(s)))),
+    Case(
+        "hub-publish-pickle",
+        ["publish", MID],
+        "model.safetensors: not a valid safetensors file",
+        1,
+        "cell",
+        setup=lambda c: (
+            a_trained_run(c, card=True),
+            pickle_weights(c, c.run),
+            write_manifest(c.run),
+        ),
+    ),
+    Case(
+        "hub-forged-pickle",
+        ["export", MID, "--out", "{tmp}/out"],
+        "not a valid safetensors file",
+        1,
+        setup=lambda c: forged_snapshot(c, lambda s: (pickle_weights(c, s), write_manifest(s))),
+    ),
     # options
-    Case("steps-0", ["train", "pendulum-1L-seed0", "--steps", "0"], "Invalid value for '--steps'", 2, "usage"),
-    Case("episodes-0", ["eval", "pendulum-1L-seed0", "--episodes", "0"], "Invalid value for '--episodes'", 2, "usage"),
-    Case("collect-episodes-0", ["data", "collect", "pendulum", "--policy", "random", "--episodes", "0",
-                                "--out", "a/b-v0"], "Invalid value for '--episodes'", 2, "usage"),
-    Case("device-tpu", ["train", "pendulum-1L-seed0", "--device", "tpu"], "'tpu' is not one of", 2, "usage"),
-    Case("device-cuda", ["train", "pendulum-1L-seed0", "--device", "cuda"], "no CUDA device is available", 1, "cell",
-         skip="this machine has CUDA" if CUDA else None),
+    Case(
+        "steps-0",
+        ["train", "pendulum-1L-seed0", "--steps", "0"],
+        "Invalid value for '--steps'",
+        2,
+        "usage",
+    ),
+    Case(
+        "episodes-0",
+        ["eval", "pendulum-1L-seed0", "--episodes", "0"],
+        "Invalid value for '--episodes'",
+        2,
+        "usage",
+    ),
+    Case(
+        "collect-episodes-0",
+        ["data", "collect", "pendulum", "--policy", "random", "--episodes", "0", "--out", "a/b-v0"],
+        "Invalid value for '--episodes'",
+        2,
+        "usage",
+    ),
+    Case(
+        "device-tpu",
+        ["train", "pendulum-1L-seed0", "--device", "tpu"],
+        "'tpu' is not one of",
+        2,
+        "usage",
+    ),
+    Case(
+        "device-cuda",
+        ["train", "pendulum-1L-seed0", "--device", "cuda"],
+        "no CUDA device is available",
+        1,
+        "cell",
+        skip="this machine has CUDA" if CUDA else None,
+    ),
     Case("format-html", ["leaderboard", "--format", "html"], "'html' is not one of", 2, "usage"),
-    Case("targets-word", ["eval", "pendulum-1L-seed0", "--rtg-sweep", "--targets", "a:b"], "--targets 'a:b'"),
-    Case("import-not-dir", ["import", "{tmp}/absent", "--env", "pendulum", "--name", MID],
-         "is not a directory", 2, "usage"),
+    Case(
+        "targets-word",
+        ["eval", "pendulum-1L-seed0", "--rtg-sweep", "--targets", "a:b"],
+        "--targets 'a:b'",
+    ),
+    Case(
+        "import-not-dir",
+        ["import", "{tmp}/absent", "--env", "pendulum", "--name", MID],
+        "is not a directory",
+        2,
+        "usage",
+    ),
     Case("eval-untrained", ["eval", "pendulum-1L-seed0"], "is not trained here", 1, "cell"),
     # ---- round two (issue 16), run in-process: dtzoo.cli.main with sys.argv set
     # model ids and orgs that end in a newline would be a second run or hub folder
     Case("id-newline", ["pull", "pendulum-1L-seed0\n", "--hub", "local"], "invalid", inproc=True),
     Case("id-train-newline", ["train", "pendulum-1L-seed0\n"], "malformed model id", inproc=True),
-    Case("org-newline", ["pull", MID, "--org", "dtzoo\n", "--hub", "local"], "invalid", inproc=True),
+    Case(
+        "org-newline", ["pull", MID, "--org", "dtzoo\n", "--hub", "local"], "invalid", inproc=True
+    ),
     # sizes that would exhaust memory before the first step
-    Case("id-100000-layers", ["train", "pendulum-100000L-seed0"], "layers must be <= 128", inproc=True),
-    Case("id-5000-digit-layers", ["train", "pendulum-" + "9" * 5000 + "L-seed0"], "layers must be <= 128",
-         inproc=True),
+    Case(
+        "id-100000-layers",
+        ["train", "pendulum-100000L-seed0"],
+        "layers must be <= 128",
+        inproc=True,
+    ),
+    Case(
+        "id-5000-digit-layers",
+        ["train", "pendulum-" + "9" * 5000 + "L-seed0"],
+        "layers must be <= 128",
+        inproc=True,
+    ),
     Case("id-huge-seed", ["train", "pendulum-1L-seed99999999999"], "seed must be <=", inproc=True),
-    Case("steps-huge", ["train", "pendulum-1L-seed0", "--steps", "9" * 26], "must be from 1 to 1000000000",
-         1, "cell", inproc=True),
-    Case("targets-nan", ["eval", "pendulum-1L-seed0", "--rtg-sweep", "--targets", "nan:0:2"],
-         "LO and HI must be finite", inproc=True),
-    Case("targets-inf", ["eval", "pendulum-1L-seed0", "--rtg-sweep", "--targets", "0:inf:2"],
-         "LO and HI must be finite", inproc=True),
-    Case("targets-billion", ["eval", "pendulum-1L-seed0", "--rtg-sweep", "--targets", "0:1:1000000000"],
-         "at most 256 targets", inproc=True),
-    Case("reg-alias-bomb", ["--registry", "{tmp}/bad.yaml", "list"], "an alias bomb",
-         setup=bad_registry(ALIAS_BOMB), inproc=True),
-    Case("reg-recursive-alias", ["--registry", "{tmp}/bad.yaml", "list"], "recursive alias",
-         setup=bad_registry("grids: &g\n  g: [*g]\n"), inproc=True),
-    Case("reg-deep", ["--registry", "{tmp}/bad.yaml", "list"], "invalid YAML",
-         setup=bad_registry("grids: " + "[" * 5000 + "]" * 5000 + "\n"), inproc=True),
+    Case(
+        "steps-huge",
+        ["train", "pendulum-1L-seed0", "--steps", "9" * 26],
+        "must be from 1 to 1000000000",
+        1,
+        "cell",
+        inproc=True,
+    ),
+    Case(
+        "targets-nan",
+        ["eval", "pendulum-1L-seed0", "--rtg-sweep", "--targets", "nan:0:2"],
+        "LO and HI must be finite",
+        inproc=True,
+    ),
+    Case(
+        "targets-inf",
+        ["eval", "pendulum-1L-seed0", "--rtg-sweep", "--targets", "0:inf:2"],
+        "LO and HI must be finite",
+        inproc=True,
+    ),
+    Case(
+        "targets-billion",
+        ["eval", "pendulum-1L-seed0", "--rtg-sweep", "--targets", "0:1:1000000000"],
+        "at most 256 targets",
+        inproc=True,
+    ),
+    Case(
+        "reg-alias-bomb",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "an alias bomb",
+        setup=bad_registry(ALIAS_BOMB),
+        inproc=True,
+    ),
+    Case(
+        "reg-recursive-alias",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "recursive alias",
+        setup=bad_registry("grids: &g\n  g: [*g]\n"),
+        inproc=True,
+    ),
+    Case(
+        "reg-deep",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "invalid YAML",
+        setup=bad_registry("grids: " + "[" * 5000 + "]" * 5000 + "\n"),
+        inproc=True,
+    ),
     # registry values of the wrong type
-    Case("reg-not-utf8", ["--registry", "{tmp}/bad.yaml", "list"], "{tmp}/bad.yaml:2: not UTF-8",
-         setup=lambda c: (c.tmp / "bad.yaml").write_bytes(b"hub:\n  org: \xff\xfe\n"), inproc=True),
-    Case("reg-nested-env", ["--registry", "{tmp}/bad.yaml", "list"], "grids.g names unknown env <list>",
-         setup=bad_registry(ENV.format(max_ep_len=5) + "grids: {g: {envs: [[p]], layers: [1], seeds: [0]}}\n"),
-         inproc=True),
-    Case("reg-int-key", ["--registry", "{tmp}/bad.yaml", "list"], "{tmp}/bad.yaml:1: unknown key 1 in recipe",
-         setup=bad_registry("recipe: {1: 2}\n"), inproc=True),
-    Case("reg-inf", ["--registry", "{tmp}/bad.yaml", "list"], "envs.p.max_ep_len must be a positive number",
-         setup=bad_registry(ENV.format(max_ep_len=".inf")), inproc=True),
-    Case("reg-nan", ["--registry", "{tmp}/bad.yaml", "list"], "recipe.lr must be a finite number",
-         setup=bad_registry("recipe: {lr: .nan}\n"), inproc=True),
-    Case("reg-huge-int", ["--registry", "{tmp}/bad.yaml", "list"], "recipe.steps is too large",
-         setup=bad_registry("recipe: {steps: 1" + "0" * 400 + "}\n"), inproc=True),
-    Case("reg-huge-d-model", ["--registry", "{tmp}/bad.yaml", "list"], "recipe.d_model must be <= 8192",
-         setup=bad_registry("recipe: {d_model: 1000000}\n"), inproc=True),
-    Case("reg-description-list", ["--registry", "{tmp}/bad.yaml", "list"], "description must be a string",
-         setup=bad_registry(ENV.format(max_ep_len=5)
-                            + "grids: {g: {envs: [p], layers: [1], seeds: [0], description: [1]}}\n"),
-         inproc=True),
-    Case("reg-prepare-episodes", ["--registry", "{tmp}/bad.yaml", "list"], "prepare.episodes must be",
-         setup=bad_registry(ENV.format(max_ep_len=5) + "    prepare: {episodes: .inf}\n"), inproc=True),
+    Case(
+        "reg-not-utf8",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "{tmp}/bad.yaml:2: not UTF-8",
+        setup=lambda c: (c.tmp / "bad.yaml").write_bytes(b"hub:\n  org: \xff\xfe\n"),
+        inproc=True,
+    ),
+    Case(
+        "reg-nested-env",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "grids.g names unknown env <list>",
+        setup=bad_registry(
+            ENV.format(max_ep_len=5) + "grids: {g: {envs: [[p]], layers: [1], seeds: [0]}}\n"
+        ),
+        inproc=True,
+    ),
+    Case(
+        "reg-int-key",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "{tmp}/bad.yaml:1: unknown key 1 in recipe",
+        setup=bad_registry("recipe: {1: 2}\n"),
+        inproc=True,
+    ),
+    Case(
+        "reg-inf",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "envs.p.max_ep_len must be a positive number",
+        setup=bad_registry(ENV.format(max_ep_len=".inf")),
+        inproc=True,
+    ),
+    Case(
+        "reg-nan",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "recipe.lr must be a finite number",
+        setup=bad_registry("recipe: {lr: .nan}\n"),
+        inproc=True,
+    ),
+    Case(
+        "reg-huge-int",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "recipe.steps is too large",
+        setup=bad_registry("recipe: {steps: 1" + "0" * 400 + "}\n"),
+        inproc=True,
+    ),
+    Case(
+        "reg-huge-d-model",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "recipe.d_model must be <= 8192",
+        setup=bad_registry("recipe: {d_model: 1000000}\n"),
+        inproc=True,
+    ),
+    Case(
+        "reg-description-list",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "description must be a string",
+        setup=bad_registry(
+            ENV.format(max_ep_len=5)
+            + "grids: {g: {envs: [p], layers: [1], seeds: [0], description: [1]}}\n"
+        ),
+        inproc=True,
+    ),
+    Case(
+        "reg-prepare-episodes",
+        ["--registry", "{tmp}/bad.yaml", "list"],
+        "prepare.episodes must be",
+        setup=bad_registry(ENV.format(max_ep_len=5) + "    prepare: {episodes: .inf}\n"),
+        inproc=True,
+    ),
     # config.json of the wrong shape or types: CheckpointError, never TypeError/KeyError
-    Case("config-list", ["export", "{tmp}/model", "--out", "{tmp}/out"], "a JSON object expected, got list", 1,
-         setup=bad_model(edit_config(lambda d: [])), inproc=True),
-    Case("config-arch-list", ["export", "{tmp}/model", "--out", "{tmp}/out"], "architecture must be an object", 1,
-         setup=bad_model(edit_config(lambda d: d.update(architecture=[]))), inproc=True),
-    Case("config-state-dim-str", ["export", "{tmp}/model", "--out", "{tmp}/out"], "state_dim must be an integer",
-         1, setup=bad_model(edit_config(lambda d: d.update(state_dim="3"))), inproc=True),
-    Case("config-100000-layers", ["export", "{tmp}/model", "--out", "{tmp}/out"],
-         "architecture.n_layers must be an integer from 1 to 128", 1,
-         setup=bad_model(edit_config(lambda d: d["architecture"].update(n_layers=100000))), inproc=True),
-    Case("config-unknown-arch-key", ["export", "{tmp}/model", "--out", "{tmp}/out"], "invalid architecture", 1,
-         setup=bad_model(edit_config(lambda d: d["architecture"].update(flash=True))), inproc=True),
-    Case("config-not-utf8", ["export", "{tmp}/model", "--out", "{tmp}/out"], "config.json: invalid config", 1,
-         setup=bad_model(lambda c, p: ((p / CONFIG).write_bytes(b"{\xff}"), write_manifest(p))), inproc=True),
-    Case("weights-nan", ["export", "{tmp}/model", "--out", "{tmp}/out"], "weights are not finite", 1,
-         setup=bad_model(lambda c, p: rewrite_weights(
-             p, lambda t: t.update({k: torch.full_like(v, float("nan")) for k, v in t.items()}))),
-         inproc=True),
+    Case(
+        "config-list",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "a JSON object expected, got list",
+        1,
+        setup=bad_model(edit_config(lambda d: [])),
+        inproc=True,
+    ),
+    Case(
+        "config-arch-list",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "architecture must be an object",
+        1,
+        setup=bad_model(edit_config(lambda d: d.update(architecture=[]))),
+        inproc=True,
+    ),
+    Case(
+        "config-state-dim-str",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "state_dim must be an integer",
+        1,
+        setup=bad_model(edit_config(lambda d: d.update(state_dim="3"))),
+        inproc=True,
+    ),
+    Case(
+        "config-100000-layers",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "architecture.n_layers must be an integer from 1 to 128",
+        1,
+        setup=bad_model(edit_config(lambda d: d["architecture"].update(n_layers=100000))),
+        inproc=True,
+    ),
+    Case(
+        "config-unknown-arch-key",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "invalid architecture",
+        1,
+        setup=bad_model(edit_config(lambda d: d["architecture"].update(flash=True))),
+        inproc=True,
+    ),
+    Case(
+        "config-not-utf8",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "config.json: invalid config",
+        1,
+        setup=bad_model(lambda c, p: ((p / CONFIG).write_bytes(b"{\xff}"), write_manifest(p))),
+        inproc=True,
+    ),
+    Case(
+        "weights-nan",
+        ["export", "{tmp}/model", "--out", "{tmp}/out"],
+        "weights are not finite",
+        1,
+        setup=bad_model(
+            lambda c, p: rewrite_weights(
+                p, lambda t: t.update({k: torch.full_like(v, float("nan")) for k, v in t.items()})
+            )
+        ),
+        inproc=True,
+    ),
     # links inside DTZOO_HOME: nothing is written, locked or cleaned through them
-    Case("link-hub-snapshots", ["publish", MID], "is a symbolic link", 1, "cell",
-         setup=lambda c: (a_trained_run(c, card=True), a_published_model(c),
-                          link_to_victim(c, c.home / "hub" / REPO / "snapshots")), inproc=True),
-    Case("link-cache-repo", ["pull", MID, "--hub", "local"], "is a symbolic link", 1,
-         setup=lambda c: (pulled(c), link_to_victim(c, c.home / "cache" / REPO)), inproc=True),
-    Case("link-run-checkpoints", ["train", "pendulum-1L-seed0"], "is a symbolic link", 1, "cell",
-         setup=lambda c: link_to_victim(c, c.home / "runs" / "pendulum-1L-seed0" / "checkpoints"),
-         inproc=True),
+    Case(
+        "link-hub-snapshots",
+        ["publish", MID],
+        "is a symbolic link",
+        1,
+        "cell",
+        setup=lambda c: (
+            a_trained_run(c, card=True),
+            a_published_model(c),
+            link_to_victim(c, c.home / "hub" / REPO / "snapshots"),
+        ),
+        inproc=True,
+    ),
+    Case(
+        "link-cache-repo",
+        ["pull", MID, "--hub", "local"],
+        "is a symbolic link",
+        1,
+        setup=lambda c: (pulled(c), link_to_victim(c, c.home / "cache" / REPO)),
+        inproc=True,
+    ),
+    Case(
+        "link-run-checkpoints",
+        ["train", "pendulum-1L-seed0"],
+        "is a symbolic link",
+        1,
+        "cell",
+        setup=lambda c: link_to_victim(c, c.home / "runs" / "pendulum-1L-seed0" / "checkpoints"),
+        inproc=True,
+    ),
     # a dataset whose observations do not fit the env: refused before training
-    Case("data-env-mismatch", ["train", "mismatch-1L-seed0"], "has observations of size 3, but CartPole-v1 gives 4",
-         1, "cell", datasets=True, inproc=True),
+    Case(
+        "data-env-mismatch",
+        ["train", "mismatch-1L-seed0"],
+        "has observations of size 3, but CartPole-v1 gives 4",
+        1,
+        "cell",
+        datasets=True,
+        inproc=True,
+    ),
 ]
 
 
@@ -482,14 +892,28 @@ def bad_datasets(tmp_path_factory, minari_store) -> tuple[Path, Path]:
             if nan and i == n - 1:
                 rews[2] = np.nan
                 obs[1] = np.inf
-            bufs.append(EpisodeBuffer(id=i, observations=obs, rewards=rews,
-                                      actions=rng.uniform(-1, 1, size=(T, *act_shape)).astype(np.float32),
-                                      terminations=np.zeros(T, bool), truncations=np.arange(T) == T - 1, infos={}))
+            bufs.append(
+                EpisodeBuffer(
+                    id=i,
+                    observations=obs,
+                    rewards=rews,
+                    actions=rng.uniform(-1, 1, size=(T, *act_shape)).astype(np.float32),
+                    terminations=np.zeros(T, bool),
+                    truncations=np.arange(T) == T - 1,
+                    infos={},
+                )
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             minari.create_dataset_from_buffers(
-                dataset_id=did, buffer=bufs, env=env.spec, algorithm_name="test", data_format="arrow",
-                observation_space=obs_space or env.observation_space, action_space=act_space or env.action_space)
+                dataset_id=did,
+                buffer=bufs,
+                env=env.spec,
+                algorithm_name="test",
+                data_format="arrow",
+                observation_space=obs_space or env.observation_space,
+                action_space=act_space or env.action_space,
+            )
 
     try:
         make("test/badobs-v0", obs_shape=(3, 1), obs_space=gym.spaces.Box(-1, 1, shape=(3, 1)))
@@ -505,8 +929,13 @@ def bad_datasets(tmp_path_factory, minari_store) -> tuple[Path, Path]:
     reg_path = make_test_registry(tmp_path_factory.mktemp("badreg") / "registry.yaml")
     reg = yaml.safe_load(reg_path.read_text())
     pend = {k: v for k, v in reg["envs"]["pendulum"].items() if k != "prepare"}
-    for key, did in (("badobs", "test/badobs-v0"), ("badact", "test/badact-v0"),
-                     ("nandata", "test/nan-v0"), ("emptydata", "test/empty-v0"), ("ghost", "test/ghost-v0")):
+    for key, did in (
+        ("badobs", "test/badobs-v0"),
+        ("badact", "test/badact-v0"),
+        ("nandata", "test/nan-v0"),
+        ("emptydata", "test/empty-v0"),
+        ("ghost", "test/ghost-v0"),
+    ):
         reg["envs"][key] = {**pend, "dataset": did}
     reg["envs"]["mismatch"] = {**pend, "dataset": "test/good-v0", "gym_id": "CartPole-v1"}
     reg_path.write_text(yaml.safe_dump(reg, sort_keys=False))
@@ -522,8 +951,9 @@ def fingerprint_tree(*roots: Path) -> dict[str, bytes]:
     return out
 
 
-def run_inproc(*args: str, env: dict[str, str] | None = None,
-               check: bool = True) -> subprocess.CompletedProcess:
+def run_inproc(
+    *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """`dtzoo ARGS` in this process: dtzoo.cli.main with sys.argv and the environment set, its
     output captured (a subprocess costs ~1.5 s of imports). An exception other than SystemExit
     that escapes main() comes back as a traceback on stderr with exit code -1."""
@@ -535,8 +965,11 @@ def run_inproc(*args: str, env: dict[str, str] | None = None,
     from dtzoo import cli
 
     out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         for k, v in {**(env or {}), "COLUMNS": "200"}.items():
             mp.setenv(k, v)
         mp.setattr(sys, "argv", ["dtzoo", *args])
@@ -558,11 +991,17 @@ def fmt(s: str, ctx: Ctx) -> str:
     return s.replace("{tmp}", str(ctx.tmp)).replace("{home}", str(ctx.home))
 
 
-def run_case(case: Case, zoo_env, tmp_path, bad_datasets) -> tuple[subprocess.CompletedProcess, Ctx]:
+def run_case(
+    case: Case, zoo_env, tmp_path, bad_datasets
+) -> tuple[subprocess.CompletedProcess, Ctx]:
     if case.skip:
         pytest.skip(case.skip)
-    ctx = Ctx(home=Path(zoo_env["DTZOO_HOME"]), tmp=tmp_path, outside=tmp_path / "outside",
-              env=dict(zoo_env))
+    ctx = Ctx(
+        home=Path(zoo_env["DTZOO_HOME"]),
+        tmp=tmp_path,
+        outside=tmp_path / "outside",
+        env=dict(zoo_env),
+    )
     ctx.outside.mkdir()
     if case.datasets:
         store, reg = bad_datasets
@@ -651,10 +1090,14 @@ SITECUSTOMIZE = textwrap.dedent("""
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
-@pytest.mark.parametrize("where, resumes_from", [
-    ("/checkpoints/.step20.", 16),                   # the step-20 checkpoint directory
-    ("/runs/pendulum-1L-seed0/.model.safetensors.", 40),  # the final model
-], ids=["checkpoint", "final-model"])
+@pytest.mark.parametrize(
+    "where, resumes_from",
+    [
+        ("/checkpoints/.step20.", 16),  # the step-20 checkpoint directory
+        ("/runs/pendulum-1L-seed0/.model.safetensors.", 40),  # the final model
+    ],
+    ids=["checkpoint", "final-model"],
+)
 def test_disk_full_while_saving_keeps_the_last_checkpoint(zoo_env, tmp_path, where, resumes_from):
     from dtzoo.train import newest_resume_state
 
@@ -679,7 +1122,8 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(zoo_env, tmp_path, whe
     assert f"{mid}: resumed (from step {resumes_from})" in done.stderr
     verify(run)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
-        f"step{n}" for n in (0, 1, 2, 4, 8, 16, 20, 40))
+        f"step{n}" for n in (0, 1, 2, 4, 8, 16, 20, 40)
+    )
 
 
 def enospc_on(n: int):
@@ -691,6 +1135,7 @@ def enospc_on(n: int):
         if calls["n"] == n:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
         return real(src, dst, *a, **k)
+
     return copy2
 
 
@@ -735,14 +1180,30 @@ def test_disk_full_while_pulling_leaves_no_cache_entry(zoo_env, tmp_path):
 
 API_CASES = {
     "flipped-weights": (lambda c, p: flip(p / WEIGHTS, 100), "model.safetensors: sha256 mismatch"),
-    "truncated-config": (lambda c, p: (p / CONFIG).write_bytes((p / CONFIG).read_bytes()[:50]),
-                         "config.json: (sha256 mismatch|invalid config)"),
-    "pickle": (lambda c, p: (pickle_weights(c, p), write_manifest(p)), "not a valid safetensors file"),
-    "missing-tensor": (lambda c, p: rewrite_weights(p, drop("ln_final.bias")), "missing ln_final.bias"),
-    "manifest-absolute": (lambda c, p: add_manifest_entry(p, "/etc/hostname", Path("/etc/hostname")), "listed in the manifest"),
-    "manifest-list": (lambda c, p: (p / MANIFEST).write_text('{"files": [1, 2]}'), "unreadable manifest"),
-    "manifest-entry": (lambda c, p: (p / MANIFEST).write_text('{"files": {"config.json": 5}}'),
-                       "unreadable manifest( entry|.json)"),
+    "truncated-config": (
+        lambda c, p: (p / CONFIG).write_bytes((p / CONFIG).read_bytes()[:50]),
+        "config.json: (sha256 mismatch|invalid config)",
+    ),
+    "pickle": (
+        lambda c, p: (pickle_weights(c, p), write_manifest(p)),
+        "not a valid safetensors file",
+    ),
+    "missing-tensor": (
+        lambda c, p: rewrite_weights(p, drop("ln_final.bias")),
+        "missing ln_final.bias",
+    ),
+    "manifest-absolute": (
+        lambda c, p: add_manifest_entry(p, "/etc/hostname", Path("/etc/hostname")),
+        "listed in the manifest",
+    ),
+    "manifest-list": (
+        lambda c, p: (p / MANIFEST).write_text('{"files": [1, 2]}'),
+        "unreadable manifest",
+    ),
+    "manifest-entry": (
+        lambda c, p: (p / MANIFEST).write_text('{"files": {"config.json": 5}}'),
+        "unreadable manifest( entry|.json)",
+    ),
 }
 
 
@@ -798,8 +1259,16 @@ def test_returns_to_go_are_summed_per_episode():
     assert rtg[3] == np.float32(2e18)
 
 
-@pytest.mark.parametrize("text", ["pendulum-1L-seed0\n", "pendulum-1L-seed0\r", "pendulum\n-1L-seed0",
-                                  "pendulum-1L-seed0 ", "pendulum-1L-seed0\x00"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pendulum-1L-seed0\n",
+        "pendulum-1L-seed0\r",
+        "pendulum\n-1L-seed0",
+        "pendulum-1L-seed0 ",
+        "pendulum-1L-seed0\x00",
+    ],
+)
 def test_a_model_id_with_a_trailing_newline_is_not_a_model_id(text, zoo_env):
     """`$` matches before a final newline: "x-1L-seed0\\n" was a second run and hub folder."""
     from dtzoo.hub.local import check_repo_id
@@ -826,21 +1295,33 @@ def test_an_env_key_with_a_trailing_newline_is_refused(tmp_path):
         load_registry(tmp_path / "bad.yaml")
 
 
-@pytest.mark.parametrize("edit, needle", [
-    (lambda d: d.update(act_dim=True), "act_dim must be an integer"),
-    (lambda d: d["action_space"].update(kind="box", low=[float("nan")], high=[1.0]), "action_space low"),
-    (lambda d: d.update(state_mean=[0.0]), "state_mean must be a list of state_dim"),
-    (lambda d: d["env"].update(ref_scores={"random": 1, "expert": 1}), "env.ref_scores"),
-    (lambda d: d.update(target_returns=[float("inf")]), "target_returns"),
-    (lambda d: d["architecture"].update(d_model=4096, d_mlp=32768, n_layers=128), "parameters, above"),
-    (lambda d: d["architecture"].update(n_heads=5), "invalid architecture"),
-    (lambda d: d.__delitem__("env"), "missing keys env"),
-    # found by tests/test_fuzz.py (DTZOO_FUZZ_EXAMPLES=400): an OverflowError and torch's ValueError
-    (lambda d: d["action_space"].update(low=[10**400]), "action_space low"),
-    (lambda d: d["architecture"].update(dropout=-1), "dropout must be a number in"),
-    (lambda d: d["architecture"].update(activation="swish"), "unknown activation"),
-])
-def test_dtzoo_load_raises_a_checkpoint_error_for_a_config_of_the_wrong_shape(edit, needle, tmp_path):
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda d: d.update(act_dim=True), "act_dim must be an integer"),
+        (
+            lambda d: d["action_space"].update(kind="box", low=[float("nan")], high=[1.0]),
+            "action_space low",
+        ),
+        (lambda d: d.update(state_mean=[0.0]), "state_mean must be a list of state_dim"),
+        (lambda d: d["env"].update(ref_scores={"random": 1, "expert": 1}), "env.ref_scores"),
+        (lambda d: d.update(target_returns=[float("inf")]), "target_returns"),
+        (
+            lambda d: d["architecture"].update(d_model=4096, d_mlp=32768, n_layers=128),
+            "parameters, above",
+        ),
+        (lambda d: d["architecture"].update(n_heads=5), "invalid architecture"),
+        (lambda d: d.__delitem__("env"), "missing keys env"),
+        # found by tests/test_fuzz.py (DTZOO_FUZZ_EXAMPLES=400): an OverflowError and torch's
+        # ValueError
+        (lambda d: d["action_space"].update(low=[10**400]), "action_space low"),
+        (lambda d: d["architecture"].update(dropout=-1), "dropout must be a number in"),
+        (lambda d: d["architecture"].update(activation="swish"), "unknown activation"),
+    ],
+)
+def test_dtzoo_load_raises_a_checkpoint_error_for_a_config_of_the_wrong_shape(
+    edit, needle, tmp_path
+):
     """Never TypeError, KeyError or a torch error from the model; nothing is built first."""
     import dtzoo
 

@@ -22,16 +22,38 @@ DATASET = "dtzoo/pendulum/scripted-v0"
 @pytest.mark.slow
 def test_benchmarks_run_at_tiny_sizes(minari_store, tmp_path):
     env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_store), "DTZOO_HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--dataset", DATASET,
-                           "--gym-ids", "Pendulum-v1"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--dataset",
+            DATASET,
+            "--gym-ids",
+            "Pendulum-v1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = [
+        line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ]
     figures = [r.split("|")[1].strip() for r in rows[1:]]
     assert len(figures) == 11 and figures[0].startswith("batch sampling")
-    wanted = ["training steps/s, fp32, 1L", "training steps/s, fp32, 3L", "bf16 autocast 3L",
-              "evaluation env-steps/s, 1L", "evaluation env-steps/s vs the simulator, 1L",
-              "evaluation env-steps/s, 3L", "`dtzoo --help`"]
+    wanted = [
+        "training steps/s, fp32, 1L",
+        "training steps/s, fp32, 3L",
+        "bf16 autocast 3L",
+        "evaluation env-steps/s, 1L",
+        "evaluation env-steps/s vs the simulator, 1L",
+        "evaluation env-steps/s, 3L",
+        "`dtzoo --help`",
+    ]
     for w in wanted:
         assert any(w in f for f in figures), (w, figures)
     for r in rows[1:]:
@@ -53,14 +75,19 @@ def test_vectorised_sampler_equals_the_papers_get_batch(monkeypatch, minari_stor
     it = iter(int(s) for s in starts)
     monkeypatch.setattr(random, "randint", lambda lo, hi: next(it))
     mean, std = data.state_stats()
-    s, a, r, rtg, t, mask = reference.get_batch(reference.split_trajectories(data), 16, 20, 200,
-                                                mean, std, 100.0)
+    s, a, r, rtg, t, mask = reference.get_batch(
+        reference.split_trajectories(data), 16, 20, 200, mean, std, 100.0
+    )
     m = ours["mask"]
     assert np.array_equal(mask.numpy().astype(bool), m)
     np.testing.assert_allclose(s.numpy()[m], ours["states"][m], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(a.numpy()[m], ours["actions"][m])
-    np.testing.assert_allclose(rtg.numpy()[:, :-1][m] if rtg.shape[1] > 20 else rtg.numpy()[m],
-                               ours["returns_to_go"][m], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        rtg.numpy()[:, :-1][m] if rtg.shape[1] > 20 else rtg.numpy()[m],
+        ours["returns_to_go"][m],
+        rtol=1e-5,
+        atol=1e-4,
+    )
     np.testing.assert_array_equal(t.numpy()[m], ours["timesteps"][m])
 
 
@@ -85,8 +112,16 @@ def test_batched_evaluation_returns_equal_one_episode_at_a_time(zoo_env, registr
     for seed in episode_seeds(config.seed, 3):
         wrapped = gym.wrappers.RescaleAction(env, -1.0, 1.0) if (low, high) != (-1.0, 1.0) else env
         # the model acts in [-1, 1]; the reference hands its output to the env as is
-        ret, _ = reference.evaluate_episode_rtg(wrapped, model, config.architecture["max_ep_len"],
-                                                config.reward_scale, mean, std, -150.0, seed,
-                                                config.architecture["context_len"])
+        ret, _ = reference.evaluate_episode_rtg(
+            wrapped,
+            model,
+            config.architecture["max_ep_len"],
+            config.reward_scale,
+            mean,
+            std,
+            -150.0,
+            seed,
+            config.architecture["context_len"],
+        )
         theirs.append(ret)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-3)

@@ -32,19 +32,38 @@ def make_config(discrete: bool = False, n_layers: int = 2, step: int = 7) -> Mod
     act_dim = 2 if discrete else 1
     return ModelConfig(
         model_id="pendulum-2L-seed3",
-        architecture={"n_layers": n_layers, "d_model": 16, "n_heads": 2, "d_mlp": 32,
-                      "context_len": 5, "max_ep_len": 50, "activation": "gelu", "dropout": 0.1},
+        architecture={
+            "n_layers": n_layers,
+            "d_model": 16,
+            "n_heads": 2,
+            "d_mlp": 32,
+            "context_len": 5,
+            "max_ep_len": 50,
+            "activation": "gelu",
+            "dropout": 0.1,
+        },
         state_dim=3,
         act_dim=act_dim,
-        action_space={"kind": "discrete", "n": 2} if discrete else {"kind": "box", "low": [-2.0], "high": [2.0]},
+        action_space={"kind": "discrete", "n": 2}
+        if discrete
+        else {"kind": "box", "low": [-2.0], "high": [2.0]},
         state_mean=[0.1, -0.2, 0.3],
         state_std=[1.0, 2.0, 0.5],
         reward_scale=100.0,
         target_returns=[-150.0, -600.0],
-        env={"key": "pendulum", "gym_id": "Pendulum-v1", "max_ep_len": 50,
-             "ref_scores": {"random": -1230.0, "expert": -145.0}},
-        dataset={"id": "dtzoo/pendulum/scripted-v0", "minari_version": "0.5.4",
-                 "fingerprint": "sha256:" + "0" * 64, "episodes": 20, "steps": 4000},
+        env={
+            "key": "pendulum",
+            "gym_id": "Pendulum-v1",
+            "max_ep_len": 50,
+            "ref_scores": {"random": -1230.0, "expert": -145.0},
+        },
+        dataset={
+            "id": "dtzoo/pendulum/scripted-v0",
+            "minari_version": "0.5.4",
+            "fingerprint": "sha256:" + "0" * 64,
+            "episodes": 20,
+            "steps": 4000,
+        },
         recipe={"lr": 1e-3, "steps": 40},
         seed=3,
         step=step,
@@ -93,7 +112,12 @@ def test_save_load_round_trip_is_bitwise(tmp_path, discrete):
         assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
     # same outputs on the same input (eval mode: no dropout)
     model.eval()
-    x = (torch.randn(2, 5, 3), torch.randn(2, 5, config.act_dim), torch.randn(2, 5, 1), torch.arange(5).repeat(2, 1))
+    x = (
+        torch.randn(2, 5, 3),
+        torch.randn(2, 5, config.act_dim),
+        torch.randn(2, 5, 1),
+        torch.arange(5).repeat(2, 1),
+    )
     assert torch.equal(model(*x), loaded(*x))
 
 
@@ -114,7 +138,9 @@ def test_directory_contents_and_manifest(saved):
 
 def test_save_model_replaces_a_previous_directory_whole(tmp_path):
     config = make_config()
-    path = save_model(make_model(config, 0), config, tmp_path / "m", extra_files={"stale.txt": b"old"})
+    path = save_model(
+        make_model(config, 0), config, tmp_path / "m", extra_files={"stale.txt": b"old"}
+    )
     assert (path / "stale.txt").is_file()
     model2 = make_model(config, 2)
     save_model(model2, config, path)
@@ -372,11 +398,14 @@ def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
     writes its metadata map in hash order, which differs from one save to the next)."""
     config = make_config()
     model = make_model(config, 4)
-    blobs = {save_model(model, config, tmp_path / f"m{i}").joinpath(WEIGHTS).read_bytes() for i in range(8)}
+    blobs = {
+        save_model(model, config, tmp_path / f"m{i}").joinpath(WEIGHTS).read_bytes()
+        for i in range(8)
+    }
     assert len(blobs) == 1
     blob = blobs.pop()
     n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + n])
+    header = json.loads(blob[8 : 8 + n])
     assert list(header["__metadata__"]) == sorted(header["__metadata__"])
     assert header["__metadata__"]["format"] == "pt"
     assert (8 + n) % 8 == 0

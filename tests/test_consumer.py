@@ -32,8 +32,9 @@ RID, RID2 = f"{ORG}/{MID}", f"{ORG}/{MID2}"
 @pytest.fixture(scope="module")
 def publisher_home(tmp_path_factory, minari_store) -> Path:
     """A DTZOO_HOME with MID trained and evaluated (with its replay video) and MID2 trained."""
-    return trained_home(tmp_path_factory, minari_store, "publisher", [MID, MID2], (MID,),
-                        video=True)
+    return trained_home(
+        tmp_path_factory, minari_store, "publisher", [MID, MID2], (MID,), video=True
+    )
 
 
 @pytest.fixture
@@ -63,8 +64,13 @@ def published(zoo_env, publisher_home, hub_server, monkeypatch, tmp_path):
     hf_home = consumer / "hf"  # a fresh HF cache: nothing pulled yet
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
-    return {"server": hub_server, "results": results, "registry": load_registry(),
-            "publisher_reg": reg, "home": consumer / "home"}
+    return {
+        "server": hub_server,
+        "results": results,
+        "registry": load_registry(),
+        "publisher_reg": reg,
+        "home": consumer / "home",
+    }
 
 
 def test_default_hub_is_the_hugging_face_hub(monkeypatch):
@@ -87,9 +93,13 @@ def test_publish_holds_revisions_transformers_card_and_video(published, publishe
     assert "transformers/model.safetensors" in files
     assert files["replay.mp4"][4:8] == b"ftyp"  # an MP4 container
     card = files["README.md"].decode()
-    for snippet in (f"dtzoo pull {RID}", f'dtzoo.load("{RID}")', "pip install dtzoo",
-                    f'from_pretrained("{RID}", subfolder="transformers")',
-                    '<video src="replay.mp4"'):
+    for snippet in (
+        f"dtzoo pull {RID}",
+        f'dtzoo.load("{RID}")',
+        "pip install dtzoo",
+        f'from_pretrained("{RID}", subfolder="transformers")',
+        '<video src="replay.mp4"',
+    ):
         assert snippet in card, snippet
     # MID2 was never evaluated: no video, and its card says so; the step revisions too
     assert "replay.mp4" not in server.files(RID2, "main")
@@ -116,7 +126,9 @@ def test_consumer_pulls_evaluates_and_ranks_a_model_whose_env_is_unknown(publish
 
     sweep = zoo.sweep_model(RID, reg, targets=[-1200.0, 0.0], episodes=1)
     assert [r["target_return"] for r in sweep["results"]] == [-1200.0, 0.0]
-    assert (stored.parent / "rtg_sweep.json").is_file() and (stored.parent / "rtg_sweep.png").is_file()
+    assert (stored.parent / "rtg_sweep.json").is_file() and (
+        stored.parent / "rtg_sweep.png"
+    ).is_file()
     early = zoo.eval_model(RID, reg, revision="step8").report
     assert early["step"] == 8 and early["source"]["revision"] == "step8"
     rows = zoo.leaderboard(reg)
@@ -150,8 +162,14 @@ def test_load_gives_the_published_weights_and_transformers_agrees(published, pub
     mask = torch.ones(4, K, dtype=torch.long)
     with torch.no_grad():
         ours = model(states, actions, rtg[..., 0], timesteps, mask)
-        theirs = hf(states=states, actions=actions, rewards=None, returns_to_go=rtg,
-                    timesteps=timesteps, attention_mask=mask).action_preds
+        theirs = hf(
+            states=states,
+            actions=actions,
+            rewards=None,
+            returns_to_go=rtg,
+            timesteps=timesteps,
+            attention_mask=mask,
+        ).action_preds
     diff = (ours - theirs).abs().max().item()
     print(f"transformers vs dtzoo: max |action difference| {diff:.2e}")
     assert diff < 1e-5
@@ -166,11 +184,20 @@ def test_leaderboard_from_published_cards_downloads_no_weights(published):
     for r in rows:  # seed1 is published but not evaluated: its card has no results
         assert (r["seeds"], r["seeds_expected"], r["missing"]) == (1, 2, [MID2])
         assert r["return_std"] is None and r["return_mean"] is not None
-    out = run_cli("leaderboard", "--grid", "pair", "--hub", "hf", "--format", "csv",
-                  env={"DTZOO_REGISTRY": str(reg.path)}).stdout
+    out = run_cli(
+        "leaderboard",
+        "--grid",
+        "pair",
+        "--hub",
+        "hf",
+        "--format",
+        "csv",
+        env={"DTZOO_REGISTRY": str(reg.path)},
+    ).stdout
     table = list(csv.DictReader(io.StringIO(out.strip())))
-    assert [(r["seeds"], r["seeds_expected"], r["missing"], r["return_std"]) for r in table] == \
-        [("1", "2", MID2, "")] * 2
+    assert [(r["seeds"], r["seeds_expected"], r["missing"], r["return_std"]) for r in table] == [
+        ("1", "2", MID2, "")
+    ] * 2
 
 
 def test_train_steps_extends_a_finished_run_exactly(zoo_env, registry):
@@ -188,8 +215,9 @@ def test_train_steps_extends_a_finished_run_exactly(zoo_env, registry):
     shutil.copytree(run, once / "extended")
     shutil.rmtree(run)
     zoo.train_cell(spec, registry, steps=30, device="cpu")
-    assert (run / "model.safetensors").read_bytes() == \
-        (once / "extended" / "model.safetensors").read_bytes()
+    assert (run / "model.safetensors").read_bytes() == (
+        once / "extended" / "model.safetensors"
+    ).read_bytes()
 
 
 def test_cli_habits():
@@ -210,8 +238,9 @@ def test_consumer_bad_input_is_one_line(zoo_env, registry, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="holds no config.json"):
         zoo.import_model(tmp_path / "empty", "pendulum", "pendulum-1L-seed9", registry)
-    proc = run_cli("leaderboard", "--plot", str(tmp_path / "no" / "such" / "board.png"),
-                   check=False)
+    proc = run_cli(
+        "leaderboard", "--plot", str(tmp_path / "no" / "such" / "board.png"), check=False
+    )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert not (tmp_path / "no").exists()  # never creates folders
     proc = run_cli("pull", "dtzoo/x", "--revision", "step" + "9" * 5000, check=False)

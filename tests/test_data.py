@@ -25,12 +25,14 @@ def minari_episodes(dataset_id: str) -> tuple[list[dict], ActionSpace]:
     eps = []
     for ep in ds.iterate_episodes():
         T = len(ep.actions)
-        eps.append({
-            "observations": np.asarray(ep.observations, np.float32)[:T],
-            "raw_actions": np.asarray(ep.actions),
-            "actions": space.to_model(np.asarray(ep.actions).reshape(T, -1)),
-            "rewards": np.asarray(ep.rewards, np.float32),
-        })
+        eps.append(
+            {
+                "observations": np.asarray(ep.observations, np.float32)[:T],
+                "raw_actions": np.asarray(ep.actions),
+                "actions": space.to_model(np.asarray(ep.actions).reshape(T, -1)),
+                "rewards": np.asarray(ep.rewards, np.float32),
+            }
+        )
     return eps, space
 
 
@@ -54,17 +56,23 @@ def paper_get_batch(episodes, ep_idx, start_idx, max_len, max_ep_len, scale, mea
     for i, si in zip(ep_idx, start_idx):
         traj = episodes[i]
         state_dim, act_dim = traj["observations"].shape[1], traj["actions"].shape[1]
-        s.append(traj["observations"][si:si + max_len].reshape(1, -1, state_dim))
-        a.append(traj["actions"][si:si + max_len].reshape(1, -1, act_dim))
+        s.append(traj["observations"][si : si + max_len].reshape(1, -1, state_dim))
+        a.append(traj["actions"][si : si + max_len].reshape(1, -1, act_dim))
         timesteps.append(np.arange(si, si + s[-1].shape[1]).reshape(1, -1))
         timesteps[-1][timesteps[-1] >= max_ep_len] = max_ep_len - 1  # padding cutoff
-        rtg.append(discount_cumsum(traj["rewards"][si:], gamma=1.0)[:s[-1].shape[1] + 1].reshape(1, -1, 1))
+        rtg.append(
+            discount_cumsum(traj["rewards"][si:], gamma=1.0)[: s[-1].shape[1] + 1].reshape(1, -1, 1)
+        )
         if rtg[-1].shape[1] <= s[-1].shape[1]:
             rtg[-1] = np.concatenate([rtg[-1], np.zeros((1, 1, 1))], axis=1)
 
         tlen = s[-1].shape[1]
-        s[-1] = np.concatenate([np.zeros((1, max_len - tlen, state_dim)), (s[-1] - mean) / std], axis=1)
-        a[-1] = np.concatenate([np.ones((1, max_len - tlen, act_dim)) * (0.0 if discrete else -10.0), a[-1]], axis=1)
+        s[-1] = np.concatenate(
+            [np.zeros((1, max_len - tlen, state_dim)), (s[-1] - mean) / std], axis=1
+        )
+        a[-1] = np.concatenate(
+            [np.ones((1, max_len - tlen, act_dim)) * (0.0 if discrete else -10.0), a[-1]], axis=1
+        )
         rtg[-1] = np.concatenate([np.zeros((1, max_len - tlen, 1)), rtg[-1]], axis=1) / scale
         timesteps[-1] = np.concatenate([np.zeros((1, max_len - tlen)), timesteps[-1]], axis=1)
         mask.append(np.concatenate([np.zeros((1, max_len - tlen)), np.ones((1, tlen))], axis=1))
@@ -100,7 +108,9 @@ def test_load_trajectories_matches_minari_episode_by_episode(registry, env_key):
         np.testing.assert_array_equal(data.observations[seg], ep["observations"])
         np.testing.assert_array_equal(data.actions[seg], ep["actions"])
         np.testing.assert_array_equal(data.rewards[seg], ep["rewards"])
-    np.testing.assert_allclose(data.returns, [e["rewards"].astype(np.float64).sum() for e in episodes], rtol=1e-12)
+    np.testing.assert_allclose(
+        data.returns, [e["rewards"].astype(np.float64).sum() for e in episodes], rtol=1e-12
+    )
     assert (data.dataset_id, data.gym_id) == (env.dataset, env.gym_id)
     assert data.minari_version and data.fingerprint == fingerprint(env.dataset)
     assert data.action_space == space
@@ -128,12 +138,22 @@ def test_state_stats_are_dataset_mean_and_std(registry):
 
 
 def test_box_action_space_round_trip_and_bounds():
-    space = ActionSpace.from_gym(gym.spaces.Box(low=np.array([0.0, -1.0, -3.0], np.float32),
-                                                high=np.array([1.0, 3.0, 3.0], np.float32)))
-    assert (space.kind, space.low, space.high, space.dim, space.discrete) == \
-        ("box", [0.0, -1.0, -3.0], [1.0, 3.0, 3.0], 3, False)
-    np.testing.assert_array_equal(space.to_model(np.array([[0.0, -1.0, -3.0], [1.0, 3.0, 3.0], [0.5, 1.0, 0.0]])),
-                                  [[-1, -1, -1], [1, 1, 1], [0, 0, 0]])
+    space = ActionSpace.from_gym(
+        gym.spaces.Box(
+            low=np.array([0.0, -1.0, -3.0], np.float32), high=np.array([1.0, 3.0, 3.0], np.float32)
+        )
+    )
+    assert (space.kind, space.low, space.high, space.dim, space.discrete) == (
+        "box",
+        [0.0, -1.0, -3.0],
+        [1.0, 3.0, 3.0],
+        3,
+        False,
+    )
+    np.testing.assert_array_equal(
+        space.to_model(np.array([[0.0, -1.0, -3.0], [1.0, 3.0, 3.0], [0.5, 1.0, 0.0]])),
+        [[-1, -1, -1], [1, 1, 1], [0, 0, 0]],
+    )
     rng = np.random.default_rng(0)
     acts = rng.uniform(space.low, space.high, size=(1000, 3)).astype(np.float32)
     model_space = space.to_model(acts)
@@ -151,15 +171,23 @@ def test_discrete_action_space_one_hot_round_trip():
     one_hot = space.to_model(acts)
     np.testing.assert_array_equal(one_hot, np.eye(4)[acts])
     assert one_hot.dtype == np.float32
-    np.testing.assert_array_equal(space.to_model(acts.reshape(-1, 1)), one_hot)  # (T, 1) as in datasets
+    np.testing.assert_array_equal(
+        space.to_model(acts.reshape(-1, 1)), one_hot
+    )  # (T, 1) as in datasets
     np.testing.assert_array_equal(space.to_env(one_hot), acts)
-    np.testing.assert_array_equal(space.to_env(np.array([[0.1, 2.0, -1.0, 0.5]])), [1])  # argmax of logits
+    np.testing.assert_array_equal(
+        space.to_env(np.array([[0.1, 2.0, -1.0, 0.5]])), [1]
+    )  # argmax of logits
     assert ActionSpace(**space.to_dict()) == space
 
 
 def test_from_gym_uses_real_env_spaces_and_refuses_others():
-    assert ActionSpace.from_gym(gym.make("Pendulum-v1").action_space) == ActionSpace("box", low=[-2.0], high=[2.0])
-    assert ActionSpace.from_gym(gym.make("CartPole-v1").action_space) == ActionSpace("discrete", n=2)
+    assert ActionSpace.from_gym(gym.make("Pendulum-v1").action_space) == ActionSpace(
+        "box", low=[-2.0], high=[2.0]
+    )
+    assert ActionSpace.from_gym(gym.make("CartPole-v1").action_space) == ActionSpace(
+        "discrete", n=2
+    )
     with pytest.raises(DatasetError, match="unsupported action space"):
         ActionSpace.from_gym(gym.spaces.Box(low=-1, high=1, shape=(2, 2)))
     with pytest.raises(DatasetError, match="unsupported action space"):
@@ -178,9 +206,12 @@ def _all_starts(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ep, si
 
 
-@pytest.mark.parametrize("env_key, max_ep_len", [("pendulum", 200), ("cartpole", 500), ("pendulum", 50)])
+@pytest.mark.parametrize(
+    "env_key, max_ep_len", [("pendulum", 200), ("cartpole", 500), ("pendulum", 50)]
+)
 def test_segments_equal_the_dt_paper_get_batch(registry, env_key, max_ep_len):
-    """Every (episode, start) pair of the dataset: the vectorised segments equal the paper's loop."""
+    """Every (episode, start) pair of the dataset: the vectorised segments equal the paper's
+    loop."""
     env = registry.env(env_key)
     data = load_trajectories(env.dataset)
     episodes, space = minari_episodes(env.dataset)
@@ -188,7 +219,9 @@ def test_segments_equal_the_dt_paper_get_batch(registry, env_key, max_ep_len):
     sampler = SegmentSampler(data, K, max_ep_len, env.reward_scale, seed=0)
     ep, si = _all_starts(data.lengths)
     got = sampler.segments(ep, si)
-    want = paper_get_batch(episodes, ep, si, K, max_ep_len, env.reward_scale, mean, std, space.discrete)
+    want = paper_get_batch(
+        episodes, ep, si, K, max_ep_len, env.reward_scale, mean, std, space.discrete
+    )
     assert set(got) == set(want)
     for key in ("states", "actions", "timesteps", "mask"):
         assert got[key].shape == want[key].shape, key
@@ -213,16 +246,22 @@ def test_left_padding_mask_rtg_and_timesteps_by_hand(registry):
     assert b["mask"][1].tolist() == [False] * (K - 3) + [True] * 3
     assert b["mask"][2].sum() == min(K, n) and b["mask"][2, -1]
     pad = ~b["mask"]
-    assert (b["states"][pad] == 0).all() and (b["actions"][pad] == 0).all()  # one-hot padding: zeros
+    assert (b["states"][pad] == 0).all() and (
+        b["actions"][pad] == 0
+    ).all()  # one-hot padding: zeros
     assert (b["returns_to_go"][pad] == 0).all() and (b["timesteps"][pad] == 0).all()
     start = int(data.starts[e])
-    rewards = data.rewards[start:start + n].astype(np.float64)
+    rewards = data.rewards[start : start + n].astype(np.float64)
     assert b["timesteps"][1, -3:].tolist() == [n - 3, n - 2, n - 1]
     suffix = [rewards[t:].sum() / env.reward_scale for t in (n - 3, n - 2, n - 1)]
     np.testing.assert_allclose(b["returns_to_go"][1, -3:, 0], suffix, rtol=1e-6)
-    np.testing.assert_allclose(b["returns_to_go"][0, -1, 0], rewards[-1] / env.reward_scale, rtol=1e-6)
+    np.testing.assert_allclose(
+        b["returns_to_go"][0, -1, 0], rewards[-1] / env.reward_scale, rtol=1e-6
+    )
     mean, std = data.state_stats()
-    np.testing.assert_array_equal(b["states"][0, -1], (data.observations[start + n - 1] - mean) / std)
+    np.testing.assert_array_equal(
+        b["states"][0, -1], (data.observations[start + n - 1] - mean) / std
+    )
     np.testing.assert_array_equal(b["actions"][0, -1], data.actions[start + n - 1])
 
     pend = registry.env("pendulum")
@@ -297,7 +336,9 @@ def test_explicit_stats_are_used_for_normalisation(registry):
     env = registry.env("pendulum")
     data = load_trajectories(env.dataset)
     mean, std = np.array([1.0, 2.0, 3.0], np.float32), np.array([2.0, 4.0, 8.0], np.float32)
-    s = SegmentSampler(data, K, env.max_ep_len, env.reward_scale, seed=0, state_mean=mean, state_std=std)
+    s = SegmentSampler(
+        data, K, env.max_ep_len, env.reward_scale, seed=0, state_mean=mean, state_std=std
+    )
     b = s.segments(np.array([0]), np.array([0]))  # steps 0..K-1 of episode 0, no padding
     np.testing.assert_array_equal(b["states"][0], (data.observations[:K] - mean) / std)
 
@@ -312,7 +353,9 @@ def _copy_dataset(dataset_id: str, store: Path) -> Path:
     return dest
 
 
-def test_fingerprint_is_content_based_and_changes_with_any_data_file(zoo_env, tmp_path, monkeypatch):
+def test_fingerprint_is_content_based_and_changes_with_any_data_file(
+    zoo_env, tmp_path, monkeypatch
+):
     dataset_id = "dtzoo/pendulum/scripted-v0"
     original = fingerprint(dataset_id)
     assert original.startswith("sha256:") and len(original) == len("sha256:") + 64
@@ -347,8 +390,17 @@ def _buffers(episodes: list[int], nan_in: str | None = None, seed: int = 0):
         rews = rng.normal(size=T)
         if nan_in and i == len(episodes) - 1:
             {"observations": obs, "actions": acts, "rewards": rews}[nan_in][T // 2] = np.nan
-        out.append(EpisodeBuffer(id=i, observations=obs, actions=acts, rewards=rews,
-                                 terminations=np.zeros(T, bool), truncations=np.arange(T) == T - 1, infos={}))
+        out.append(
+            EpisodeBuffer(
+                id=i,
+                observations=obs,
+                actions=acts,
+                rewards=rews,
+                terminations=np.zeros(T, bool),
+                truncations=np.arange(T) == T - 1,
+                infos={},
+            )
+        )
     return out
 
 
@@ -357,8 +409,14 @@ def _make_dataset(dataset_id: str, buffers) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         minari.create_dataset_from_buffers(
-            dataset_id=dataset_id, buffer=buffers, env=env.spec, algorithm_name="test",
-            observation_space=env.observation_space, action_space=env.action_space, data_format="arrow")
+            dataset_id=dataset_id,
+            buffer=buffers,
+            env=env.spec,
+            algorithm_name="test",
+            observation_space=env.observation_space,
+            action_space=env.action_space,
+            data_format="arrow",
+        )
 
 
 @pytest.fixture

@@ -18,8 +18,12 @@ def registry_with_remote_env(path: Path, dataset_id: str) -> Path:
     """The test registry plus an env with no `prepare:` block: its data must be downloaded."""
     reg = yaml.safe_load(path.read_text())
     reg["envs"]["remote-cartpole"] = {
-        "gym_id": "CartPole-v1", "dataset": dataset_id, "max_ep_len": 500, "reward_scale": 100,
-        "target_returns": [500], "ref_scores": {"random": 22.2, "expert": 500.0},
+        "gym_id": "CartPole-v1",
+        "dataset": dataset_id,
+        "max_ep_len": 500,
+        "reward_scale": 100,
+        "target_returns": [500],
+        "ref_scores": {"random": 22.2, "expert": 500.0},
         "recipe": {"steps": 10, "warmup_steps": 2, "d_model": 32, "d_mlp": 64, "batch_size": 16},
         "eval": {"episodes": 1},
     }
@@ -38,34 +42,61 @@ def test_prepare_downloads_through_minari_remote(zoo_env, hub_server, tmp_path, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         eps = collect_episodes("CartPole-v1", scripted_policy("CartPole-v1"), episodes=3, seed=1)
-        minari.create_dataset_from_buffers(dataset_id, eps, env="CartPole-v1", data_format="arrow",
-                                           ref_min_score=22.2, ref_max_score=500.0)
+        minari.create_dataset_from_buffers(
+            dataset_id,
+            eps,
+            env="CartPole-v1",
+            data_format="arrow",
+            ref_min_score=22.2,
+            ref_max_score=500.0,
+        )
         minari.upload_dataset(dataset_id, token=WRITE_TOKEN)
-    assert any(p.endswith("remote-v0/data/metadata.json")
-               for p in hub_server.files(f"{ORG}/cartpole", repo_type="dataset"))
+    assert any(
+        p.endswith("remote-v0/data/metadata.json")
+        for p in hub_server.files(f"{ORG}/cartpole", repo_type="dataset")
+    )
 
     store = tmp_path / "fresh-store"
-    env = {**zoo_env, "MINARI_DATASETS_PATH": str(store), "MINARI_REMOTE": f"hf://{ORG}",
-           "DTZOO_REGISTRY": str(registry_with_remote_env(Path(zoo_env["DTZOO_REGISTRY"]), dataset_id))}
+    env = {
+        **zoo_env,
+        "MINARI_DATASETS_PATH": str(store),
+        "MINARI_REMOTE": f"hf://{ORG}",
+        "DTZOO_REGISTRY": str(
+            registry_with_remote_env(Path(zoo_env["DTZOO_REGISTRY"]), dataset_id)
+        ),
+    }
     run_cli("data", "prepare", "remote-cartpole", env=env)
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))
     downloaded = minari.load_dataset(dataset_id)
     assert downloaded.total_episodes == 3
-    assert sum(len(e.rewards) for e in downloaded.iterate_episodes()) == sum(len(e.rewards) for e in eps)
+    assert sum(len(e.rewards) for e in downloaded.iterate_episodes()) == sum(
+        len(e.rewards) for e in eps
+    )
     info = json.loads(run_cli("data", "info", "remote-cartpole", "--json", env=env).stdout)
     assert info["episodes"] == 3 and info["return"]["mean"] == pytest.approx(500.0)
 
 
 def test_offline_without_local_copy_is_one_line(zoo_env, tmp_path):
     dataset_id = "cartpole/nowhere-v0"
-    env = {**zoo_env, "MINARI_DATASETS_PATH": str(tmp_path / "empty"),
-           "MINARI_REMOTE": "hf://dtzoo", "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens
-           "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2",
-           "DTZOO_REGISTRY": str(registry_with_remote_env(Path(zoo_env["DTZOO_REGISTRY"]), dataset_id))}
+    env = {
+        **zoo_env,
+        "MINARI_DATASETS_PATH": str(tmp_path / "empty"),
+        "MINARI_REMOTE": "hf://dtzoo",
+        "HF_ENDPOINT": "http://127.0.0.1:9",  # nothing listens
+        "HF_HUB_ETAG_TIMEOUT": "2",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+        "DTZOO_REGISTRY": str(
+            registry_with_remote_env(Path(zoo_env["DTZOO_REGISTRY"]), dataset_id)
+        ),
+    }
     proc = run_cli("data", "prepare", "remote-cartpole", env=env, check=False, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "could not be downloaded" in lines[0] and "MINARI_DATASETS_PATH" in lines[0]
+    assert (
+        len(lines) == 1
+        and "could not be downloaded" in lines[0]
+        and "MINARI_DATASETS_PATH" in lines[0]
+    )
 
 
 def test_config_and_card_record_dataset_provenance(zoo_env, registry):
@@ -113,9 +144,22 @@ def test_collect_from_a_zoo_checkpoint(zoo_env, registry):
     from dtzoo import zoo
 
     zoo.train_cell(registry.resolve("cartpole-1L-seed0"), registry)
-    proc = run_cli("data", "collect", "cartpole", "--policy", "cartpole-1L-seed0", "--episodes", "4",
-                   "--noise", "0,0.5", "--out", "me/cartpole/dt-v0", "--target-return", "500",
-                   env=zoo_env)
+    proc = run_cli(
+        "data",
+        "collect",
+        "cartpole",
+        "--policy",
+        "cartpole-1L-seed0",
+        "--episodes",
+        "4",
+        "--noise",
+        "0,0.5",
+        "--out",
+        "me/cartpole/dt-v0",
+        "--target-return",
+        "500",
+        env=zoo_env,
+    )
     assert "me/cartpole/dt-v0: 4 episodes" in proc.stdout
     ds = minari.load_dataset("me/cartpole/dt-v0")
     assert ds.total_episodes == 4
@@ -126,8 +170,18 @@ def test_collect_from_a_zoo_checkpoint(zoo_env, registry):
 
 def test_collect_random_and_train_on_it(zoo_env, tmp_path):
     """A researcher's new dataset, made with `data collect`, trains through a user registry."""
-    run_cli("data", "collect", "pendulum", "--policy", "random", "--episodes", "6",
-            "--out", "me/pendulum/random-v0", env=zoo_env)
+    run_cli(
+        "data",
+        "collect",
+        "pendulum",
+        "--policy",
+        "random",
+        "--episodes",
+        "6",
+        "--out",
+        "me/pendulum/random-v0",
+        env=zoo_env,
+    )
     reg = yaml.safe_load(Path(zoo_env["DTZOO_REGISTRY"]).read_text())
     reg["envs"]["pendulum-random"] = {**reg["envs"]["pendulum"], "dataset": "me/pendulum/random-v0"}
     del reg["envs"]["pendulum-random"]["prepare"]
@@ -135,8 +189,11 @@ def test_collect_random_and_train_on_it(zoo_env, tmp_path):
     user_reg.write_text(yaml.safe_dump(reg))
     env = {**zoo_env, "DTZOO_REGISTRY": str(user_reg)}
     run_cli("train", "pendulum-random-1L-seed0", "--steps", "5", env=env)
-    config = json.loads((Path(zoo_env["DTZOO_HOME"]) / "runs" / "pendulum-random-1L-seed0"
-                         / "config.json").read_text())
+    config = json.loads(
+        (
+            Path(zoo_env["DTZOO_HOME"]) / "runs" / "pendulum-random-1L-seed0" / "config.json"
+        ).read_text()
+    )
     assert config["dataset"]["id"] == "me/pendulum/random-v0" and config["dataset"]["episodes"] == 6
 
 
@@ -149,7 +206,12 @@ def test_ref_scores_from_dataset_metadata(zoo_env, tmp_path):
     env = {**zoo_env, "DTZOO_REGISTRY": str(user_reg)}
     run_cli("train", "pendulum-1L-seed0", "--steps", "3", env=env)
     meta = minari.load_dataset("dtzoo/pendulum/scripted-v0").storage.metadata
-    config = json.loads((Path(zoo_env["DTZOO_HOME"]) / "runs" / "pendulum-1L-seed0" / "config.json").read_text())
-    assert config["env"]["ref_scores"] == {"random": meta["ref_min_score"], "expert": meta["ref_max_score"]}
+    config = json.loads(
+        (Path(zoo_env["DTZOO_HOME"]) / "runs" / "pendulum-1L-seed0" / "config.json").read_text()
+    )
+    assert config["env"]["ref_scores"] == {
+        "random": meta["ref_min_score"],
+        "expert": meta["ref_max_score"],
+    }
     info = json.loads(run_cli("data", "info", "pendulum", "--json", env=env).stdout)
     assert info["ref_scores"]["source"] == "dataset metadata"

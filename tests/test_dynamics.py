@@ -79,8 +79,11 @@ def test_registry_sets_the_schedule_globally_and_per_env(tmp_path):
     assert loaded.env("cartpole").checkpoints == {}
     reg["envs"]["pendulum"]["checkpoints"] = {"evenly": -1}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(reg, sort_keys=False))
-    with pytest.raises(RegistryError, match=r"r\.yaml:\d+: envs\.pendulum\.checkpoints\.evenly "
-                                            r"must be an integer >= 0"):
+    with pytest.raises(
+        RegistryError,
+        match=r"r\.yaml:\d+: envs\.pendulum\.checkpoints\.evenly "
+        r"must be an integer >= 0",
+    ):
         load_registry(tmp_path / "r.yaml")
 
 
@@ -92,14 +95,28 @@ def test_command_line_overrides_the_schedule(zoo_env, registry):
     spec = with_checkpoints([registry.resolve(MID)], over)[0]
     assert spec.env.checkpoints == over and registry.env("pendulum").checkpoints == {}
     assert registry.checkpoints.merged(spec.env.checkpoints).steps(30) == [
-        0, 1, 2, 3, 4, 8, 10, 16, 20, 30]
-    for bad, msg in (("evnly=3", "unknown key 'evnly'"), ("log=-1", "log must be an integer"),
-                     ("", "expected KEY=N")):
+        0,
+        1,
+        2,
+        3,
+        4,
+        8,
+        10,
+        16,
+        20,
+        30,
+    ]
+    for bad, msg in (
+        ("evnly=3", "unknown key 'evnly'"),
+        ("log=-1", "log must be an integer"),
+        ("", "expected KEY=N"),
+    ):
         with pytest.raises(UsageError, match=msg):
             CheckpointSchedule.parse_override(bad)
     proc = run_cli("train", MID, "--checkpoints", "evnly=3", env=zoo_env, check=False)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
-        "error: --checkpoints 'evnly=3': unknown key 'evnly'; keys: log_until, every, log, evenly"]
+        "error: --checkpoints 'evnly=3': unknown key 'evnly'; keys: log_until, every, log, evenly"
+    ]
 
 
 def test_held_out_episodes_are_fixed_by_the_seed():
@@ -122,8 +139,12 @@ def run(tmp_path_factory, minari_store):
     reg = yaml.safe_load(reg_path.read_text())
     reg["envs"]["pendulum"]["checkpoints"] = ENV_SCHEDULE
     reg_path.write_text(yaml.safe_dump(reg, sort_keys=False))
-    env = {"DTZOO_HOME": str(base / "home"), "MINARI_DATASETS_PATH": str(minari_store),
-           "DTZOO_REGISTRY": str(reg_path), "DTZOO_HUB": "local"}
+    env = {
+        "DTZOO_HOME": str(base / "home"),
+        "MINARI_DATASETS_PATH": str(minari_store),
+        "DTZOO_REGISTRY": str(reg_path),
+        "DTZOO_HUB": "local",
+    }
     seen: dict[int, list[int]] = {}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
@@ -134,8 +155,11 @@ def run(tmp_path_factory, minari_store):
 
         def progress(step, total, loss):  # what a reader of the log sees during training
             log = run_dir / "training_log.csv"
-            seen[step] = ([int(line.split(",")[0]) for line in log.read_text().splitlines()[1:]]
-                          if log.is_file() else [])
+            seen[step] = (
+                [int(line.split(",")[0]) for line in log.read_text().splitlines()[1:]]
+                if log.is_file()
+                else []
+            )
 
         zoo.train_cell(registry.resolve(MID), registry, device="cpu", progress=progress)
         yield {"env": env, "registry": registry, "run": run_dir, "seen": seen, "base": base}
@@ -169,12 +193,21 @@ def test_validation_loss_is_the_final_models_loss_on_the_held_out_episodes(run):
     model, config = load_model(run["run"])
     held = config.dataset["val_episodes"]
     data = load_trajectories(config.dataset["id"])
-    assert held == held_out_episodes(len(data.lengths), config.recipe["val_fraction"],
-                                     config.seed).tolist() and len(held) == 1
+    assert (
+        held
+        == held_out_episodes(len(data.lengths), config.recipe["val_fraction"], config.seed).tolist()
+        and len(held) == 1
+    )
     K = config.architecture["context_len"]
-    sampler = SegmentSampler(data, K, config.architecture["max_ep_len"], config.reward_scale,
-                             seed=0, state_mean=np.asarray(config.state_mean, np.float32),
-                             state_std=np.asarray(config.state_std, np.float32))
+    sampler = SegmentSampler(
+        data,
+        K,
+        config.architecture["max_ep_len"],
+        config.reward_scale,
+        seed=0,
+        state_mean=np.asarray(config.state_mean, np.float32),
+        state_std=np.asarray(config.state_std, np.float32),
+    )
     batch = sampler.segments(*episode_segments(data.lengths, np.asarray(held), K))
     b = {k: torch.from_numpy(v) for k, v in batch.items()}
     with torch.no_grad():
@@ -207,8 +240,9 @@ def test_revisions_of_a_run_a_directory_and_the_hub(run):
     for step, m in got:
         assert m.config.step == step and not m.training
         ref, _ = load_model(run["run"] / "checkpoints" / f"step{step}")
-        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(),
-                                                     ref.state_dict().values()))
+        assert all(
+            torch.equal(a, b) for a, b in zip(m.state_dict().values(), ref.state_dict().values())
+        )
     assert [s for s, _ in dtzoo.revisions(run["run"])] == SCHEDULE  # a directory
     # published with its checkpoints, then read back from the local hub as ORG/ID
     zoo.publish_cell(run["registry"].resolve(MID), run["registry"], hub="local", checkpoints=True)
@@ -216,8 +250,9 @@ def test_revisions_of_a_run_a_directory_and_the_hub(run):
     assert [s for s, _ in revision_dirs(rid, hub="local")] == SCHEDULE
     for (step, m), (_, ref) in zip(dtzoo.revisions(rid, hub="local"), got):
         assert m.config.step == step
-        assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(),
-                                                     ref.state_dict().values()))
+        assert all(
+            torch.equal(a, b) for a, b in zip(m.state_dict().values(), ref.state_dict().values())
+        )
 
 
 def test_revisions_of_something_that_is_no_model_is_one_line(tmp_path):
@@ -239,8 +274,9 @@ def test_ridge_and_logistic_probes_recover_linear_structure():
     labels = (x @ w).argmax(-1)
     lin = fit_logistic(x[:200], labels[:200], 2)
     with torch.no_grad():
-        acc = (lin(torch.as_tensor(x[200:], dtype=torch.float32)).argmax(-1).numpy()
-               == labels[200:]).mean()
+        acc = (
+            lin(torch.as_tensor(x[200:], dtype=torch.float32)).argmax(-1).numpy() == labels[200:]
+        ).mean()
     assert acc > 0.9
     # a discrete target (one-hot actions) is scored by accuracy on the test rows
     onehot = np.eye(2)[labels]
@@ -257,8 +293,9 @@ def test_probes_on_rollouts_when_asked(run):
 
 
 def test_probes_across_revisions(run):
-    rep = probe_revisions(MID, ["rtg", "state[0]"],
-                          ["hook_embed_rtg", "hook_embed_state", "blocks.0.hook_resid_post"])
+    rep = probe_revisions(
+        MID, ["rtg", "state[0]"], ["hook_embed_rtg", "hook_embed_state", "blocks.0.hook_resid_post"]
+    )
     assert rep["steps"] == SCHEDULE and rep["metric"] == {"rtg": "r2", "state[0]": "r2"}
     assert rep["samples"]["train"] > 100 and rep["samples"]["test"] > 100
     # an embedding is a linear map of its input (plus the timestep's): probes read it back
@@ -272,15 +309,34 @@ def test_probes_across_revisions(run):
 
 def test_probe_command_writes_json_and_png(run):
     out = run["base"] / "probe"
-    proc = run_cli("interp", "probe", MID, "--target", "timestep", "--target", "action",
-                   "--out", str(out), env=run["env"])
+    proc = run_cli(
+        "interp",
+        "probe",
+        MID,
+        "--target",
+        "timestep",
+        "--target",
+        "action",
+        "--out",
+        str(out),
+        env=run["env"],
+    )
     rep = json.loads((out / "probe.json").read_text())
     assert rep["steps"] == SCHEDULE and rep["targets"] == ["timestep", "action"]
     assert rep["hooks"] == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"]
     assert (out / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{len(SCHEDULE)} revisions" in proc.stdout and str(out / "probe.png") in proc.stdout
-    bad = run_cli("interp", "probe", MID, "--hook", "blocks.9.nope", "--out", str(out),
-                  env=run["env"], check=False)
+    bad = run_cli(
+        "interp",
+        "probe",
+        MID,
+        "--hook",
+        "blocks.9.nope",
+        "--out",
+        str(out),
+        env=run["env"],
+        check=False,
+    )
     assert bad.returncode != 0 and "no hook point 'blocks.9.nope'" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
@@ -298,15 +354,21 @@ def test_rtg_sweep_marks_the_datas_best_return_and_the_expert_score(run):
     assert rep["expert_return"] == config.env["ref_scores"]["expert"]
     best = max(r["return_mean"] for r in rep["results"])
     assert rep["best_achieved"]["return_mean"] == best
-    assert rep["above_data_best"] == (best - rep["data_best_return"]
-                                      if best > rep["data_best_return"] else None)
+    assert rep["above_data_best"] == (
+        best - rep["data_best_return"] if best > rep["data_best_return"] else None
+    )
     # a config from before dataset stats were recorded: no mark, no crash
     config.dataset.pop("return_max")
     old = rtg_sweep(model, config, [-150.0, 300.0], episodes=1)
     assert old["data_best_return"] is None and old["above_data_best"] is None
     rtg_sweep_plot(old, run["base"] / "old.png")
-    marks = sweep_marks({"results": [{"target_return": 1, "return_mean": 5.0}],
-                         "data_returns": {"max": 2.0}, "ref_scores": {"expert": 9.0}})
+    marks = sweep_marks(
+        {
+            "results": [{"target_return": 1, "return_mean": 5.0}],
+            "data_returns": {"max": 2.0},
+            "ref_scores": {"expert": 9.0},
+        }
+    )
     assert marks["above_data_best"] == 3.0 and marks["expert"] == 9.0  # an old rtg_sweep.json
     rtg_sweep_plot(rep, run["base"] / "sweep.png")
     assert (run["base"] / "sweep.png").stat().st_size > 10_000
@@ -317,8 +379,9 @@ def test_rtg_sweep_marks_the_datas_best_return_and_the_expert_score(run):
     line = sweep_summary(rep)
     assert f"data's best return {rep['data_best_return']:.1f}" in line
     assert f"expert score {rep['expert_return']:.1f}" in line and line in sweep_table(rep)
-    assert "3.0 above the data's best" in sweep_summary({"results": [
-        {"target_return": 1.0, "return_mean": 5.0}], "data_returns": {"max": 2.0}})
+    assert "3.0 above the data's best" in sweep_summary(
+        {"results": [{"target_return": 1.0, "return_mean": 5.0}], "data_returns": {"max": 2.0}}
+    )
 
 
 def test_config_records_the_datas_best_return(run):
@@ -342,8 +405,7 @@ def test_eval_revisions_gives_return_against_training_step(run):
     model, config = load_model(run["run"] / "checkpoints" / "step8")
     want = evaluate(model, config, episodes=1, seed_base=run["registry"].eval_seed)
     row = next(r for r in rep["revisions"] if r["step"] == 8)
-    assert [r["return_mean"] for r in row["results"]] == [r["return_mean"] for r in
-                                                          want["results"]]
+    assert [r["return_mean"] for r in row["results"]] == [r["return_mean"] for r in want["results"]]
     cli = run_cli("eval", MID, "--revisions", "--episodes", "1", env=run["env"])
     assert "return against" in cli.stdout and cli.stdout.count("±") == 2 * len(SCHEDULE)
     png = paths.home() / "evals" / "revisions" / MID / "revisions.png"

@@ -22,14 +22,20 @@ def test_tiny_grid_end_to_end(zoo_env):
     grid_ids = run_cli("list", "--grid", "tiny", "--json", env=zoo_env)
     states = json.loads(grid_ids.stdout)
     assert [s["model_id"] for s in states] == [
-        f"{e}-{n}L-seed{s}" for e in ("pendulum", "cartpole") for n in (1, 2) for s in (0, 1)]
+        f"{e}-{n}L-seed{s}" for e in ("pendulum", "cartpole") for n in (1, 2) for s in (0, 1)
+    ]
     assert all(s["prepared"] and not s["trained"] for s in states)
 
     run_cli("train", "--grid", "tiny", env=zoo_env)
     for s in states:
         run = home / "runs" / s["model_id"]
-        for name in ("model.safetensors", "config.json", "manifest.json", "training_log.csv",
-                     "learning_curve.png"):
+        for name in (
+            "model.safetensors",
+            "config.json",
+            "manifest.json",
+            "training_log.csv",
+            "learning_curve.png",
+        ):
             assert (run / name).is_file(), f"{s['model_id']} lacks {name}"
         assert (run / "checkpoints" / f"step{TEST_STEPS}").is_dir()
 
@@ -44,7 +50,9 @@ def test_tiny_grid_end_to_end(zoo_env):
             assert all(abs(x) < 1e6 for x in r["returns"]) and len(r["returns"]) == 2
     # one leaderboard row per env x layers x target return, each over both seeds
     lb = out["leaderboard"]
-    assert {(r["env"], r["layers"]) for r in lb} == {(e, n) for e in ("pendulum", "cartpole") for n in (1, 2)}
+    assert {(r["env"], r["layers"]) for r in lb} == {
+        (e, n) for e in ("pendulum", "cartpole") for n in (1, 2)
+    }
     assert len(lb) == 8 and all(r["seeds"] == 2 for r in lb)
 
     listed = {s["model_id"]: s for s in json.loads(run_cli("list", "--json", env=zoo_env).stdout)}
@@ -68,7 +76,11 @@ def test_tiny_grid_end_to_end(zoo_env):
     md = run_cli("leaderboard", "--grid", "tiny", "--format", "markdown", env=zoo_env).stdout
     assert md.count("\n| pendulum |") + md.count("\n| cartpole |") == 8
     png = home / "leaderboard.png"
-    csv_rows = run_cli("leaderboard", "--format", "csv", "--plot", str(png), env=zoo_env).stdout.strip().splitlines()
+    csv_rows = (
+        run_cli("leaderboard", "--format", "csv", "--plot", str(png), env=zoo_env)
+        .stdout.strip()
+        .splitlines()
+    )
     assert csv_rows[0].startswith("env,layers,target_return") and len(csv_rows) == 9
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -85,7 +97,9 @@ def test_python_api_loads_published_model(zoo_env, registry):
     assert not model.training and config.model_id == "pendulum-1L-seed0"
     assert config.env["gym_id"] == "Pendulum-v1" and len(config.state_mean) == 3
     states = torch.zeros(2, 5, 3)
-    actions = model(states, torch.zeros(2, 5, 1), torch.zeros(2, 5, 1), torch.zeros(2, 5, dtype=torch.long))
+    actions = model(
+        states, torch.zeros(2, 5, 1), torch.zeros(2, 5, 1), torch.zeros(2, 5, dtype=torch.long)
+    )
     assert actions.shape == (2, 5, 1) and actions.abs().max() <= 1
 
     import gymnasium as gym
@@ -106,7 +120,8 @@ def test_python_api_loads_published_model(zoo_env, registry):
 
 
 def test_trained_pendulum_beats_untrained(zoo_env, registry):
-    """A few hundred steps on the scripted data must beat the step-0 weights at the expert target."""
+    """A few hundred steps on the scripted data must beat the step-0 weights at the expert
+    target."""
     from dtzoo import paths, zoo
     from dtzoo.checkpoint import load_model
     from dtzoo.evaluate import evaluate
@@ -114,7 +129,9 @@ def test_trained_pendulum_beats_untrained(zoo_env, registry):
     spec = registry.resolve("pendulum-1L-seed0")
     zoo.train_cell(spec, registry, steps=300)
     trained = evaluate(*load_model(paths.run_dir(spec.model_id)), episodes=4, targets=[-150])
-    untrained = evaluate(*load_model(paths.checkpoint_dir(spec.model_id, 0)), episodes=4, targets=[-150])
+    untrained = evaluate(
+        *load_model(paths.checkpoint_dir(spec.model_id, 0)), episodes=4, targets=[-150]
+    )
     t, u = trained["results"][0]["return_mean"], untrained["results"][0]["return_mean"]
     assert t > u + 300, (t, u)
 
@@ -130,9 +147,12 @@ def test_interrupted_training_resumes(zoo_env):
     env = {**os.environ, **zoo_env}
     home = Path(zoo_env["DTZOO_HOME"])
     run = home / "runs" / "cartpole-1L-seed0"
-    proc = subprocess.Popen([sys.executable, "-m", "dtzoo.cli", "train", "cartpole-1L-seed0",
-                             "--steps", "1000"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dtzoo.cli", "train", "cartpole-1L-seed0", "--steps", "1000"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "checkpoints" / "step20").is_dir():
         time.sleep(0.05)
@@ -147,13 +167,16 @@ def test_interrupted_training_resumes(zoo_env):
     assert json.loads((run / "config.json").read_text())["step"] == 1000
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["train", "pendulm-1L-seed0"], "did you mean pendulum-1L-seed0"),
-    (["train", "--grid", "huge"], "unknown grid 'huge'; grids: "),
-    (["pull", "not a model"], "invalid repo id"),
-    (["data", "prepare", "pendulm"], "did you mean pendulum"),
-    (["pull", "pendulum-1L-seed0", "--revision", "../x"], "invalid revision"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "pendulm-1L-seed0"], "did you mean pendulum-1L-seed0"),
+        (["train", "--grid", "huge"], "unknown grid 'huge'; grids: "),
+        (["pull", "not a model"], "invalid repo id"),
+        (["data", "prepare", "pendulm"], "did you mean pendulum"),
+        (["pull", "pendulum-1L-seed0", "--revision", "../x"], "invalid revision"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(zoo_env, args, needle):
     proc = run_cli(*args, env=zoo_env, check=False)
     assert proc.returncode == 2, proc.stderr

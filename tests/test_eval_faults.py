@@ -60,8 +60,9 @@ def test_sigkill_during_evaluation_never_breaks_the_run(run, registry, zoo_env):
     kills = 0
     for i, delay in enumerate((0.8, 1.4, 2.0, 2.6, 3.2)):
         (run / "eval.json").unlink(missing_ok=True)  # so every eval really rewrites
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(delay)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -78,8 +79,12 @@ def test_two_evaluations_of_one_model_at_once(run, zoo_env):
     (run / "eval.json").unlink()
     env = {**os.environ, **zoo_env, "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "dtzoo.cli", "eval", MID, "--episodes", "3"]
-    procs = [subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     errs = " ".join(e for _, e in outs)

@@ -75,8 +75,13 @@ def test_a_missing_extra_is_one_line_with_the_pip_command(monkeypatch):
 
 
 def test_time_limits_parse_to_minutes():
-    assert [grid.parse_minutes(t) for t in ("90", "01:30", "1-00:10", "00:00:30", None)] == \
-        [90, 90, 24 * 60 + 10, 1, 60]
+    assert [grid.parse_minutes(t) for t in ("90", "01:30", "1-00:10", "00:00:30", None)] == [
+        90,
+        90,
+        24 * 60 + 10,
+        1,
+        60,
+    ]
     for bad in ("abc", "0", "1:2:3:4"):
         with pytest.raises(UsageError, match="--time"):
             grid.parse_minutes(bad)
@@ -105,16 +110,27 @@ def test_run_cell_skips_finished_cells_and_reports_failures(ghost_registry, offl
 @pytest.mark.slow
 def test_status_reports_every_state(zoo_env, registry):
     reg = registry
-    one, two, locked, broken = (reg.resolve(m) for m in ("pendulum-1L-seed0", "pendulum-1L-seed1",
-                                                         "pendulum-2L-seed0", "cartpole-1L-seed0"))
+    one, two, locked, broken = (
+        reg.resolve(m)
+        for m in (
+            "pendulum-1L-seed0",
+            "pendulum-1L-seed1",
+            "pendulum-2L-seed0",
+            "cartpole-1L-seed0",
+        )
+    )
     for spec in (one, two):
         zoo.train_cell(spec, reg, steps=2, device="cpu")
     zoo.eval_cell(one, reg, episodes=1)
     zoo.eval_cell(two, reg, episodes=1)
     zoo.publish_cell(one, reg, hub="local")
     interrupt(broken, reg, at=2)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(paths.run_dir(locked.model_id) / ".lock")],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(paths.run_dir(locked.model_id) / ".lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         rows = state_of(zoo_env, "--grid", "tiny")
@@ -123,11 +139,19 @@ def test_status_reports_every_state(zoo_env, registry):
         holder.stdin.close()
         holder.wait(timeout=30)
     assert {m: r["state"] for m, r in rows.items()} == {
-        "pendulum-1L-seed0": "published", "pendulum-1L-seed1": "evaluated",
-        "pendulum-2L-seed0": "running", "pendulum-2L-seed1": "pending",
-        "cartpole-1L-seed0": "running", "cartpole-1L-seed1": "pending",
-        "cartpole-2L-seed0": "pending", "cartpole-2L-seed1": "pending"}
-    assert rows["pendulum-2L-seed0"]["locked"] and rows["pendulum-2L-seed0"]["detail"] == "run lock held"
+        "pendulum-1L-seed0": "published",
+        "pendulum-1L-seed1": "evaluated",
+        "pendulum-2L-seed0": "running",
+        "pendulum-2L-seed1": "pending",
+        "cartpole-1L-seed0": "running",
+        "cartpole-1L-seed1": "pending",
+        "cartpole-2L-seed0": "pending",
+        "cartpole-2L-seed1": "pending",
+    }
+    assert (
+        rows["pendulum-2L-seed0"]["locked"]
+        and rows["pendulum-2L-seed0"]["detail"] == "run lock held"
+    )
     assert not rows["cartpole-1L-seed0"]["locked"] and rows["cartpole-1L-seed0"]["step"] == 2
     assert rows["pendulum-1L-seed0"]["step"] == 2
     assert "pendulum-2L-seed0 │ running" in table.stdout
@@ -144,11 +168,15 @@ def test_status_reports_every_state(zoo_env, registry):
 @pytest.mark.slow
 def test_local_workers_train_the_pendulum_cells(zoo_env, registry):
     ids = ["pendulum-1L-seed0", "pendulum-1L-seed1", "pendulum-2L-seed0"]
-    proc = run_cli("train", *ids, "--executor", "local", "--workers", "2", "--steps", str(STEPS), env=zoo_env)
+    proc = run_cli(
+        "train", *ids, "--executor", "local", "--workers", "2", "--steps", str(STEPS), env=zoo_env
+    )
     assert "3 trained, 0 skipped, 0 failed" in proc.stderr
     assert all(f"{m}: done" in proc.stderr for m in ids)
     rows = state_of(zoo_env, *ids)
-    assert {m: (r["state"], r["step"]) for m, r in rows.items()} == {m: ("trained", STEPS) for m in ids}
+    assert {m: (r["state"], r["step"]) for m, r in rows.items()} == {
+        m: ("trained", STEPS) for m in ids
+    }
     again = run_cli("train", *ids, "--executor", "local", "--workers", "2", env=zoo_env)
     assert "0 trained, 3 skipped, 0 failed" in again.stderr
 
@@ -160,8 +188,12 @@ def test_local_workers_train_the_pendulum_cells(zoo_env, registry):
 def ray_runtime(zoo_env):
     """A real Ray runtime on this machine (2 CPUs), shut down after the test."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": grid.worker_env()})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": grid.worker_env()},
+    )
     try:
         yield ray
     finally:
@@ -169,12 +201,20 @@ def ray_runtime(zoo_env):
 
 
 @pytest.mark.slow
-def test_ray_trains_the_cells_a_failing_one_does_not_stop_them(ghost_registry, offline, ray_runtime, zoo_env):
+def test_ray_trains_the_cells_a_failing_one_does_not_stop_them(
+    ghost_registry, offline, ray_runtime, zoo_env
+):
     ids = [GHOST, "pendulum-1L-seed0", "cartpole-1L-seed0"]
     done: list[str] = []
     ex = grid.RayExecutor(cpus_per_cell=1)
-    results = ex.run("train", ids, {"steps": STEPS, "device": "cpu"}, on_done=lambda r: done.append(r.model_id))
-    assert statuses(results) == {GHOST: "failed", "pendulum-1L-seed0": "done", "cartpole-1L-seed0": "done"}
+    results = ex.run(
+        "train", ids, {"steps": STEPS, "device": "cpu"}, on_done=lambda r: done.append(r.model_id)
+    )
+    assert statuses(results) == {
+        GHOST: "failed",
+        "pendulum-1L-seed0": "done",
+        "cartpole-1L-seed0": "done",
+    }
     assert "dtzoo/ghost/missing-v0" in results[0].detail and "\n" not in results[0].detail
     assert sorted(done) == sorted(ids)
     assert all(paths.is_trained(m) for m in ids[1:])
@@ -186,38 +226,73 @@ def test_ray_trains_the_cells_a_failing_one_does_not_stop_them(ghost_registry, o
     proc = run_cli("train", *ids, "--executor", "ray", "--address", address, env=env, check=False)
     assert proc.returncode == 1, proc.stderr
     failed = [ln for ln in proc.stderr.splitlines() if " failed: " in ln]
-    assert len(failed) == 1 and failed[0].startswith(f"{GHOST} failed: ") and "missing-v0" in failed[0]
+    assert (
+        len(failed) == 1 and failed[0].startswith(f"{GHOST} failed: ") and "missing-v0" in failed[0]
+    )
     assert "pendulum-1L-seed0: skipped (already trained" in proc.stderr
     assert proc.stderr.strip().endswith("0 trained, 2 skipped, 1 failed")
 
-    ev = run_cli("eval", *ids[1:], "--executor", "ray", "--address", address, "--episodes", "1",
-                 "--json", env=env)
+    ev = run_cli(
+        "eval",
+        *ids[1:],
+        "--executor",
+        "ray",
+        "--address",
+        address,
+        "--episodes",
+        "1",
+        "--json",
+        env=env,
+    )
     assert [m["model_id"] for m in json.loads(ev.stdout)["models"]] == ids[1:]
     assert {m: r["state"] for m, r in state_of(zoo_env, *ids).items()} == {
-        GHOST: "pending", "pendulum-1L-seed0": "evaluated", "cartpole-1L-seed0": "evaluated"}
+        GHOST: "pending",
+        "pendulum-1L-seed0": "evaluated",
+        "cartpole-1L-seed0": "evaluated",
+    }
 
 
 # ----------------------------------------------------------------------------- submitit (slurm)
 
 
 @pytest.mark.slow
-def test_submitit_local_runs_the_slurm_path_idempotently(ghost_registry, offline, zoo_env, tmp_path):
+def test_submitit_local_runs_the_slurm_path_idempotently(
+    ghost_registry, offline, zoo_env, tmp_path
+):
     pytest.importorskip("submitit")
     reg = ghost_registry
     interrupt(reg.resolve("pendulum-2L-seed0"), reg, at=2)
     ids = [GHOST, "pendulum-1L-seed0", "pendulum-2L-seed0"]
     ex = grid.SlurmExecutor(time="00:05", cluster="local", folder=str(tmp_path / "jobs"))
     results = ex.run("train", ids, {"steps": STEPS, "device": "cpu"})
-    assert statuses(results) == {GHOST: "failed", "pendulum-1L-seed0": "done", "pendulum-2L-seed0": "resumed"}
+    assert statuses(results) == {
+        GHOST: "failed",
+        "pendulum-1L-seed0": "done",
+        "pendulum-2L-seed0": "resumed",
+    }
     assert results[2].detail == "from step 2"
     assert "dtzoo/ghost/missing-v0" in results[0].detail
     assert list((tmp_path / "jobs").glob("*/*_log.out"))  # submitit's job logs
 
     # the CLI: same path (DTZOO_SUBMITIT_CLUSTER=local stands in for a cluster), skips, exit 1
-    env = {**zoo_env, "DTZOO_SUBMITIT_CLUSTER": "local", "MINARI_REMOTE": "gcp://dtzoo-test-no-such-bucket",
-           "HF_HUB_OFFLINE": "1"}
-    proc = run_cli("train", *ids, "--executor", "slurm", "--time", "00:05", "--partition", "cpu",
-                   env=env, check=False)
+    env = {
+        **zoo_env,
+        "DTZOO_SUBMITIT_CLUSTER": "local",
+        "MINARI_REMOTE": "gcp://dtzoo-test-no-such-bucket",
+        "HF_HUB_OFFLINE": "1",
+    }
+    proc = run_cli(
+        "train",
+        *ids,
+        "--executor",
+        "slurm",
+        "--time",
+        "00:05",
+        "--partition",
+        "cpu",
+        env=env,
+        check=False,
+    )
     assert proc.returncode == 1, proc.stderr
     assert f"{GHOST} failed: " in proc.stderr
     assert proc.stderr.strip().endswith("0 trained, 2 skipped, 1 failed")

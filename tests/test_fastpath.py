@@ -43,30 +43,70 @@ def random_model(cfg: DTConfig, seed: int = 0) -> DecisionTransformer:
     return model
 
 
-def model_config(model: DecisionTransformer, gym_id: str, action_space: dict,
-                 targets: list[float], max_episode_steps: int | None = None) -> ModelConfig:
+def model_config(
+    model: DecisionTransformer,
+    gym_id: str,
+    action_space: dict,
+    targets: list[float],
+    max_episode_steps: int | None = None,
+) -> ModelConfig:
     cfg = model.cfg
-    arch = {k: getattr(cfg, k) for k in ("n_layers", "d_model", "n_heads", "d_mlp",
-                                         "context_len", "max_ep_len", "activation", "dropout")}
+    arch = {
+        k: getattr(cfg, k)
+        for k in (
+            "n_layers",
+            "d_model",
+            "n_heads",
+            "d_mlp",
+            "context_len",
+            "max_ep_len",
+            "activation",
+            "dropout",
+        )
+    }
     if cfg.state_encoder != "linear":
         arch.update(state_encoder=cfg.state_encoder, obs_shape=list(cfg.obs_shape))
-    env = {"key": "test", "gym_id": gym_id, "max_ep_len": cfg.max_ep_len,
-           "ref_scores": {"random": 0.0, "expert": 1.0}}
+    env = {
+        "key": "test",
+        "gym_id": gym_id,
+        "max_ep_len": cfg.max_ep_len,
+        "ref_scores": {"random": 0.0, "expert": 1.0},
+    }
     if max_episode_steps:
         env["max_episode_steps"] = max_episode_steps
     return ModelConfig(
-        model_id="test-1L-seed0", architecture=arch, state_dim=cfg.state_dim,
-        act_dim=cfg.act_dim, action_space=action_space, state_mean=[0.0] * cfg.state_dim,
-        state_std=[1.0] * cfg.state_dim, reward_scale=100.0, target_returns=targets, env=env,
-        dataset={"id": "none"}, recipe={}, seed=0, step=0, total_steps=0)
+        model_id="test-1L-seed0",
+        architecture=arch,
+        state_dim=cfg.state_dim,
+        act_dim=cfg.act_dim,
+        action_space=action_space,
+        state_mean=[0.0] * cfg.state_dim,
+        state_std=[1.0] * cfg.state_dim,
+        reward_scale=100.0,
+        target_returns=targets,
+        env=env,
+        dataset={"id": "none"},
+        recipe={},
+        seed=0,
+        step=0,
+        total_steps=0,
+    )
 
 
 def vector_case(gym_id: str, layers: int) -> tuple[DecisionTransformer, ModelConfig]:
     state_dim, space, targets, cap = ENVS[gym_id]
     discrete = space["kind"] == "discrete"
-    cfg = DTConfig(state_dim=state_dim, act_dim=space.get("n", 1), discrete=discrete,
-                   n_layers=layers, d_model=32, n_heads=2, d_mlp=64, context_len=CONTEXT,
-                   max_ep_len=30)  # < episode length: timesteps clamp, as the Agent does
+    cfg = DTConfig(
+        state_dim=state_dim,
+        act_dim=space.get("n", 1),
+        discrete=discrete,
+        n_layers=layers,
+        d_model=32,
+        n_heads=2,
+        d_mlp=64,
+        context_len=CONTEXT,
+        max_ep_len=30,
+    )  # < episode length: timesteps clamp, as the Agent does
     model = random_model(cfg, seed=layers)
     model.config = model_config(model, gym_id, space, targets, cap)
     return model, model.config
@@ -135,9 +175,19 @@ class FakeFrames(gym.Env):
 
 @pytest.mark.parametrize("layers", [1, 3])
 def test_image_encoder_fast_path_equals_the_reference_forward(layers):
-    cfg = DTConfig(state_dim=int(np.prod(FRAMES)), act_dim=3, discrete=True, n_layers=layers,
-                   d_model=32, n_heads=2, d_mlp=64, context_len=CONTEXT, max_ep_len=100,
-                   state_encoder="nature_cnn", obs_shape=FRAMES)
+    cfg = DTConfig(
+        state_dim=int(np.prod(FRAMES)),
+        act_dim=3,
+        discrete=True,
+        n_layers=layers,
+        d_model=32,
+        n_heads=2,
+        d_mlp=64,
+        context_len=CONTEXT,
+        max_ep_len=100,
+        state_encoder="nature_cnn",
+        obs_shape=FRAMES,
+    )
     model = random_model(cfg, seed=10 + layers)
     config = model_config(model, "FakeFrames", {"kind": "discrete", "n": 3}, [5.0])
     r = lockstep(model, config, [FakeFrames(), FakeFrames()], seeds=[0, 1], targets=[5.0, 1.0])
@@ -170,8 +220,9 @@ def test_hooks_see_the_reference_forward_and_the_fast_path_resumes():
     obs, _ = env.reset(seed=0)
     for t in range(3 * CONTEXT):
         hooked = CONTEXT <= t < 2 * CONTEXT  # a hook on for a while, mid-episode
-        with model.hooks([("blocks.1.hook_resid_pre", lambda x, name: seen.append(x.shape))]
-                         if hooked else []):
+        with model.hooks(
+            [("blocks.1.hook_resid_pre", lambda x, name: seen.append(x.shape))] if hooked else []
+        ):
             assert fast_path_ok(model) is not hooked
             action = fast.act(obs)
             assert (fast.cache is None) is hooked
@@ -217,8 +268,18 @@ def test_transformer_lens_hooks_get_the_reference_forward():
 @pytest.mark.parametrize("layers", [1, 3])
 @pytest.mark.parametrize("discrete", [False, True])
 def test_training_fast_path_equals_forward_with_the_same_gradients(layers, discrete):
-    cfg = DTConfig(state_dim=3, act_dim=2, discrete=discrete, n_layers=layers, d_model=32,
-                   n_heads=2, d_mlp=64, context_len=6, max_ep_len=50, dropout=0.0)
+    cfg = DTConfig(
+        state_dim=3,
+        act_dim=2,
+        discrete=discrete,
+        n_layers=layers,
+        d_model=32,
+        n_heads=2,
+        d_mlp=64,
+        context_len=6,
+        max_ep_len=50,
+        dropout=0.0,
+    )
     model = random_model(cfg, seed=layers).train()
     g = torch.Generator().manual_seed(0)
     B, T = 5, cfg.context_len
@@ -247,8 +308,16 @@ def test_training_fast_path_equals_forward_with_the_same_gradients(layers, discr
 
 
 def test_training_fast_path_steps_aside_for_hooks():
-    cfg = DTConfig(state_dim=3, act_dim=1, n_layers=2, d_model=32, n_heads=2, d_mlp=64,
-                   context_len=4, max_ep_len=50)
+    cfg = DTConfig(
+        state_dim=3,
+        act_dim=1,
+        n_layers=2,
+        d_model=32,
+        n_heads=2,
+        d_mlp=64,
+        context_len=4,
+        max_ep_len=50,
+    )
     model = random_model(cfg).eval()
     s, a, r = torch.randn(2, 4, 3), torch.randn(2, 4, 1), torch.randn(2, 4, 1)
     t = torch.arange(4).expand(2, 4)
@@ -264,12 +333,16 @@ def test_trainer_loss_uses_the_training_fast_path(registry, monkeypatch):
     from dtzoo.train import Trainer
 
     spec = registry.resolve("pendulum-2L-seed0")
-    trainer = Trainer(spec, load_trajectories(spec.env.dataset), 1, registry.checkpoints,
-                      torch.device("cpu"))
+    trainer = Trainer(
+        spec, load_trajectories(spec.env.dataset), 1, registry.checkpoints, torch.device("cpu")
+    )
     calls = []
     original = DecisionTransformer.predict_actions
-    monkeypatch.setattr(DecisionTransformer, "predict_actions",
-                        lambda self, *a: calls.append(1) or original(self, *a))
+    monkeypatch.setattr(
+        DecisionTransformer,
+        "predict_actions",
+        lambda self, *a: calls.append(1) or original(self, *a),
+    )
     batch = trainer.sampler.sample(8)
     trainer.model.eval()  # no dropout: the two losses are comparable number for number
     fast = trainer.loss(batch)

@@ -147,8 +147,14 @@ class Reference:
     def __init__(self, base: Path, minari: Path):
         self.home = base / "home"
         reg = make_test_registry(base / "registry.yaml")
-        self.env = full_env({"DTZOO_HOME": str(self.home), "DTZOO_REGISTRY": str(reg),
-                             "MINARI_DATASETS_PATH": str(minari), "DTZOO_HUB": "local"})
+        self.env = full_env(
+            {
+                "DTZOO_HOME": str(self.home),
+                "DTZOO_REGISTRY": str(reg),
+                "MINARI_DATASETS_PATH": str(minari),
+                "DTZOO_HUB": "local",
+            }
+        )
         self.log = base / "reference.log"
         self.proc = start(cli("train", MID, "--steps", str(STEPS)), self.env, self.log)
 
@@ -220,8 +226,13 @@ def test_sigkill_at_random_moments_resumes_bitwise(zoo_env, cli_env, reference, 
     run_cli("train", MID, "--steps", str(STEPS), env=zoo_env)
     assert_matches_reference(run, reference.run)
     assert hidden_bytes(run) == 0
-    record("sigkill during training (random moment)", injected=kills, landed_mid_run=landed,
-           survived=kills, garbage_bytes_left_by_kills=garbage)
+    record(
+        "sigkill during training (random moment)",
+        injected=kills,
+        landed_mid_run=landed,
+        survived=kills,
+        garbage_bytes_left_by_kills=garbage,
+    )
 
 
 def test_resume_keeps_the_log_average_of_a_partial_logging_window(zoo_env, registry):
@@ -237,6 +248,7 @@ def test_resume_keeps_the_log_average_of_a_partial_logging_window(zoo_env, regis
         def progress(s, total, loss):
             if s == n:
                 raise Killed
+
         return progress
 
     spec = registry.resolve(MID)
@@ -250,10 +262,12 @@ def test_resume_keeps_the_log_average_of_a_partial_logging_window(zoo_env, regis
         train_model(spec, registry.checkpoints, steps=300, device="cpu", progress=kill_at(9))
     got = read_log(paths.run_dir(MID) / "training_log.csv")
     assert [r["step"] for r in got] == [3, 6]
-    assert [(r["step"], r["loss"], r["lr"]) for r in got] == [(r["step"], r["loss"], r["lr"]) for r in want]
+    assert [(r["step"], r["loss"], r["lr"]) for r in got] == [
+        (r["step"], r["loss"], r["lr"]) for r in want
+    ]
 
 
-# ----------------------------------------------------------------------------- kill during publish / pull
+# ------------------------------------------------------------------- kill during publish / pull
 
 
 @pytest.fixture
@@ -317,7 +331,9 @@ def test_sigkill_during_publish_never_shows_a_partial_model(zoo_env, cli_env, bi
         kill(proc)
         mid_copy += bool(set(temp_dirs(snapshots)) - before)
         hub_invariants(home)
-        assert (big_run / WEIGHTS).read_bytes() == weights and (big_run / CONFIG).read_bytes() == config
+        assert (big_run / WEIGHTS).read_bytes() == weights and (
+            big_run / CONFIG
+        ).read_bytes() == config
     assert mid_copy >= tries // 2, "the kills did not hit the copy window"
     garbage = hidden_bytes(home / "hub")
     run_cli("publish", MID, env=zoo_env)  # the next call completes (and clears the temp dirs)
@@ -325,8 +341,13 @@ def test_sigkill_during_publish_never_shows_a_partial_model(zoo_env, cli_env, bi
     main = (home / "hub" / REPO / "refs" / "main").read_text().strip()
     assert (snapshots / main / "big.bin").read_bytes() == (big_run / "big.bin").read_bytes()
     assert temp_dirs(snapshots) == []
-    record("sigkill during publish", injected=tries, mid_copy=mid_copy, survived=tries,
-           garbage_bytes_before_next_publish=garbage)
+    record(
+        "sigkill during publish",
+        injected=tries,
+        mid_copy=mid_copy,
+        survived=tries,
+        garbage_bytes_before_next_publish=garbage,
+    )
 
 
 @pytest.mark.slow
@@ -395,8 +416,14 @@ def published(zoo_env, reference) -> Path:
     return Path(zoo_env["DTZOO_HOME"]) / "hub" / REPO / "snapshots" / res.commit
 
 
-CORRUPTIONS = [(WEIGHTS, "flip"), (WEIGHTS, "truncate"), (CONFIG, "flip"), (CONFIG, "truncate"),
-               ("training_log.csv", "flip"), (MANIFEST, "truncate")]
+CORRUPTIONS = [
+    (WEIGHTS, "flip"),
+    (WEIGHTS, "truncate"),
+    (CONFIG, "flip"),
+    (CONFIG, "truncate"),
+    ("training_log.csv", "flip"),
+    (MANIFEST, "truncate"),
+]
 
 
 def corrupt(path: Path, how: str, rng: random.Random) -> None:
@@ -428,7 +455,9 @@ def test_a_corrupt_cache_is_refused_by_load_and_healed_by_pull(zoo_env, publishe
     write_manifest(path)
     verify(path)  # self-consistent now ...
     healed = Path(run_cli("pull", MID, env=zoo_env).stdout.strip().splitlines()[-1])
-    assert (healed / "training_log.csv").read_bytes() == (published / "training_log.csv").read_bytes()
+    assert (healed / "training_log.csv").read_bytes() == (
+        published / "training_log.csv"
+    ).read_bytes()
     record("corrupt cache file", injected=len(CORRUPTIONS) + 1, survived=len(CORRUPTIONS) + 1)
 
 
@@ -453,7 +482,7 @@ def test_a_corrupt_hub_snapshot_is_detected_naming_the_file(zoo_env, published):
     record("corrupt hub snapshot file", injected=len(CORRUPTIONS), detected=len(CORRUPTIONS))
 
 
-# ----------------------------------------------------------------------------- two processes at once
+# ------------------------------------------------------------------------ two processes at once
 
 
 def small_registry(path: Path, steps: int) -> Path:
@@ -474,14 +503,17 @@ def test_two_grid_trainings_at_once_train_each_cell_once(zoo_env, cli_env, tmp_p
     ids = load_registry(reg).grid("tiny")
     home = Path(zoo_env["DTZOO_HOME"])
     for mid in ids:
-        statuses = sorted(re.findall(rf"^{re.escape(mid)}: (\w+)", out, re.MULTILINE)[0] for out in outs)
+        statuses = sorted(
+            re.findall(rf"^{re.escape(mid)}: (\w+)", out, re.MULTILINE)[0] for out in outs
+        )
         assert statuses == ["done", "skipped"], (mid, statuses)
         run = home / "runs" / mid
         verify(run)
         assert [r[0] for r in log_rows(run)] == [str(s) for s in range(1, 13)]  # trained once
         assert [p.name for p in (run / "resume").iterdir()] == ["state-12.safetensors"]
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
-            f"step{n}" for n in (0, 1, 2, 4, 8, 12))
+            f"step{n}" for n in (0, 1, 2, 4, 8, 12)
+        )
         assert hidden_bytes(run) == 0
     record("two concurrent `train --grid tiny`", cells=len(ids), trained_twice=0)
 
@@ -517,16 +549,27 @@ def test_a_diverging_cell_stops_naming_the_step_and_the_grid_goes_on(zoo_env, cl
     reg_path = make_test_registry(tmp_path / "registry.yaml", steps=12)
     reg = yaml.safe_load(reg_path.read_text())
     pend = reg["envs"]["pendulum"]
-    reg["envs"]["blowup"] = {**{k: v for k, v in pend.items() if k != "prepare"},
-                             "recipe": {**pend["recipe"], "lr": 1.0e30}}
+    reg["envs"]["blowup"] = {
+        **{k: v for k, v in pend.items() if k != "prepare"},
+        "recipe": {**pend["recipe"], "lr": 1.0e30},
+    }
     reg["grids"]["faulty"] = {"envs": ["blowup", "pendulum"], "layers": [1], "seeds": [0]}
     reg_path.write_text(yaml.safe_dump(reg, sort_keys=False))
     env = {**cli_env, "DTZOO_REGISTRY": str(reg_path)}
-    proc = subprocess.run(cli("train", "--grid", "faulty"), env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        cli("train", "--grid", "faulty"),
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "blowup-1L-seed0 failed: blowup-1L-seed0: loss is nan at step 2" in proc.stderr
-    assert "pendulum-1L-seed0: done" in proc.stderr and "1 trained, 0 skipped, 1 failed" in proc.stderr
+    assert (
+        "pendulum-1L-seed0: done" in proc.stderr and "1 trained, 0 skipped, 1 failed" in proc.stderr
+    )
     home = Path(zoo_env["DTZOO_HOME"])
     verify(home / "runs" / "pendulum-1L-seed0")
     bad = home / "runs" / "blowup-1L-seed0"
@@ -555,8 +598,10 @@ def test_a_nan_gradient_at_a_checkpoint_step_writes_no_nan_checkpoint(zoo_env, r
             params[0].grad.fill_(float("nan"))
         return real_clip(params, *a, **k)
 
-    with pytest.MonkeyPatch.context() as mp, \
-            pytest.raises(TrainingError, match=f"{MID}: gradient norm is nan at step 8"):
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        pytest.raises(TrainingError, match=f"{MID}: gradient norm is nan at step 8"),
+    ):
         mp.setattr(torch.nn.utils, "clip_grad_norm_", clip)
         train_model(registry.resolve(MID), registry.checkpoints, steps=40, device="cpu")
     run = paths.run_dir(MID)
@@ -586,7 +631,13 @@ def test_non_finite_weights_are_never_checkpointed(zoo_env, registry, monkeypatc
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
     with pytest.raises(TrainingError, match=r"weights are not finite after step 16"):
         train_model(registry.resolve(MID), registry.checkpoints, steps=40, device="cpu")
-    assert sorted(int(p.name[4:]) for p in (paths.run_dir(MID) / "checkpoints").iterdir()) == [0, 1, 2, 4, 8]
+    assert sorted(int(p.name[4:]) for p in (paths.run_dir(MID) / "checkpoints").iterdir()) == [
+        0,
+        1,
+        2,
+        4,
+        8,
+    ]
 
 
 # ----------------------------------------------------------------------------- security
@@ -596,9 +647,16 @@ def _calls(tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             f = node.func
-            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
-            owner = (f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
-                     else None if isinstance(f, ast.Name) else "?")  # None: a bare name
+            name = (
+                f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            )
+            owner = (
+                f.value.id
+                if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                else None
+                if isinstance(f, ast.Name)
+                else "?"
+            )  # None: a bare name
             yield node, owner, name, {k.arg: k.value for k in node.keywords}
 
 
@@ -615,10 +673,20 @@ def test_nothing_in_dtzoo_can_unpickle_or_run_remote_code():
         rel = path.relative_to(ROOT).as_posix()
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                mods = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                mods = [a.name for a in node.names] + (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+                )
                 for m in mods:
-                    assert m.split(".")[0] not in {"pickle", "cPickle", "_pickle", "dill", "joblib",
-                                                   "marshal", "shelve", "cloudpickle"}, (rel, m)
+                    assert m.split(".")[0] not in {
+                        "pickle",
+                        "cPickle",
+                        "_pickle",
+                        "dill",
+                        "joblib",
+                        "marshal",
+                        "shelve",
+                        "cloudpickle",
+                    }, (rel, m)
             if isinstance(node, ast.Name) and node.id == "trust_remote_code":
                 raise AssertionError(f"{rel}: trust_remote_code")
         for node, owner, name, kw in _calls(tree):
@@ -645,18 +713,31 @@ def test_nothing_in_dtzoo_can_unpickle_or_run_remote_code():
 
     # SafeLoader or libyaml's CSafeLoader: either way only the safe constructor builds objects
     assert issubclass(_LineLoader, yaml.constructor.SafeConstructor)
-    assert not issubclass(_LineLoader, (yaml.constructor.FullConstructor,
-                                        yaml.constructor.UnsafeConstructor))
+    assert not issubclass(
+        _LineLoader, (yaml.constructor.FullConstructor, yaml.constructor.UnsafeConstructor)
+    )
 
 
 @pytest.mark.slow
 def test_a_token_never_reaches_output_logs_cards_or_configs(zoo_env, cli_env, tmp_path):
     token = "hf_dtzooCanaryToken0123456789abcdefXYZ"
     reg = small_registry(tmp_path / "registry8.yaml", steps=8)
-    env = {**zoo_env, "DTZOO_REGISTRY": str(reg), "HF_TOKEN": token, "HUGGING_FACE_HUB_TOKEN": token}
+    env = {
+        **zoo_env,
+        "DTZOO_REGISTRY": str(reg),
+        "HF_TOKEN": token,
+        "HUGGING_FACE_HUB_TOKEN": token,
+    }
     out = []
-    for args in (["train", MID], ["eval", MID, "--episodes", "1"], ["publish", MID, "--checkpoints"],
-                 ["pull", MID], ["list", "--json"], ["list", "--remote"], ["leaderboard"]):
+    for args in (
+        ["train", MID],
+        ["eval", MID, "--episodes", "1"],
+        ["publish", MID, "--checkpoints"],
+        ["pull", MID],
+        ["list", "--json"],
+        ["list", "--remote"],
+        ["leaderboard"],
+    ):
         proc = run_cli(*args, env=env)
         out += [proc.stdout, proc.stderr]
     assert not any(token in o or token[3:] in o for o in out)
@@ -698,8 +779,9 @@ def relink(path: Path, target: Path) -> None:
     path.symlink_to(target)
 
 
-def test_links_inside_dtzoo_home_are_never_written_locked_or_cleaned_through(zoo_env, published,
-                                                                             registry, tmp_path):
+def test_links_inside_dtzoo_home_are_never_written_locked_or_cleaned_through(
+    zoo_env, published, registry, tmp_path
+):
     """A link where dtzoo owns a folder or a lock file: the operation stops with one line
     (LinkRefused), and the folder the link points to is not changed by a byte."""
     from dtzoo.fsutil import LinkRefused
@@ -717,12 +799,18 @@ def test_links_inside_dtzoo_home_are_never_written_locked_or_cleaned_through(zoo
         "hub refs": (repo / "refs", lambda: hub.publish(run, REPO)),
         "hub lock": (repo / ".lock", lambda: hub.publish(run, REPO)),
         "cache repo": (cache, lambda: hub.pull(REPO)),
-        "cache lock": (cache / ".lock", lambda: (shutil.rmtree(cache / published.name),
-                                                 hub.pull(REPO))),
-        "run checkpoints": (home / "runs" / other.model_id / "checkpoints",
-                            lambda: train_model(other, registry.checkpoints, device="cpu")),
-        "run resume": (home / "runs" / other.model_id / "resume",
-                       lambda: train_model(other, registry.checkpoints, device="cpu")),
+        "cache lock": (
+            cache / ".lock",
+            lambda: (shutil.rmtree(cache / published.name), hub.pull(REPO)),
+        ),
+        "run checkpoints": (
+            home / "runs" / other.model_id / "checkpoints",
+            lambda: train_model(other, registry.checkpoints, device="cpu"),
+        ),
+        "run resume": (
+            home / "runs" / other.model_id / "resume",
+            lambda: train_model(other, registry.checkpoints, device="cpu"),
+        ),
     }
     for i, (name, (path, operation)) in enumerate(cases.items()):
         v = outside_victim(tmp_path / str(i))
@@ -743,8 +831,12 @@ def test_links_inside_dtzoo_home_are_never_written_locked_or_cleaned_through(zoo
     shutil.move(str(home / "cache"), elsewhere)
     (home / "cache").symlink_to(elsewhere)
     assert hub.pull(REPO) == cache / published.name
-    record("link planted inside DTZOO_HOME", injected=len(cases), survived=len(cases),
-           files_touched_outside=0)
+    record(
+        "link planted inside DTZOO_HOME",
+        injected=len(cases),
+        survived=len(cases),
+        files_touched_outside=0,
+    )
 
 
 def test_a_damaged_hub_snapshot_is_healed_by_the_next_publish(zoo_env, published, tmp_path):
@@ -802,8 +894,13 @@ def test_a_cache_entry_replaced_by_a_file_or_a_link_is_healed_by_pull(zoo_env, p
         elif how == "empty dir":
             entry.mkdir()
         else:
-            entry.symlink_to({"link to a good copy": good, "link to a bad copy": bad,
-                              "dangling link": tmp_path / "absent"}[how])
+            entry.symlink_to(
+                {
+                    "link to a good copy": good,
+                    "link to a bad copy": bad,
+                    "dangling link": tmp_path / "absent",
+                }[how]
+            )
         assert hub.pull(REPO) == entry
         assert entry.is_dir() and not entry.is_symlink()
         assert {p.name: p.read_bytes() for p in entry.iterdir()} == pristine
@@ -859,7 +956,9 @@ def test_a_flipped_bit_in_the_resume_state_is_refused(zoo_env, registry, referen
         raw = bytearray(pristine)
         raw[offset] ^= 1 << rng.randrange(8)
         state.write_bytes(bytes(raw))
-        with pytest.raises(TrainingError, match="resume state is (corrupt|unreadable)|unreadable resume"):
+        with pytest.raises(
+            TrainingError, match="resume state is (corrupt|unreadable)|unreadable resume"
+        ):
             train_model(registry.resolve(MID), registry.checkpoints, steps=STEPS, device="cpu")
         assert not (run / CONFIG).exists()  # no final model made from it
     state.write_bytes(pristine)
@@ -869,8 +968,9 @@ def test_a_flipped_bit_in_the_resume_state_is_refused(zoo_env, registry, referen
 
 
 @pytest.mark.parametrize("damage", ["garbage", "rows lost", "row forged"])
-def test_a_damaged_training_log_is_rewritten_from_the_resume_state(zoo_env, registry, reference,
-                                                                   damage):
+def test_a_damaged_training_log_is_rewritten_from_the_resume_state(
+    zoo_env, registry, reference, damage
+):
     """Before: a garbage log was a traceback, and lost or forged rows went into the final log."""
     from dtzoo.train import train_model
 
@@ -878,9 +978,13 @@ def test_a_damaged_training_log_is_rewritten_from_the_resume_state(zoo_env, regi
     unfinished_copy(reference.run, run)
     log = run / "training_log.csv"
     lines = log.read_text().splitlines(keepends=True)
-    log.write_text({"garbage": "step,loss\n\x00\xff,?\n",
-                    "rows lost": "".join(lines[:1] + lines[3:]),
-                    "row forged": "".join(lines[:3] + ["3,0.5,0.1,1.0\n"] + lines[3:])}[damage])
+    log.write_text(
+        {
+            "garbage": "step,loss\n\x00\xff,?\n",
+            "rows lost": "".join(lines[:1] + lines[3:]),
+            "row forged": "".join(lines[:3] + ["3,0.5,0.1,1.0\n"] + lines[3:]),
+        }[damage]
+    )
     train_model(registry.resolve(MID), registry.checkpoints, steps=STEPS, device="cpu")
     assert log_rows(run) == log_rows(reference.run)
     record("damaged training log", injected=1, survived=1)
@@ -890,8 +994,14 @@ def test_a_damaged_training_log_is_rewritten_from_the_resume_state(zoo_env, regi
 def test_ctrl_c_says_how_to_resume_and_the_same_command_does(zoo_env, cli_env, reference, tmp_path):
     """Before: typer turned KeyboardInterrupt into exit 130 before main() printed its line."""
     run = Path(zoo_env["DTZOO_HOME"]) / "runs" / MID
-    proc = subprocess.Popen(cli("train", MID, "--steps", str(STEPS)), env=cli_env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli("train", MID, "--steps", str(STEPS)),
+        env=cli_env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert wait_until(lambda: (run / "checkpoints" / "step16").is_dir(), proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -31,8 +31,13 @@ SCALE = int(os.environ.get("DTZOO_FUZZ_EXAMPLES", "0")) or None
 def fuzz(n: int):
     """Hypothesis settings: `n` examples (DTZOO_FUZZ_EXAMPLES overrides), derandomized, no
     deadline (the machine is shared), no example database written into the repository."""
-    return settings(max_examples=SCALE or n, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=SCALE or n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 TRIED = {"cli": 0, "api": 0}  # inputs tried, reported by test_report_counts
@@ -50,8 +55,13 @@ class Zoo:
         (self.outside / "precious.txt").write_text("outside DTZOO_HOME\n")
         (self.outside / ".stale.abc.tmp").mkdir()
         self.registry = make_test_registry(base / "registry.yaml")
-        self.env = {"DTZOO_HOME": str(self.home), "DTZOO_REGISTRY": str(self.registry),
-                    "MINARI_DATASETS_PATH": str(minari), "DTZOO_HUB": "local", "DTZOO_ORG": "dtzoo"}
+        self.env = {
+            "DTZOO_HOME": str(self.home),
+            "DTZOO_REGISTRY": str(self.registry),
+            "MINARI_DATASETS_PATH": str(minari),
+            "DTZOO_HUB": "local",
+            "DTZOO_ORG": "dtzoo",
+        }
         with pytest.MonkeyPatch.context() as mp:
             for k, v in self.env.items():
                 mp.setenv(k, v)
@@ -62,8 +72,11 @@ class Zoo:
 
     def outside_state(self) -> dict:
         """Every file outside DTZOO_HOME (under this module's tmp dir) and its hash."""
-        return {k: v for k, v in fingerprint_tree(self.base).items()
-                if not k.startswith(str(self.home) + os.sep) and "/fuzz-" not in k}
+        return {
+            k: v
+            for k, v in fingerprint_tree(self.base).items()
+            if not k.startswith(str(self.home) + os.sep) and "/fuzz-" not in k
+        }
 
     def folders(self) -> set[str]:
         return {str(p) for p in self.home.rglob("*") if p.is_dir()}
@@ -92,17 +105,25 @@ def zoo(tmp_path_factory, minari_store) -> Zoo:
 MID = REPO.split("/")[1]
 # characters that matter: separators, dots, a final newline, unicode look-alikes, shell
 # metacharacters, digits and the letters of an id (so near-valid ids come up often)
-TRICKY = st.sampled_from(list("-/.\n\r\t ~$;*?'\"\\_LS") + ["seed", "step", "..", "\u0130", "\uff0d"])
-ID_PARTS = st.one_of(st.sampled_from(["pendulum", "cartpole", "hopper", "Pendulum", "pendulum-x"]),
-                     st.from_regex(r"[0-9]{1,6}", fullmatch=True), TRICKY,
-                     st.text(st.characters(exclude_characters="\x00"), max_size=4))
+TRICKY = st.sampled_from(
+    list("-/.\n\r\t ~$;*?'\"\\_LS") + ["seed", "step", "..", "\u0130", "\uff0d"]
+)
+ID_PARTS = st.one_of(
+    st.sampled_from(["pendulum", "cartpole", "hopper", "Pendulum", "pendulum-x"]),
+    st.from_regex(r"[0-9]{1,6}", fullmatch=True),
+    TRICKY,
+    st.text(st.characters(exclude_characters="\x00"), max_size=4),
+)
 NEAR_IDS = st.lists(ID_PARTS, min_size=1, max_size=8).map("".join)
 IDS = st.one_of(
     NEAR_IDS,
-    st.builds(lambda e, n, s, tail: f"{e}-{n}L-seed{s}{tail}",
-              st.sampled_from(["pendulum", "cartpole", "nope", "pendulum-2l"]),
-              st.integers(0, 10**12), st.integers(0, 10**40),
-              st.sampled_from(["", "\n", " ", "/", "/..", "\x0b", "L"])),
+    st.builds(
+        lambda e, n, s, tail: f"{e}-{n}L-seed{s}{tail}",
+        st.sampled_from(["pendulum", "cartpole", "nope", "pendulum-2l"]),
+        st.integers(0, 10**12),
+        st.integers(0, 10**40),
+        st.sampled_from(["", "\n", " ", "/", "/..", "\x0b", "L"]),
+    ),
 )
 
 
@@ -126,11 +147,29 @@ def test_any_model_id_to_train_is_refused_before_any_work(zoo, mid):
     proc = zoo.cli("train", mid, "--steps", "1", "--device", "cpu")
     assert proc.returncode != 0 or mid.startswith(("pendulum-", "cartpole-")), (mid, proc.stderr)
     assert not (zoo.home / "runs").exists() or all(
-        p.name.startswith(("pendulum-", "cartpole-")) for p in (zoo.home / "runs").iterdir())
+        p.name.startswith(("pendulum-", "cartpole-")) for p in (zoo.home / "runs").iterdir()
+    )
 
 
-ORGS = st.one_of(NEAR_IDS, st.sampled_from(["dtzoo", "dtzoo\n", "dtzoo/", "../dtzoo", "a--b",
-                                            "a..b", "-", ".", "a" * 97, "DTZOO", "dtzoo.", " "]))
+ORGS = st.one_of(
+    NEAR_IDS,
+    st.sampled_from(
+        [
+            "dtzoo",
+            "dtzoo\n",
+            "dtzoo/",
+            "../dtzoo",
+            "a--b",
+            "a..b",
+            "-",
+            ".",
+            "a" * 97,
+            "DTZOO",
+            "dtzoo.",
+            " ",
+        ]
+    ),
+)
 
 
 @fuzz(40)
@@ -143,11 +182,34 @@ def test_any_org_is_refused_in_one_line_or_pulled(zoo, org):
 
 
 REVISIONS = st.one_of(
-    st.sampled_from(["main", "main\n", "step", "stepabc", "step-1", "step01", "step 4", "../..",
-                     "../../..", "step4/../..", "refs/heads/main", "0" * 40, "0" * 40 + "\n",
-                     "f" * 64, "step" + "9" * 5000, "HEAD", "~", "main~1", "step4\n"]),
-    st.builds(lambda n, tail: f"step{n}{tail}", st.integers(0, 10**30),
-              st.sampled_from(["", "\n", "/", "x", ".."])),
+    st.sampled_from(
+        [
+            "main",
+            "main\n",
+            "step",
+            "stepabc",
+            "step-1",
+            "step01",
+            "step 4",
+            "../..",
+            "../../..",
+            "step4/../..",
+            "refs/heads/main",
+            "0" * 40,
+            "0" * 40 + "\n",
+            "f" * 64,
+            "step" + "9" * 5000,
+            "HEAD",
+            "~",
+            "main~1",
+            "step4\n",
+        ]
+    ),
+    st.builds(
+        lambda n, tail: f"step{n}{tail}",
+        st.integers(0, 10**30),
+        st.sampled_from(["", "\n", "/", "x", ".."]),
+    ),
     NEAR_IDS,
 )
 
@@ -177,11 +239,18 @@ def test_any_revision_of_a_directory_loads_or_raises_a_dtzoo_error(zoo, rev):
 # ----------------------------------------------------------------------------- files
 
 JSON = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30),
-              st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8)),
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.text(max_size=6), inner, max_size=4)),
-    max_leaves=12)
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**30), 10**30),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=8),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def paths_of(doc, prefix=()) -> list[tuple]:
@@ -214,18 +283,35 @@ def mutate(doc, path: tuple, value, delete: bool):
 @st.composite
 def mutated(draw, base):
     path = draw(st.sampled_from(paths_of(base)))
-    value = draw(st.one_of(JSON, st.sampled_from([float("inf"), float("nan"), -1, 0, 10**9,
-                                                  10**400, "", [], {}, "3", True, [[1]]])))
+    value = draw(
+        st.one_of(
+            JSON,
+            st.sampled_from(
+                [float("inf"), float("nan"), -1, 0, 10**9, 10**400, "", [], {}, "3", True, [[1]]]
+            ),
+        )
+    )
     return mutate(base, path, value, draw(st.booleans())), path
 
 
-REGISTRY_SNIPPETS = st.sampled_from([
-    "\xff\xfe", "a: &a [1, 2]\nb: [*a, *a]\n", "grids: &g\n  g: [*g]\n", "envs: .inf\n",
-    "recipe: {lr: .nan}\n", "recipe: {steps: 1e400}\n", "recipe:\n  steps: !!python/object:os.system x\n",
-    "hub: {org: \"dtzoo\\n\"}\n", "%YAML 9.9\n---\n", "--- a\n--- b\n", "\t\x00", "[" * 300,
-    "grids: {g: {envs: [pendulum], layers: [100000], seeds: [0]}}\n",
-    "grids: {g: {envs: [pendulum], layers: [1], seeds: [99999999999]}}\n",
-])
+REGISTRY_SNIPPETS = st.sampled_from(
+    [
+        "\xff\xfe",
+        "a: &a [1, 2]\nb: [*a, *a]\n",
+        "grids: &g\n  g: [*g]\n",
+        "envs: .inf\n",
+        "recipe: {lr: .nan}\n",
+        "recipe: {steps: 1e400}\n",
+        "recipe:\n  steps: !!python/object:os.system x\n",
+        'hub: {org: "dtzoo\\n"}\n',
+        "%YAML 9.9\n---\n",
+        "--- a\n--- b\n",
+        "\t\x00",
+        "[" * 300,
+        "grids: {g: {envs: [pendulum], layers: [100000], seeds: [0]}}\n",
+        "grids: {g: {envs: [pendulum], layers: [1], seeds: [99999999999]}}\n",
+    ]
+)
 
 
 def registry_text(draw_doc) -> str:
@@ -248,8 +334,11 @@ def test_any_registry_loads_or_is_refused_in_one_line(zoo, data):
     else:
         text = data.draw(st.text(max_size=200))
     path = zoo.base / "fuzz-registry.yaml"
-    path.write_bytes(text.encode("utf-8", "surrogateescape") if kind != "snippet"
-                     else text.encode("latin-1", "replace"))
+    path.write_bytes(
+        text.encode("utf-8", "surrogateescape")
+        if kind != "snippet"
+        else text.encode("latin-1", "replace")
+    )
     proc = zoo.cli("--registry", str(path), "list")
     if proc.returncode == 0:  # a registry that loads resolves every id of its grids, or says why
         from dtzoo.registry import load_registry
@@ -298,6 +387,8 @@ def test_report_counts(zoo):
     path = os.environ.get("DTZOO_FAULT_LOG")
     if path:
         with open(path, "a") as f:
-            f.write(json.dumps({"fault": "fuzzed inputs", "cli": TRIED["cli"],
-                                "api": TRIED["api"]}) + "\n")
+            f.write(
+                json.dumps({"fault": "fuzzed inputs", "cli": TRIED["cli"], "api": TRIED["api"]})
+                + "\n"
+            )
     assert zoo.outside_state() == zoo.before

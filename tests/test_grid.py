@@ -46,8 +46,12 @@ TRY_LOCK = textwrap.dedent("""
 
 
 def lock_is_free(model_id: str) -> bool:
-    out = subprocess.run([sys.executable, "-c", TRY_LOCK, str(paths.run_dir(model_id) / ".lock")],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", TRY_LOCK, str(paths.run_dir(model_id) / ".lock")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     return out == "free"
 
 
@@ -59,8 +63,9 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(ghost_registry):
     reg = ghost_registry
     # a cell whose recipe the registry would refuse, built by hand: the bug surfaces in training
     base = reg.resolve("pendulum-1L-seed0")
-    odd = dataclasses.replace(base, model_id="oddheads-1L-seed0",
-                              recipe=dataclasses.replace(base.recipe, n_heads=3))
+    odd = dataclasses.replace(
+        base, model_id="oddheads-1L-seed0", recipe=dataclasses.replace(base.recipe, n_heads=3)
+    )
     specs = [reg.resolve("ghost-1L-seed0"), base, odd, reg.resolve("pendulum-1L-seed1")]
     calls = []
 
@@ -71,11 +76,18 @@ def test_a_failing_cell_is_recorded_and_the_grid_goes_on(ghost_registry):
     results = run_cells(specs, train)
     assert calls == [s.model_id for s in specs]
     assert [(r.model_id, r.status, r.ok) for r in results] == [
-        ("ghost-1L-seed0", "failed", False), ("pendulum-1L-seed0", "done", True),
-        ("oddheads-1L-seed0", "failed", False), ("pendulum-1L-seed1", "done", True)]
-    assert "dtzoo/ghost/missing-v0" in results[0].detail and "dtzoo data prepare" in results[0].detail
+        ("ghost-1L-seed0", "failed", False),
+        ("pendulum-1L-seed0", "done", True),
+        ("oddheads-1L-seed0", "failed", False),
+        ("pendulum-1L-seed1", "done", True),
+    ]
+    assert (
+        "dtzoo/ghost/missing-v0" in results[0].detail and "dtzoo data prepare" in results[0].detail
+    )
     assert "n_heads 3" in results[2].detail
-    assert results[1].value.steps == 2 and results[1].value.path == paths.run_dir("pendulum-1L-seed0")
+    assert results[1].value.steps == 2 and results[1].value.path == paths.run_dir(
+        "pendulum-1L-seed0"
+    )
     assert (paths.run_dir("pendulum-1L-seed0") / "config.json").is_file()
     assert (paths.run_dir("pendulum-1L-seed1") / "config.json").is_file()
     with pytest.raises(DatasetError):  # the error really was the dataset's
@@ -97,8 +109,12 @@ def test_an_interrupted_cell_is_reported_as_resumed(ghost_registry):
         if s == 1:
             raise Killed("killed")
 
-    first = run_cells([spec], lambda sp: train_model(sp, reg.checkpoints, steps=2, device="cpu",
-                                                      progress=kill_after_first_step))
+    first = run_cells(
+        [spec],
+        lambda sp: train_model(
+            sp, reg.checkpoints, steps=2, device="cpu", progress=kill_after_first_step
+        ),
+    )
     assert (first[0].status, first[0].detail) == ("failed", "Killed: killed")
     second = run_cells([spec], lambda sp: train_model(sp, reg.checkpoints, steps=2, device="cpu"))
     assert (second[0].status, second[0].detail) == ("resumed", "from step 1")
@@ -117,9 +133,16 @@ def test_a_cell_resumed_from_step_0_is_reported_as_resumed(ghost_registry):
         if s == 1:
             raise Killed("killed")
 
-    run_cells([spec], lambda sp: train_model(sp, schedule, steps=2, device="cpu", progress=kill_after_first_step))
+    run_cells(
+        [spec],
+        lambda sp: train_model(sp, schedule, steps=2, device="cpu", progress=kill_after_first_step),
+    )
     again = run_cells([spec], lambda sp: train_model(sp, schedule, steps=2, device="cpu"))
-    assert (again[0].status, again[0].detail, again[0].value.resumed_from) == ("resumed", "from step 0", 0)
+    assert (again[0].status, again[0].detail, again[0].value.resumed_from) == (
+        "resumed",
+        "from step 0",
+        0,
+    )
 
 
 def test_each_cell_holds_its_run_lock_while_it_works(zoo_env, registry):
@@ -127,28 +150,48 @@ def test_each_cell_holds_its_run_lock_while_it_works(zoo_env, registry):
     seen = {}
 
     def work(spec):
-        seen[spec.model_id] = {m: lock_is_free(m) for m in ("pendulum-1L-seed0", "cartpole-1L-seed0")}
+        seen[spec.model_id] = {
+            m: lock_is_free(m) for m in ("pendulum-1L-seed0", "cartpole-1L-seed0")
+        }
         return spec.model_id
 
     results = run_cells(specs, work, lock=True)
-    assert [(r.status, r.value) for r in results] == [("done", "pendulum-1L-seed0"), ("done", "cartpole-1L-seed0")]
+    assert [(r.status, r.value) for r in results] == [
+        ("done", "pendulum-1L-seed0"),
+        ("done", "cartpole-1L-seed0"),
+    ]
     # while a cell works its own lock is taken, the other cell's is not
-    assert seen == {"pendulum-1L-seed0": {"pendulum-1L-seed0": False, "cartpole-1L-seed0": True},
-                    "cartpole-1L-seed0": {"pendulum-1L-seed0": True, "cartpole-1L-seed0": False}}
+    assert seen == {
+        "pendulum-1L-seed0": {"pendulum-1L-seed0": False, "cartpole-1L-seed0": True},
+        "cartpole-1L-seed0": {"pendulum-1L-seed0": True, "cartpole-1L-seed0": False},
+    }
     assert lock_is_free("pendulum-1L-seed0") and lock_is_free("cartpole-1L-seed0")  # released
 
 
-def _hold(model_id: str, seconds: float, released: Path, finished: Path | None = None) -> subprocess.Popen:
+def _hold(
+    model_id: str, seconds: float, released: Path, finished: Path | None = None
+) -> subprocess.Popen:
     """Another process takes the run's lock; with `finished` it writes a trained run's final
     files there before letting go."""
-    args = [sys.executable, "-c", HOLD_LOCK, str(paths.run_dir(model_id) / ".lock"), str(seconds), str(released)]
-    proc = subprocess.Popen(args + ([str(finished)] if finished else []), stdout=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        "-c",
+        HOLD_LOCK,
+        str(paths.run_dir(model_id) / ".lock"),
+        str(seconds),
+        str(released),
+    ]
+    proc = subprocess.Popen(
+        args + ([str(finished)] if finished else []), stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
 
 def test_a_cell_locked_by_another_process_is_deferred_then_run(zoo_env, registry, tmp_path):
-    specs = [registry.resolve(m) for m in ("pendulum-1L-seed0", "pendulum-2L-seed0", "cartpole-1L-seed0")]
+    specs = [
+        registry.resolve(m) for m in ("pendulum-1L-seed0", "pendulum-2L-seed0", "cartpole-1L-seed0")
+    ]
     released = tmp_path / "released"
     proc = _hold("pendulum-1L-seed0", 1.5, released)
     calls = []
@@ -162,8 +205,14 @@ def test_a_cell_locked_by_another_process_is_deferred_then_run(zoo_env, registry
     finally:
         proc.wait(timeout=30)
     # the free cells ran at once, the locked one only once the other process let go
-    assert calls == [("pendulum-2L-seed0", False), ("cartpole-1L-seed0", False), ("pendulum-1L-seed0", True)]
-    assert [(r.model_id, r.status, r.value) for r in results] == [(s.model_id, "done", s.model_id) for s in specs]
+    assert calls == [
+        ("pendulum-2L-seed0", False),
+        ("cartpole-1L-seed0", False),
+        ("pendulum-1L-seed0", True),
+    ]
+    assert [(r.model_id, r.status, r.value) for r in results] == [
+        (s.model_id, "done", s.model_id) for s in specs
+    ]
     assert proc.returncode == 0
 
 
@@ -173,9 +222,14 @@ def test_a_deferred_cell_the_other_process_finished_is_skipped(zoo_env, registry
     proc = _hold("pendulum-1L-seed0", 1.0, released, finished=paths.run_dir("pendulum-1L-seed0"))
     calls = []
     try:
-        results = run_cells(specs, lambda s: calls.append(s.model_id), skip=already_trained(), lock=True)
+        results = run_cells(
+            specs, lambda s: calls.append(s.model_id), skip=already_trained(), lock=True
+        )
     finally:
         proc.wait(timeout=30)
     assert released.exists()
     assert calls == ["cartpole-1L-seed1"]  # trained exactly once: by the other process
-    assert [(r.model_id, r.status) for r in results] == [("pendulum-1L-seed0", "skipped"), ("cartpole-1L-seed1", "done")]
+    assert [(r.model_id, r.status) for r in results] == [
+        ("pendulum-1L-seed0", "skipped"),
+        ("cartpole-1L-seed1", "done"),
+    ]

@@ -76,8 +76,11 @@ def model_files(path: Path, staged: bool = True) -> dict[str, bytes]:
     """What a model directory publishes as it is: its top-level files (but card and manifest,
     when published through zoo.publish_cell, which stages them anew)."""
     skip = STAGED if staged else set()
-    return {p.name: p.read_bytes() for p in sorted(path.iterdir())
-            if p.is_file() and not p.name.startswith(".") and p.name not in skip}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(path.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.name not in skip
+    }
 
 
 def hub_files(server, repo: str, revision: str = "main", staged: bool = True) -> dict[str, bytes]:
@@ -147,15 +150,18 @@ def test_publish_main_stores_exactly_the_model_directory_inline(hub_server, home
     assert res.url == f"{hub_server.url}/{RID}/tree/main"
     # the server holds the model directory byte for byte, as regular (inline) files
     assert hub_files(hub_server, RID) == model_files(run)
-    assert {"config.json", "eval.json", WEIGHTS, "training_log.csv",
-            "learning_curve.png"} <= set(model_files(run))
+    assert {"config.json", "eval.json", WEIGHTS, "training_log.csv", "learning_curve.png"} <= set(
+        model_files(run)
+    )
     assert hub_server.lfs_files(RID) == set()
     assert hub_server.count_requests(path_contains="/info/lfs/") == 0
     # one commit for the revision, with everything in it
     (commit,) = dtzoo_commits(hub_server, RID, "main")
     assert commit["oid"] == res.commit and commit["author"] == "alice"
     assert commit["message"] == f"dtzoo: publish {MID} main (training step 40)"
-    assert set(commit["files"]) == set(model_files(run)) | STAGED | TRANSFORMERS | {".gitattributes"}
+    assert set(commit["files"]) == set(model_files(run)) | STAGED | TRANSFORMERS | {
+        ".gitattributes"
+    }
     assert hub_server.branches(RID) == {"main": res.commit}
     assert get_hub("hf").revisions(RID) == {"main": res.commit}
 
@@ -172,8 +178,9 @@ def test_publish_checkpoints_as_branches_through_lfs(hub_server_factory, home, r
         local = run if r.revision == "main" else run / "checkpoints" / r.revision
         files = hub_files(server, RID, r.revision)
         assert files == model_files(local), r.revision
-        assert server.lfs_files(RID, r.revision) == \
-            set(server.files(RID, r.revision)) - {".gitattributes"}  # stored as LFS objects
+        assert server.lfs_files(RID, r.revision) == set(server.files(RID, r.revision)) - {
+            ".gitattributes"
+        }  # stored as LFS objects
         (commit,) = dtzoo_commits(server, RID, r.revision)  # initial commit + exactly one
         assert commit["oid"] == r.commit
         if r.revision != "main":
@@ -181,8 +188,11 @@ def test_publish_checkpoints_as_branches_through_lfs(hub_server_factory, home, r
             assert {"config.json", WEIGHTS} == set(files)
     assert server.count_requests("POST", "/info/lfs/objects/batch") == len(results)
     # main is the final checkpoint's weights
-    assert (server.files(RID, "main")[WEIGHTS] == server.files(RID, "step40")[WEIGHTS]
-            == (run / WEIGHTS).read_bytes())
+    assert (
+        server.files(RID, "main")[WEIGHTS]
+        == server.files(RID, "step40")[WEIGHTS]
+        == (run / WEIGHTS).read_bytes()
+    )
     assert server.files(RID, "step0")[WEIGHTS] != server.files(RID, "step40")[WEIGHTS]
     # and every revision pulls back: dtzoo.load of a training-time checkpoint
     import dtzoo
@@ -219,8 +229,9 @@ def test_republish_unchanged_is_skipped_and_a_change_is_one_commit(hub_server, h
     third = zoo.publish_cell(spec, registry, hub="hf", checkpoints=True)
     assert [r.skipped for r in third] == [True] * len(STEPS) + [False]
     assert commit_posts(hub_server) == 1
-    assert {k: v for k, v in hub_server.branches(RID).items() if k != "main"} == \
-        {k: v for k, v in heads.items() if k != "main"}
+    assert {k: v for k, v in hub_server.branches(RID).items() if k != "main"} == {
+        k: v for k, v in heads.items() if k != "main"
+    }
     new, old = dtzoo_commits(hub_server, RID, "main")
     assert new["oid"] == third[-1].commit
     assert new["parent"] == old["oid"] == heads["main"]
@@ -253,15 +264,18 @@ def test_the_card_loads_back_with_numbers_in_the_model_index(hub_server, home, r
     assert all(type(r.metric_value) is float for r in results)
     # the stored YAML itself carries numbers, not strings
     meta = parse_card_data(hub_server.files(RID)["README.md"])
-    values = [m["value"] for e in meta["model-index"] for res in e["results"]
-              for m in res["metrics"]]
+    values = [
+        m["value"] for e in meta["model-index"] for res in e["results"] for m in res["metrics"]
+    ]
     assert values and all(isinstance(v, (int, float)) for v in values)
     # the org listing reads them from card metadata
     (row,) = HFHub().list_remote(ORG)
     assert (row["repo_id"], row["model_id"], row["library_name"]) == (RID, MID, "dtzoo")
     assert row["sha"] == hub_server.head(RID) and row["last_modified"]
-    report = {r["target_return"]: r for r in
-              json.loads((home / "runs" / MID / "eval.json").read_text())["results"]}
+    report = {
+        r["target_return"]: r
+        for r in json.loads((home / "runs" / MID / "eval.json").read_text())["results"]
+    }
     assert [r["target_return"] for r in row["results"]] == sorted(report, reverse=True)
     for r in row["results"]:
         assert r["mean_reward"] == round(report[r["target_return"]]["return_mean"], 2)
@@ -271,11 +285,23 @@ def test_the_card_loads_back_with_numbers_in_the_model_index(hub_server, home, r
 
 
 def test_card_results_only_returns_numbers():
-    index = [{"name": "m", "results": [{"dataset": {"config": "target_return=10"}, "metrics": [
-        {"type": "mean_reward", "value": "3483.58 +/- 405.47"},
-        {"type": "normalized_score", "value": 7, "args": {"episodes": 3}}]}]}]
-    assert card_results(index) == [{"target_return": 10.0, "mean_reward": None,
-                                    "normalized_score": 7.0, "episodes": 3}]
+    index = [
+        {
+            "name": "m",
+            "results": [
+                {
+                    "dataset": {"config": "target_return=10"},
+                    "metrics": [
+                        {"type": "mean_reward", "value": "3483.58 +/- 405.47"},
+                        {"type": "normalized_score", "value": 7, "args": {"episodes": 3}},
+                    ],
+                }
+            ],
+        }
+    ]
+    assert card_results(index) == [
+        {"target_return": 10.0, "mean_reward": None, "normalized_score": 7.0, "episodes": 3}
+    ]
     assert card_results(None) == [] and card_results("junk") == []
 
 
@@ -304,14 +330,17 @@ def test_a_concurrent_commit_makes_the_publish_fail_whole(hub_server, home, monk
     assert [c["oid"] for c in history][1:] == [first.commit]  # only the other commit landed
     assert hub_server.files(RID)["eval.json"] != (run / "eval.json").read_bytes()
     res = hub.publish(run, RID)  # run again: our files, with the other file removed
-    assert not res.skipped and hub_files(hub_server, RID, staged=False) == model_files(run, staged=False)
+    assert not res.skipped and hub_files(hub_server, RID, staged=False) == model_files(
+        run, staged=False
+    )
 
 
 # ----------------------------------------------------------------------------- pull
 
 
-def test_pull_verifies_into_the_hf_cache_and_a_second_pull_makes_no_request(hub_server, home,
-                                                                             registry, zoo_env):
+def test_pull_verifies_into_the_hf_cache_and_a_second_pull_makes_no_request(
+    hub_server, home, registry, zoo_env
+):
     run = home / "runs" / MID
     zoo.publish_cell(registry.resolve(MID), registry, hub="hf", checkpoints=False)
     hub_server.reset_request_log()
@@ -337,8 +366,9 @@ def test_pull_verifies_into_the_hf_cache_and_a_second_pull_makes_no_request(hub_
     assert not paths.cache_dir().exists()
 
 
-def test_offline_pulls_cached_models_and_refuses_others_in_one_line(hub_server, home, registry,
-                                                                     zoo_env, monkeypatch):
+def test_offline_pulls_cached_models_and_refuses_others_in_one_line(
+    hub_server, home, registry, zoo_env, monkeypatch
+):
     zoo.publish_cell(registry.resolve(MID), registry, hub="hf", checkpoints=True)
     path = zoo.pull(MID, registry, hub="hf")
     set_hub_offline(monkeypatch)
@@ -379,8 +409,7 @@ def test_a_corrupt_cached_file_is_downloaded_again(hub_server, home, registry, m
     assert hub_server.request_log == []
 
 
-def test_a_cache_entry_replaced_by_a_link_or_a_file_is_healed(hub_server, home, registry,
-                                                                tmp_path):
+def test_a_cache_entry_replaced_by_a_link_or_a_file_is_healed(hub_server, home, registry, tmp_path):
     zoo.publish_cell(registry.resolve(MID), registry, hub="hf", checkpoints=False)
     path = zoo.pull(MID, registry, hub="hf")
     outside = tmp_path / "outside"
@@ -411,12 +440,18 @@ def test_pull_of_a_missing_repo_or_revision_is_one_line(hub_server, home, regist
 # ----------------------------------------------------------------------------- failures
 
 
-@pytest.mark.parametrize("case", ["invalid-token", "no-token", "read-only", "outsider",
-                                  "unreachable", "bad-org"])
-def test_publish_failures_are_one_line_and_a_nonzero_exit(case, hub_server_factory, home, zoo_env,
-                                                          monkeypatch):
-    token = {"invalid-token": ALL_TOKENS[-1], "no-token": None, "read-only": READ_TOKEN,
-             "outsider": OUTSIDER_TOKEN}.get(case, WRITE_TOKEN)
+@pytest.mark.parametrize(
+    "case", ["invalid-token", "no-token", "read-only", "outsider", "unreachable", "bad-org"]
+)
+def test_publish_failures_are_one_line_and_a_nonzero_exit(
+    case, hub_server_factory, home, zoo_env, monkeypatch
+):
+    token = {
+        "invalid-token": ALL_TOKENS[-1],
+        "no-token": None,
+        "read-only": READ_TOKEN,
+        "outsider": OUTSIDER_TOKEN,
+    }.get(case, WRITE_TOKEN)
     server = hub_server_factory(token=token)
     args = ["publish", MID, "--hub", "hf", "--no-checkpoints"]
     if case == "unreachable":
@@ -452,8 +487,12 @@ def test_failures_in_process_are_hub_errors(hub_server_factory, home, monkeypatc
     with pytest.raises(HubError, match="no write access to 'dtzoo'"):
         HFHub().publish(run, RID)
     hub_server_factory(token=ALL_TOKENS[-1])
-    for call in (lambda h: h.publish(run, RID), lambda h: h.pull(RID), lambda h: h.revisions(RID),
-                 lambda h: h.list_models(ORG)):
+    for call in (
+        lambda h: h.publish(run, RID),
+        lambda h: h.pull(RID),
+        lambda h: h.revisions(RID),
+        lambda h: h.list_models(ORG),
+    ):
         with pytest.raises(HubError, match="rejected the token") as e:
             call(HFHub())
         assert ALL_TOKENS[-1] not in str(e.value)
@@ -463,8 +502,13 @@ def test_failures_in_process_are_hub_errors(hub_server_factory, home, monkeypatc
         with pytest.raises(UsageError):
             check_repo_id(bad)
     point_at(monkeypatch, dead_endpoint())
-    for call in (lambda h: h.publish(run, RID), lambda h: h.pull(RID), lambda h: h.revisions(RID),
-                 lambda h: h.list_models(ORG), lambda h: h.list_remote(ORG)):
+    for call in (
+        lambda h: h.publish(run, RID),
+        lambda h: h.pull(RID),
+        lambda h: h.revisions(RID),
+        lambda h: h.list_models(ORG),
+        lambda h: h.list_remote(ORG),
+    ):
         t0 = time.monotonic()
         with pytest.raises(HubError, match="cannot reach the Hub"):
             call(HFHub())
@@ -474,8 +518,9 @@ def test_failures_in_process_are_hub_errors(hub_server_factory, home, monkeypatc
 # ----------------------------------------------------------------------------- resuming
 
 
-def test_an_interrupted_grid_publish_resumes(hub_server_factory, home, registry, zoo_env,
-                                             monkeypatch):
+def test_an_interrupted_grid_publish_resumes(
+    hub_server_factory, home, registry, zoo_env, monkeypatch
+):
     """Ctrl-C during the second model's checkpoints, then `dtzoo publish --grid pair
     --checkpoints`: what landed is skipped, the rest is published, one commit per revision."""
     from huggingface_hub import HfApi
@@ -501,8 +546,11 @@ def test_an_interrupted_grid_publish_resumes(hub_server_factory, home, registry,
     server.reset_request_log()
     proc = run_cli("publish", "--grid", "pair", "--checkpoints", "--hub", "hf", env=zoo_env)
     rows = [re.findall(r"[^\s│┃|]+", ln) for ln in proc.stdout.splitlines()]
-    status = {(r[0], r[1]): any("skipped" in t for t in r[2:])
-              for r in rows if len(r) > 2 and r[0] in (RID, RID2)}
+    status = {
+        (r[0], r[1]): any("skipped" in t for t in r[2:])
+        for r in rows
+        if len(r) > 2 and r[0] in (RID, RID2)
+    }
     assert len(status) == 2 * (len(STEPS) + 1), proc.stdout
     assert all(status[(RID, rev)] for rev in STEPS + ["main"]), proc.stdout
     assert [rev for rev in STEPS + ["main"] if status[(RID2, rev)]] == ["step0", "step1", "step2"]
@@ -552,8 +600,10 @@ def test_the_saved_login_is_used_when_hf_token_is_unset(hub_server_factory, home
 # ----------------------------------------------------------------------------- the real Hub
 
 
-@pytest.mark.skipif(not (os.environ.get("DTZOO_LIVE_HUB_ORG") and os.environ.get("HF_TOKEN")),
-                    reason="live Hub test: set DTZOO_LIVE_HUB_ORG (a scratch org) and HF_TOKEN")
+@pytest.mark.skipif(
+    not (os.environ.get("DTZOO_LIVE_HUB_ORG") and os.environ.get("HF_TOKEN")),
+    reason="live Hub test: set DTZOO_LIVE_HUB_ORG (a scratch org) and HF_TOKEN",
+)
 def test_live_publish_and_pull_on_the_real_hub(home, zoo_env, tmp_path, monkeypatch):
     """Publishes one tiny model to $DTZOO_LIVE_HUB_ORG on the real Hub, pulls it back into a
     fresh HF cache, and deletes the repo again if this test created it."""
@@ -583,8 +633,14 @@ def test_live_publish_and_pull_on_the_real_hub(home, zoo_env, tmp_path, monkeypa
 @pytest.mark.parametrize("hub", ["hf", "local"])
 def test_list_remote_shows_published_missing_and_stale(hub, hub_server, home, registry, zoo_env):
     zoo.publish_cell(registry.resolve(MID), registry, hub=hub, checkpoints=False)
-    rows = {r["model_id"]: r for r in json.loads(run_cli(
-        "list", "--remote", "--grid", "pair", "--hub", hub, "--json", env=zoo_env).stdout)}
+    rows = {
+        r["model_id"]: r
+        for r in json.loads(
+            run_cli(
+                "list", "--remote", "--grid", "pair", "--hub", hub, "--json", env=zoo_env
+            ).stdout
+        )
+    }
     assert rows[MID]["status"] == "published" and rows[MID2]["status"] == "missing"
     assert all(isinstance(r["mean_reward"], float) for r in rows[MID]["results"])
     # a re-evaluation that is not published yet makes the hub's copy stale
@@ -592,6 +648,12 @@ def test_list_remote_shows_published_missing_and_stale(hub, hub_server, home, re
     report = json.loads(report_path.read_text())
     report["results"][0]["return_mean"] += 1.0
     report_path.write_text(json.dumps(report))
-    rows = {r["model_id"]: r for r in json.loads(run_cli(
-        "list", "--remote", "--grid", "pair", "--hub", hub, "--json", env=zoo_env).stdout)}
+    rows = {
+        r["model_id"]: r
+        for r in json.loads(
+            run_cli(
+                "list", "--remote", "--grid", "pair", "--hub", hub, "--json", env=zoo_env
+            ).stdout
+        )
+    }
     assert rows[MID]["status"] == "stale"

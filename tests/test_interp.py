@@ -33,17 +33,25 @@ STEP = 8  # a training-time checkpoint that differs from the final model
 def tiny(tmp_path_factory, minari_store):
     """pendulum-2L-seed0 trained with the test registry in its own DTZOO_HOME."""
     base = tmp_path_factory.mktemp("interp")
-    env = {"DTZOO_HOME": str(base / "home"), "MINARI_DATASETS_PATH": str(minari_store),
-           "DTZOO_REGISTRY": str(make_test_registry(base / "registry.yaml")),
-           "DTZOO_HUB": "local"}
+    env = {
+        "DTZOO_HOME": str(base / "home"),
+        "MINARI_DATASETS_PATH": str(minari_store),
+        "DTZOO_REGISTRY": str(make_test_registry(base / "registry.yaml")),
+        "DTZOO_HUB": "local",
+    }
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
         mp.delenv("DTZOO_ORG", raising=False)
         reg = load_registry()
         result = zoo.train_cell(reg.resolve(MID), reg, device="cpu")
-        yield {"env": env, "registry": reg, "result": result, "run": paths.run_dir(MID),
-               "base": base}
+        yield {
+            "env": env,
+            "registry": reg,
+            "result": result,
+            "run": paths.run_dir(MID),
+            "base": base,
+        }
 
 
 @pytest.fixture
@@ -99,8 +107,10 @@ def test_checkpoint_schedule_is_exact_and_the_last_is_the_final_model(tiny):
     assert (last / WEIGHTS).read_bytes() == (run / WEIGHTS).read_bytes()
     assert json.loads((last / CONFIG).read_text()) == json.loads((run / CONFIG).read_text())
     assert_bitwise(tensors(last), tensors(run))
-    assert not torch.equal(tensors(run / "checkpoints" / f"step{STEP}")["embed_state.weight"],
-                           tensors(run)["embed_state.weight"])
+    assert not torch.equal(
+        tensors(run / "checkpoints" / f"step{STEP}")["embed_state.weight"],
+        tensors(run)["embed_state.weight"],
+    )
 
 
 def test_list_revisions_json_lists_every_step_and_main(tiny):
@@ -144,8 +154,17 @@ def test_publish_checkpoints_then_pull_and_load_a_step(tiny, monkeypatch):
 
 def test_rtg_sweep_through_the_cli(tiny):
     env, run = tiny["env"], tiny["run"]
-    out = run_cli("eval", MID, "--rtg-sweep", "--targets", "-1200:-200:3", "--episodes", "1",
-                  "--json", env=env)
+    out = run_cli(
+        "eval",
+        MID,
+        "--rtg-sweep",
+        "--targets",
+        "-1200:-200:3",
+        "--episodes",
+        "1",
+        "--json",
+        env=env,
+    )
     report = json.loads((run / "rtg_sweep.json").read_text())
     assert json.loads(out.stdout)[0]["results"] == report["results"]
     assert report["kind"] == "rtg_sweep" and report["model_id"] == MID
@@ -167,8 +186,11 @@ def test_export_import_round_trip_through_the_cli_is_bitwise(tiny):
     run_cli("export", MID, "--out", str(out_dir), env=env)
     assert (out_dir / "config.json").is_file()
     name = "pendulum-2L-seed1"  # a free id with the same layer count
-    imported = Path(run_cli("import", str(out_dir), "--env", "pendulum", "--name", name,
-                            env=env).stdout.strip().splitlines()[-1])
+    imported = Path(
+        run_cli("import", str(out_dir), "--env", "pendulum", "--name", name, env=env)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert imported == paths.run_dir(name)
     assert_bitwise(tensors(imported), tensors(run))
     a, b = read_config(imported).to_dict(), read_config(run).to_dict()
@@ -221,8 +243,9 @@ def test_transformer_lens_residual_stream_equals_ours_at_every_layer(tiny, one_t
     assert torch.equal(resid[-1], cache[f"blocks.{n_layers - 1}.hook_resid_post"])
 
     # a plain dict on request, and names_filter as in TransformerLens
-    _, d = hooked.run_with_cache(*x, names_filter=lambda n: n.endswith("resid_post"),
-                                 return_cache_object=False)
+    _, d = hooked.run_with_cache(
+        *x, names_filter=lambda n: n.endswith("resid_post"), return_cache_object=False
+    )
     assert isinstance(d, dict) and list(d) == [f"blocks.{i}.hook_resid_post" for i in range(2)]
 
 
@@ -242,8 +265,9 @@ def test_transformer_lens_hooks_patch_like_ours(tiny, one_thread):
         return torch.zeros_like(act)
 
     patched = hooked.run_with_hooks(*x, fwd_hooks=[("hook_embed_rtg", zero_tl)])
-    expected = ours.run_with_hooks(*x, fwd_hooks=[("hook_embed_rtg",
-                                                   lambda a, n: torch.zeros_like(a))])
+    expected = ours.run_with_hooks(
+        *x, fwd_hooks=[("hook_embed_rtg", lambda a, n: torch.zeros_like(a))]
+    )
     assert seen == ["hook_embed_rtg"]
     assert torch.equal(patched, expected) and not torch.equal(patched, clean)
     assert hooked.list_hooks() == {}  # temporary hooks are gone afterwards
@@ -285,8 +309,9 @@ def test_nnsight_reads_and_patches_the_residual_stream(tiny, one_thread):
     with model.trace(*x):
         model.hook_embed_rtg.output[:] = 0
         patched = model.output.save()
-    expected = ours.run_with_hooks(*x, fwd_hooks=[("hook_embed_rtg",
-                                                   lambda a, n: torch.zeros_like(a))])
+    expected = ours.run_with_hooks(
+        *x, fwd_hooks=[("hook_embed_rtg", lambda a, n: torch.zeros_like(a))]
+    )
     assert torch.equal(patched, expected)
 
 
@@ -301,15 +326,42 @@ def test_the_example_script_runs(tiny):
         zoo.publish_cell(tiny["registry"].resolve(MID), tiny["registry"], checkpoints=True)
     out_dir = base / "example"
     proc = subprocess.run(
-        [sys.executable, "examples/interpretability.py", MID, "--out-dir", str(out_dir),
-         "--segments", "24", "--episodes", "1", "--revisions", f"step0,step{STEP},main"],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
-        timeout=600, check=False)
+        [
+            sys.executable,
+            "examples/interpretability.py",
+            MID,
+            "--out-dir",
+            str(out_dir),
+            "--segments",
+            "24",
+            "--episodes",
+            "1",
+            "--revisions",
+            f"step0,step{STEP},main",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    for needle in ("== 1. attention", "== 2. ablating", "zero-ablate R embeddings",
-                   "rollouts at target", "== 3. probe", "R^2 =", "== 4.", f"step{STEP}",
-                   "== 5.", "sum - final residual", "patch RTG", "rtg scan over"):
+    for needle in (
+        "== 1. attention",
+        "== 2. ablating",
+        "zero-ablate R embeddings",
+        "rollouts at target",
+        "== 3. probe",
+        "R^2 =",
+        "== 4.",
+        f"step{STEP}",
+        "== 5.",
+        "sum - final residual",
+        "patch RTG",
+        "rtg scan over",
+    ):
         assert needle in text, needle
     assert (out_dir / f"{MID}_interp" / "patch.png").is_file()
     assert (out_dir / f"{MID}_interp" / "rtg_scan.json").is_file()
@@ -318,8 +370,11 @@ def test_the_example_script_runs(tiny):
     dump = np.load(out_dir / f"{MID}_probe.npz")
     n = 24 * 20  # segments x state tokens per segment
     assert dump["rtg"].shape == (n,) and dump["resid_2"].shape == (n, 32)
-    assert list(dump["layer_names"]) == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post",
-                                         "blocks.1.hook_resid_post"]
+    assert list(dump["layer_names"]) == [
+        "blocks.0.hook_resid_pre",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_post",
+    ]
     assert np.isfinite(dump["resid_2"]).all() and np.isfinite(dump["rtg"]).all()
 
 
@@ -334,8 +389,9 @@ def hooked_tiny(tiny):
     return load_hooked(tiny["run"])
 
 
-def test_patch_recovers_the_whole_change_at_the_read_token_and_nothing_after(hooked_tiny, tmp_path,
-                                                                               one_thread):
+def test_patch_recovers_the_whole_change_at_the_read_token_and_nothing_after(
+    hooked_tiny, tmp_path, one_thread
+):
     from dtzoo import interp
     from dtzoo.model import token_position
 
@@ -413,14 +469,19 @@ def test_attribution_sums_to_the_pre_tanh_action(hooked_tiny, tmp_path):
     model = hooked_tiny
     r = interp.attribute(model, at=25, out_dir=tmp_path)
     L = model.cfg.n_layers
-    assert r["labels"] == ([f"L{i}H0" for i in range(L)] + [f"{i}_mlp_out" for i in range(L)]
-                           + ["embed", "bias", "ln_final.b+b_U"])
+    assert r["labels"] == (
+        [f"L{i}H0" for i in range(L)]
+        + [f"{i}_mlp_out" for i in range(L)]
+        + ["embed", "bias", "ln_final.b+b_U"]
+    )
     parts = np.asarray(r["attribution"])
-    assert np.allclose(parts.sum(0), r["total"]) and np.allclose(r["total"], r["pre_tanh"],
-                                                                 atol=1e-4)
+    assert np.allclose(parts.sum(0), r["total"]) and np.allclose(
+        r["total"], r["pre_tanh"], atol=1e-4
+    )
     window = interp.rollout_window(model, at=25)
-    assert np.allclose(np.tanh(r["pre_tanh"]), model(*window.inputs())[0, -1].detach().numpy(),
-                       atol=1e-5)
+    assert np.allclose(
+        np.tanh(r["pre_tanh"]), model(*window.inputs())[0, -1].detach().numpy(), atol=1e-5
+    )
     for i in range(L):  # a head's split by source kind sums to its attribution
         split = r["by_source_kind"][f"L{i}H0"]
         assert np.allclose(np.sum([split[k] for k in "Rsa"], axis=0), parts[i], atol=1e-5)
@@ -443,8 +504,7 @@ def test_attention_summary_by_kind(hooked_tiny, tmp_path):
             assert sum(row.values()) == pytest.approx(1, abs=1e-5)
         # by hand: mean mass of real state queries on R keys
         s_rows = p[1::3]
-        assert head["by_kind"]["s"]["R"] == pytest.approx(s_rows[:, 0::3].sum(1).mean(),
-                                                          abs=1e-6)
+        assert head["by_kind"]["s"]["R"] == pytest.approx(s_rows[:, 0::3].sum(1).mean(), abs=1e-6)
         assert head["own_step"]["R"] == pytest.approx(np.diag(p)[0::3].mean(), abs=1e-6)
     assert len(r["tokens"]) == 3 * K and r["tokens"][-1] == "a5"
     assert (tmp_path / "attention.png").is_file()
@@ -452,23 +512,52 @@ def test_attention_summary_by_kind(hooked_tiny, tmp_path):
 
 def test_interp_cli_writes_json_and_png_and_errors_are_one_line(tiny, tmp_path):
     env = tiny["env"]
-    out = run_cli("interp", "patch", MID, "--from", "-150", "--to", "-1200", "--at", "25",
-                  "--out", str(tmp_path), "--json", env=env)
+    out = run_cli(
+        "interp",
+        "patch",
+        MID,
+        "--from",
+        "-150",
+        "--to",
+        "-1200",
+        "--at",
+        "25",
+        "--out",
+        str(tmp_path),
+        "--json",
+        env=env,
+    )
     r = json.loads(out.stdout)
     assert r["kind"] == "patch" and r["files"]["png"] == str(tmp_path / "patch.png")
     assert (tmp_path / "patch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = run_cli("interp", "rtg-scan", MID, "--targets", "-1200:0:3", "--out", str(tmp_path),
-                   env=env).stdout
+    text = run_cli(
+        "interp", "rtg-scan", MID, "--targets", "-1200:0:3", "--out", str(tmp_path), env=env
+    ).stdout
     assert "target    -1200.0  action" in text and str(tmp_path / "rtg_scan.png") in text
-    assert str(tmp_path / "attribution.json") in run_cli(
-        "interp", "attribute", MID, "--out", str(tmp_path), env=env).stdout
-    att = json.loads(run_cli("interp", "attention", MID, "--revision", f"step{STEP}", "--json",
-                             "--out", str(tmp_path / "rev"), env=env).stdout)
+    assert (
+        str(tmp_path / "attribution.json")
+        in run_cli("interp", "attribute", MID, "--out", str(tmp_path), env=env).stdout
+    )
+    att = json.loads(
+        run_cli(
+            "interp",
+            "attention",
+            MID,
+            "--revision",
+            f"step{STEP}",
+            "--json",
+            "--out",
+            str(tmp_path / "rev"),
+            env=env,
+        ).stdout
+    )
     assert att["step"] == STEP and (tmp_path / "rev" / "attention.png").is_file()
-    bad = [("interp", "patch", "nosuch-1L-seed0", "--from", "-1", "--to", "-2"),
-           ("interp", "patch", MID, "--from", "-150", "--to", "-150"),
-           ("interp", "rtg-scan", MID, "--targets", "3:1:2"),
-           ("interp", "patch", MID, "--to", "-150")]
+    bad = [
+        ("interp", "patch", "nosuch-1L-seed0", "--from", "-1", "--to", "-2"),
+        ("interp", "patch", MID, "--from", "-150", "--to", "-150"),
+        ("interp", "rtg-scan", MID, "--targets", "3:1:2"),
+        ("interp", "patch", MID, "--to", "-150"),
+    ]
     for args in bad:
         proc = run_cli(*args, env=env, check=False)
         assert proc.returncode != 0, args

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("transformer_lens")
 
@@ -25,8 +24,18 @@ ATOL = 1e-5
 
 def make(n_layers: int, seed: int = 0, **kw) -> DecisionTransformer:
     torch.manual_seed(seed)
-    cfg = DTConfig(state_dim=3, act_dim=ACT, n_layers=n_layers, d_model=D, n_heads=H, d_mlp=DMLP,
-                   context_len=T, max_ep_len=100, dropout=0.0, **kw)
+    cfg = DTConfig(
+        state_dim=3,
+        act_dim=ACT,
+        n_layers=n_layers,
+        d_model=D,
+        n_heads=H,
+        d_mlp=DMLP,
+        context_len=T,
+        max_ep_len=100,
+        dropout=0.0,
+        **kw,
+    )
     model = DecisionTransformer(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -38,9 +47,13 @@ def inputs(seed: int = 0, batch: int = 3):
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(batch, T, dtype=torch.bool)
     mask[0, :2] = False  # one left-padded row
-    return (torch.randn(batch, T, 3, generator=g), torch.rand(batch, T, ACT, generator=g) * 2 - 1,
-            torch.randn(batch, T, 1, generator=g), torch.randint(0, 100, (batch, T), generator=g),
-            mask)
+    return (
+        torch.randn(batch, T, 3, generator=g),
+        torch.rand(batch, T, ACT, generator=g) * 2 - 1,
+        torch.randn(batch, T, 1, generator=g),
+        torch.randint(0, 100, (batch, T), generator=g),
+        mask,
+    )
 
 
 @pytest.fixture(params=[1, 2], ids=["1L", "2L"])
@@ -73,17 +86,36 @@ def test_hooked_run_equals_the_plain_run_bitwise_with_every_extra_hook(run):
     names = hooked.hook_names()
     assert [n for n in names if n in plain_cache] == plain.hook_names()  # same order
     L = plain.cfg.n_layers
-    extras = {"hook_embed", "embed_ln.hook_scale", "ln_final.hook_scale",
-              "ln_final.hook_normalized"} | {f"blocks.{i}.{k}" for i in range(L) for k in (
-                  "ln1.hook_scale", "ln1.hook_normalized", "ln2.hook_scale",
-                  "ln2.hook_normalized", "attn.hook_result")}
+    extras = {
+        "hook_embed",
+        "embed_ln.hook_scale",
+        "ln_final.hook_scale",
+        "ln_final.hook_normalized",
+    } | {
+        f"blocks.{i}.{k}"
+        for i in range(L)
+        for k in (
+            "ln1.hook_scale",
+            "ln1.hook_normalized",
+            "ln2.hook_scale",
+            "ln2.hook_normalized",
+            "attn.hook_result",
+        )
+    }
     assert set(names) - set(plain_cache) == extras
     assert set(cache.keys()) == set(names)
     assert torch.equal(cache["hook_embed"], plain_cache["blocks.0.hook_resid_pre"])
     cfg = hooked.cfg
-    assert (cfg.normalization_type, cfg.attn_only, cfg.device, cfg.n_heads, cfg.d_head,
-            cfg.d_vocab_out, cfg.n_ctx, cfg.act_fn) == ("LN", False, "cpu", H, D // H, ACT,
-                                                         3 * T, "relu")
+    assert (
+        cfg.normalization_type,
+        cfg.attn_only,
+        cfg.device,
+        cfg.n_heads,
+        cfg.d_head,
+        cfg.d_vocab_out,
+        cfg.n_ctx,
+        cfg.act_fn,
+    ) == ("LN", False, "cpu", H, D // H, ACT, 3 * T, "relu")
     assert isinstance(hooked, HookedDecisionTransformer) and isinstance(cache, ActivationCache)
 
 
@@ -94,19 +126,26 @@ def test_weight_views_reproduce_q_k_v_z_and_the_mlp(run):
     assert hooked.W_in.shape == (plain.cfg.n_layers, D, DMLP) and hooked.W_U.shape == (D, ACT)
     for i, block in enumerate(plain.blocks):
         x = ln_hand(cache["resid_pre", i], block.ln1)
-        for kind, W, b in (("q", hooked.W_Q, hooked.b_Q), ("k", hooked.W_K, hooked.b_K),
-                           ("v", hooked.W_V, hooked.b_V)):
+        for kind, W, b in (
+            ("q", hooked.W_Q, hooked.b_Q),
+            ("k", hooked.W_K, hooked.b_K),
+            ("v", hooked.W_V, hooked.b_V),
+        ):
             hand = torch.einsum("bpm,hmd->bphd", x, W[i]) + b[i]
             torch.testing.assert_close(cache[kind, i], hand, atol=ATOL, rtol=0)
         # attn_out = sum over heads of z_h @ W_O[h] + b_O
         out = torch.einsum("bphd,hdm->bpm", cache["z", i], hooked.W_O[i]) + hooked.b_O[i]
         torch.testing.assert_close(cache["attn_out", i], out, atol=ATOL, rtol=0)
         m = ln_hand(cache["resid_mid", i], block.ln2)
-        torch.testing.assert_close(cache["pre", i], m @ hooked.W_in[i] + hooked.b_in[i],
-                                   atol=ATOL, rtol=0)
-        torch.testing.assert_close(cache["mlp_out", i],
-                                   cache["post", i] @ hooked.W_out[i] + hooked.b_out[i],
-                                   atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            cache["pre", i], m @ hooked.W_in[i] + hooked.b_in[i], atol=ATOL, rtol=0
+        )
+        torch.testing.assert_close(
+            cache["mlp_out", i],
+            cache["post", i] @ hooked.W_out[i] + hooked.b_out[i],
+            atol=ATOL,
+            rtol=0,
+        )
     # the per-block weights are views: editing W_Q edits the fused qkv
     with torch.no_grad():
         hooked.blocks[0].attn.W_Q[1, 3, 5] = 7.0
@@ -121,19 +160,22 @@ def test_hook_scale_is_the_layer_norm_scale_and_patching_it_acts(run):
     torch.testing.assert_close(cache["ln_final.hook_scale"], scale, atol=ATOL, rtol=0)
     torch.testing.assert_close(cache["scale"], scale, atol=ATOL, rtol=0)  # TL's shorthand
     ln = plain.ln_final
-    torch.testing.assert_close(c / cache["scale"] * ln.weight + ln.bias, cache["hook_final"],
-                               atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        c / cache["scale"] * ln.weight + ln.bias, cache["hook_final"], atol=ATOL, rtol=0
+    )
     # doubling ln_final's scale halves the normalised residual before the gain
-    doubled = hooked.run_with_hooks(*x, fwd_hooks=[("ln_final.hook_scale",
-                                                    lambda s, hook: s * 2)])
+    doubled = hooked.run_with_hooks(*x, fwd_hooks=[("ln_final.hook_scale", lambda s, hook: s * 2)])
     hand = torch.tanh(pre_tanh(plain, c / (2 * scale) * ln.weight + ln.bias))
     torch.testing.assert_close(doubled, hand, atol=ATOL, rtol=0)
     assert not torch.allclose(doubled, preds)
+
     # an in-place edit of the scale counts too
     def edit(s, hook):
         s.mul_(2)
-    assert torch.allclose(hooked.run_with_hooks(*x, fwd_hooks=[("ln_final.hook_scale", edit)]),
-                          doubled, atol=ATOL)
+
+    assert torch.allclose(
+        hooked.run_with_hooks(*x, fwd_hooks=[("ln_final.hook_scale", edit)]), doubled, atol=ATOL
+    )
 
 
 def test_accumulated_resid_with_ln_reads_out_the_action(run):
@@ -142,8 +184,9 @@ def test_accumulated_resid_with_ln_reads_out_the_action(run):
     L = plain.cfg.n_layers
     assert labels == [f"{i}_pre" for i in range(L)] + ["final_post"]
     for i in range(L):  # each layer's stream through ln_final (stats recomputed), by hand
-        torch.testing.assert_close(acc[i], ln_hand(cache["resid_pre", i], plain.ln_final),
-                                   atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            acc[i], ln_hand(cache["resid_pre", i], plain.ln_final), atol=ATOL, rtol=0
+        )
     readout = acc[-1][:, 1::3] @ hooked.W_U + hooked.b_U  # the logit lens's last entry
     torch.testing.assert_close(torch.tanh(readout), preds, atol=ATOL, rtol=0)
     lens = cache.logit_lens(positions=None)  # TL's one-call logit lens
@@ -159,8 +202,7 @@ def test_decompose_resid_sums_to_the_final_residual(run):
     # with the final LN's cached scale: the components sum to ln_final's input, normalised
     ln = plain.ln_final
     scaled = cache.decompose_resid(apply_ln=True).sum(0)
-    torch.testing.assert_close(scaled * ln.weight + ln.bias, cache["hook_final"],
-                               atol=ATOL, rtol=0)
+    torch.testing.assert_close(scaled * ln.weight + ln.bias, cache["hook_final"], atol=ATOL, rtol=0)
     attn_only = cache.decompose_resid(mode="attn", incl_embeds=False)
     assert attn_only.shape[0] == L
 
@@ -171,13 +213,14 @@ def test_head_results_sum_to_attn_out_minus_b_O(run):
     heads, labels = cache.stack_head_results(return_labels=True)
     assert labels == [f"L{i}H{h}" for i in range(L) for h in range(H)]
     for i, block in enumerate(plain.blocks):
-        per_head = heads[i * H:(i + 1) * H]
-        torch.testing.assert_close(per_head.sum(0), cache["attn_out", i] - block.attn.out.bias,
-                                   atol=ATOL, rtol=0)
+        per_head = heads[i * H : (i + 1) * H]
+        torch.testing.assert_close(
+            per_head.sum(0), cache["attn_out", i] - block.attn.out.bias, atol=ATOL, rtol=0
+        )
         w = block.attn.out.weight  # hand: z_h @ out.weight[:, h*dh:(h+1)*dh].T
         dh = D // H
         for h in range(H):
-            hand = cache["z", i][:, :, h] @ w[:, h * dh:(h + 1) * dh].T
+            hand = cache["z", i][:, :, h] @ w[:, h * dh : (h + 1) * dh].T
             torch.testing.assert_close(per_head[h], hand, atol=ATOL, rtol=0)
     # without use_attn_result TL computes the same results from hook_z and W_O
     hooked.set_use_attn_result(False)
@@ -195,10 +238,12 @@ def test_head_results_sum_to_attn_out_minus_b_O(run):
     def keep(act, hook):
         seen[hook.name] = act.clone()
 
-    hooked.run_with_hooks(*x, fwd_hooks=[("blocks.0.attn.hook_result", drop_head),
-                                         ("blocks.0.hook_attn_out", keep)])
-    torch.testing.assert_close(seen["blocks.0.hook_attn_out"], cache["attn_out", 0] - heads[0],
-                               atol=ATOL, rtol=0)
+    hooked.run_with_hooks(
+        *x, fwd_hooks=[("blocks.0.attn.hook_result", drop_head), ("blocks.0.hook_attn_out", keep)]
+    )
+    torch.testing.assert_close(
+        seen["blocks.0.hook_attn_out"], cache["attn_out", 0] - heads[0], atol=ATOL, rtol=0
+    )
 
 
 def test_full_resid_decomposition_and_neuron_results(run):
@@ -213,8 +258,9 @@ def test_full_resid_decomposition_and_neuron_results(run):
         neurons = cache.get_neuron_results(i)  # [batch, pos, d_mlp, d_model]
         hand = cache["post", i][..., None] * block.mlp.fc_out.weight.T
         torch.testing.assert_close(neurons, hand, atol=ATOL, rtol=0)
-        torch.testing.assert_close(neurons.sum(-2) + block.mlp.fc_out.bias, cache["mlp_out", i],
-                                   atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            neurons.sum(-2) + block.mlp.fc_out.bias, cache["mlp_out", i], atol=ATOL, rtol=0
+        )
 
 
 def test_direct_action_attribution_with_logit_attrs(run):
@@ -247,11 +293,14 @@ def test_transformer_lens_patching_matches_hand_patching(run):
     assert res.shape == (L, 3 * T)
     last_s = token_position(T - 1, "state")
     for layer, pos in [(0, token_position(T - 1, "rtg")), (L - 1, last_s), (0, 4)]:
+
         def put(act, hook, pos=pos):
             act[:, pos] = cache[hook.name][:, pos]
             return act
-        hand = metric(hooked.run_with_hooks(corrupt, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre",
-                                                                 put)]))
+
+        hand = metric(
+            hooked.run_with_hooks(corrupt, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", put)])
+        )
         torch.testing.assert_close(res[layer, pos], hand, atol=ATOL, rtol=0)
     # the last action token comes after every state token read: patching it does nothing
     base = metric(hooked(corrupt))
@@ -271,8 +320,12 @@ def test_factored_qk_and_ov_circuits(run):
         for h in range(H):
             sl = slice(h * dh, (h + 1) * dh)
             torch.testing.assert_close(hooked.QK.AB[i, h], wq[sl].T @ wk[sl], atol=ATOL, rtol=0)
-            torch.testing.assert_close(hooked.blocks[i].attn.OV.AB[h],
-                                       wv[sl].T @ block.attn.out.weight[:, sl].T, atol=ATOL, rtol=0)
+            torch.testing.assert_close(
+                hooked.blocks[i].attn.OV.AB[h],
+                wv[sl].T @ block.attn.out.weight[:, sl].T,
+                atol=ATOL,
+                rtol=0,
+            )
         # OV by hand: a head's result = pattern @ (ln1(x) OV + b_V W_O)
         x = ln_hand(cache["resid_pre", i], block.ln1)
         ov = hooked.blocks[i].attn.OV.AB
@@ -282,15 +335,25 @@ def test_factored_qk_and_ov_circuits(run):
         # QK by hand: scores (before the mask) = (x W_Q + b_Q)(x W_K + b_K)^T / sqrt(d_head)
         q = torch.einsum("bpm,hmd->bphd", x, hooked.W_Q[i]) + hooked.b_Q[i]
         k = torch.einsum("bpm,hmd->bphd", x, hooked.W_K[i]) + hooked.b_K[i]
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / dh ** 0.5
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / dh**0.5
         real = torch.isfinite(cache["attn_scores", i])
         torch.testing.assert_close(scores[real], cache["attn_scores", i][real], atol=1e-4, rtol=0)
 
 
 def test_image_model_state_encoder_hooks_fire_under_run_with_cache():
     torch.manual_seed(0)
-    cfg = DTConfig(state_dim=0, act_dim=4, discrete=True, d_model=D, n_heads=H, d_mlp=DMLP,
-                   context_len=2, dropout=0.0, state_encoder="nature_cnn", obs_shape=(2, 44, 44))
+    cfg = DTConfig(
+        state_dim=0,
+        act_dim=4,
+        discrete=True,
+        d_model=D,
+        n_heads=H,
+        d_mlp=DMLP,
+        context_len=2,
+        dropout=0.0,
+        state_encoder="nature_cnn",
+        obs_shape=(2, 44, 44),
+    )
     plain = DecisionTransformer(cfg).eval()
     hooked = to_transformer_lens(plain)
     frames = torch.randint(0, 256, (2, 2, 2, 44, 44), dtype=torch.uint8)
@@ -303,8 +366,13 @@ def test_image_model_state_encoder_hooks_fire_under_run_with_cache():
         assert torch.equal(cache[n], plain_cache[n]), n
     assert cache["hook_state_encoder_out"].shape == (2, 2, D)
     # and patching through them works: zero the encoder's output = zero state embeddings + time
-    out = hooked.run_with_hooks(*x, fwd_hooks=[("hook_state_encoder_out",
-                                                lambda a, hook: torch.zeros_like(a))])
+    out = hooked.run_with_hooks(
+        *x, fwd_hooks=[("hook_state_encoder_out", lambda a, hook: torch.zeros_like(a))]
+    )
     assert not torch.equal(out, preds)
-    torch.testing.assert_close(cache["hook_embed_state"] - cache["hook_state_encoder_out"],
-                               cache["hook_embed_time"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        cache["hook_embed_state"] - cache["hook_state_encoder_out"],
+        cache["hook_embed_time"],
+        atol=ATOL,
+        rtol=0,
+    )

@@ -31,10 +31,13 @@ def hub(home) -> LocalHub:
     return h
 
 
-def model_dir(tmp_path: Path, name: str = "run", seed: int = 0, step: int = 40,
-              readme: bytes = b"# card\n") -> Path:
+def model_dir(
+    tmp_path: Path, name: str = "run", seed: int = 0, step: int = 40, readme: bytes = b"# card\n"
+) -> Path:
     config = make_config(step=step)
-    return save_model(make_model(config, seed), config, tmp_path / name, extra_files={"README.md": readme})
+    return save_model(
+        make_model(config, seed), config, tmp_path / name, extra_files={"README.md": readme}
+    )
 
 
 def files(path: Path) -> dict[str, bytes]:
@@ -84,7 +87,9 @@ def test_a_change_makes_a_new_commit_and_keeps_the_old_one(tmp_path, hub):
     assert hub.revisions(REPO) == {"main": second.commit}
     assert (hub.pull(REPO) / "README.md").read_text() == "# a better card\n"
     assert (hub.pull(REPO, first.commit) / "README.md").read_text() == "# card\n"
-    assert sorted(p.name for p in (hub.repo(REPO) / "snapshots").iterdir()) == sorted([first.commit, second.commit])
+    assert sorted(p.name for p in (hub.repo(REPO) / "snapshots").iterdir()) == sorted(
+        [first.commit, second.commit]
+    )
     # new weights: a new commit again
     retrained = model_dir(tmp_path, name="run2", seed=9, readme=b"# a better card\n")
     third = hub.publish(retrained, REPO)
@@ -94,7 +99,9 @@ def test_a_change_makes_a_new_commit_and_keeps_the_old_one(tmp_path, hub):
 def test_revisions_main_and_training_steps(tmp_path, hub):
     steps = {n: model_dir(tmp_path, name=f"step{n}", seed=n, step=n) for n in (0, 4, 16)}
     main = model_dir(tmp_path, name="final", seed=16, step=16)
-    commits = {f"step{n}": hub.publish(d, REPO, revision=f"step{n}").commit for n, d in steps.items()}
+    commits = {
+        f"step{n}": hub.publish(d, REPO, revision=f"step{n}").commit for n, d in steps.items()
+    }
     commits["main"] = hub.publish(main, REPO).commit
     assert hub.revisions(REPO) == commits
     # the last checkpoint and main hold the same files, hence the same commit
@@ -145,8 +152,24 @@ def test_unknown_repo_and_revision(tmp_path, hub):
     assert hub.revisions("dtzoo/nothing-1L-seed0") == {}
 
 
-@pytest.mark.parametrize("bad", ["", "Main", "master", "step", "step-1", "stepx", "step4/../main",
-                                 "../main", "v1.0", "STEP4", "main ", "0" * 39, "g" * 40])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "Main",
+        "master",
+        "step",
+        "step-1",
+        "stepx",
+        "step4/../main",
+        "../main",
+        "v1.0",
+        "STEP4",
+        "main ",
+        "0" * 39,
+        "g" * 40,
+    ],
+)
 def test_invalid_revisions_are_usage_errors(tmp_path, hub, bad):
     with pytest.raises(UsageError, match="invalid revision"):
         check_revision(bad)
@@ -166,7 +189,9 @@ def test_list_models_lists_repos_with_a_main_revision(tmp_path, hub):
     assert hub.list_models("dtzoo") == []
     hub.publish(model_dir(tmp_path), "dtzoo/pendulum-2L-seed3")
     hub.publish(model_dir(tmp_path, "b", seed=1), "dtzoo/cartpole-1L-seed0")
-    hub.publish(model_dir(tmp_path, "c", seed=2), "dtzoo/hopper-1L-seed0", revision="step0")  # no main yet
+    hub.publish(
+        model_dir(tmp_path, "c", seed=2), "dtzoo/hopper-1L-seed0", revision="step0"
+    )  # no main yet
     hub.publish(model_dir(tmp_path, "d", seed=3), "someone/pendulum-1L-seed0")
     assert hub.list_models("dtzoo") == ["dtzoo/cartpole-1L-seed0", "dtzoo/pendulum-2L-seed3"]
     assert hub.list_models("someone") == ["someone/pendulum-1L-seed0"]
@@ -180,7 +205,9 @@ def test_publish_takes_only_the_model_files_of_a_run_directory(tmp_path, hub):
     (src / ".lock").write_text("")
     commit = hub.publish(src, REPO).commit
     snap = hub.repo(REPO) / "snapshots" / commit
-    assert sorted(p.name for p in snap.iterdir()) == sorted(["README.md", "config.json", MANIFEST, WEIGHTS])
+    assert sorted(p.name for p in snap.iterdir()) == sorted(
+        ["README.md", "config.json", MANIFEST, WEIGHTS]
+    )
     # nothing temporary is left next to the snapshots or refs
     assert [p.name for p in (hub.repo(REPO) / "snapshots").iterdir()] == [commit]
     assert [p.name for p in (hub.repo(REPO) / "refs").iterdir()] == ["main"]
@@ -192,7 +219,9 @@ def test_publish_refuses_corrupt_weights_instead_of_re_signing_them(tmp_path, hu
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
         hub.publish(src, REPO)
     assert hub.revisions(REPO) == {}
-    assert not (hub.repo(REPO) / "snapshots").exists() or not any((hub.repo(REPO) / "snapshots").iterdir())
+    assert not (hub.repo(REPO) / "snapshots").exists() or not any(
+        (hub.repo(REPO) / "snapshots").iterdir()
+    )
 
 
 def test_publish_writes_a_manifest_for_hand_made_directories(tmp_path, hub):

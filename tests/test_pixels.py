@@ -21,8 +21,15 @@ from dtzoo.model import DecisionTransformer, DTConfig
 from dtzoo.observations import make_env, transform
 from tests.conftest import ROOT, run_cli
 
-TINY = {"context_len": 4, "d_model": 32, "n_heads": 2, "d_mlp": 64, "batch_size": 4,
-        "steps": 6, "warmup_steps": 2}
+TINY = {
+    "context_len": 4,
+    "d_model": 32,
+    "n_heads": 2,
+    "d_mlp": 64,
+    "batch_size": 4,
+    "steps": 6,
+    "warmup_steps": 2,
+}
 
 
 def pixel_registry(path: Path) -> Path:
@@ -35,8 +42,12 @@ def pixel_registry(path: Path) -> Path:
     bab["prepare"].update(episodes=8, noise=[0.0, 0.5], ref_episodes=4)
     bab.update(recipe=dict(TINY), eval={"episodes": 2})
     four = reg["envs"]["minigrid-fourrooms"]
-    four.update(recipe=dict(TINY), eval={"episodes": 2}, max_episode_steps=10,
-                ref_scores={"random": 0.0, "expert": 1.0})
+    four.update(
+        recipe=dict(TINY),
+        eval={"episodes": 2},
+        max_episode_steps=10,
+        ref_scores={"random": 0.0, "expert": 1.0},
+    )
     path.write_text(yaml.safe_dump(reg, sort_keys=False))
     return path
 
@@ -62,15 +73,30 @@ def minigrid_dict_dataset(dataset_id: str, gym_id: str, episodes: int, steps: in
             imgs.append(obs["image"]), dirs.append(obs["direction"])
             acts.append(a), rews.append(r), terms.append(te), truncs.append(tr)
             done = te or tr
-        buffers.append(EpisodeBuffer(
-            id=None, seed=i, observations={"image": np.stack(imgs), "direction": np.array(dirs)},
-            actions=np.array(acts, np.int64), rewards=np.array(rews, np.float64),
-            terminations=np.array(terms), truncations=np.array(truncs), infos={}))
-    space = spaces.Dict({"image": env.observation_space["image"],
-                         "direction": env.observation_space["direction"]})
-    minari.create_dataset_from_buffers(dataset_id, buffers, env=env.spec, observation_space=space,
-                                       action_space=env.action_space, data_format="arrow",
-                                       algorithm_name="random")
+        buffers.append(
+            EpisodeBuffer(
+                id=None,
+                seed=i,
+                observations={"image": np.stack(imgs), "direction": np.array(dirs)},
+                actions=np.array(acts, np.int64),
+                rewards=np.array(rews, np.float64),
+                terminations=np.array(terms),
+                truncations=np.array(truncs),
+                infos={},
+            )
+        )
+    space = spaces.Dict(
+        {"image": env.observation_space["image"], "direction": env.observation_space["direction"]}
+    )
+    minari.create_dataset_from_buffers(
+        dataset_id,
+        buffers,
+        env=env.spec,
+        observation_space=space,
+        action_space=env.action_space,
+        data_format="arrow",
+        algorithm_name="random",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,16 +109,27 @@ def pix(tmp_path_factory):
     from dtzoo.zoo import prepare_env
 
     base = tmp_path_factory.mktemp("pix")
-    env = {"DTZOO_HOME": str(base / "home"), "MINARI_DATASETS_PATH": str(base / "minari"),
-           "DTZOO_REGISTRY": str(pixel_registry(base / "registry.yaml")), "DTZOO_HUB": "local"}
+    env = {
+        "DTZOO_HOME": str(base / "home"),
+        "MINARI_DATASETS_PATH": str(base / "minari"),
+        "DTZOO_REGISTRY": str(pixel_registry(base / "registry.yaml")),
+        "DTZOO_HUB": "local",
+    }
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
         mp.delenv("DTZOO_ORG", raising=False)
-        prepare_dataset("atari/seaquest/expert-v0", "ALE/Seaquest-v5", policy="random",
-                        episodes=2, seed=0, max_episode_steps=60)  # raw 210x160x3 RGB frames
-        minigrid_dict_dataset("D4RL/minigrid/fourrooms-v0", "MiniGrid-FourRooms-v0",
-                              episodes=3, steps=20)
+        prepare_dataset(
+            "atari/seaquest/expert-v0",
+            "ALE/Seaquest-v5",
+            policy="random",
+            episodes=2,
+            seed=0,
+            max_episode_steps=60,
+        )  # raw 210x160x3 RGB frames
+        minigrid_dict_dataset(
+            "D4RL/minigrid/fourrooms-v0", "MiniGrid-FourRooms-v0", episodes=3, steps=20
+        )
         reg = load_registry()
         prepare_env(reg.env("babyai-gotoredball"))
         yield {"env": env, "registry": reg}
@@ -122,7 +159,9 @@ def test_minigrid_flat_and_onehot_views():
     batch = {"image": obs["image"][None], "direction": np.array([obs["direction"]])}
     flat, onehot = transform("minigrid-flat", batch), transform("minigrid-onehot", batch)
     assert flat.shape == (1, 148) and flat.dtype == np.uint8
-    assert np.array_equal(flat[0, :147], obs["image"].reshape(-1)) and flat[0, 147] == obs["direction"]
+    assert (
+        np.array_equal(flat[0, :147], obs["image"].reshape(-1)) and flat[0, 147] == obs["direction"]
+    )
     assert onehot.shape == (1, 49 * 20 + 4) and set(np.unique(onehot)) <= {0, 1}
     assert onehot[0, :-4].sum() == 49 * 3 and onehot[0, -4:].argmax() == obs["direction"]
     wrapped = make_env("BabyAI-GoToRedBallNoDists-v0", "minigrid-onehot")
@@ -133,17 +172,33 @@ def test_minigrid_flat_and_onehot_views():
 
 
 def cnn_config(**kw) -> DTConfig:
-    return DTConfig(state_dim=84 * 84, act_dim=18, discrete=True, d_model=32, n_heads=2,
-                    d_mlp=64, context_len=3, max_ep_len=50, state_encoder="nature_cnn",
-                    obs_shape=(4, 84, 84), **kw)
+    return DTConfig(
+        state_dim=84 * 84,
+        act_dim=18,
+        discrete=True,
+        d_model=32,
+        n_heads=2,
+        d_mlp=64,
+        context_len=3,
+        max_ep_len=50,
+        state_encoder="nature_cnn",
+        obs_shape=(4, 84, 84),
+        **kw,
+    )
 
 
 def test_conv_encoder_hook_points_and_ablation():
     torch.manual_seed(0)
     model = DecisionTransformer(cnn_config()).eval()
     names = model.hook_names()
-    for n in ("hook_state_encoder_conv0", "hook_state_encoder_conv1", "hook_state_encoder_conv2",
-              "hook_state_encoder_out", "hook_embed_state", "blocks.0.attn.hook_pattern"):
+    for n in (
+        "hook_state_encoder_conv0",
+        "hook_state_encoder_conv1",
+        "hook_state_encoder_conv2",
+        "hook_state_encoder_out",
+        "hook_embed_state",
+        "blocks.0.attn.hook_pattern",
+    ):
         assert n in names
     assert not any(k.startswith("hook_") for k in model.state_dict())
     s = torch.randint(0, 256, (2, 3, 4, 84, 84), dtype=torch.uint8)
@@ -185,8 +240,9 @@ def test_frames_are_stored_as_uint8_and_stacked_on_the_fly(pix):
     assert data.observations.shape == (n, 84, 84) and data.observations.dtype == np.uint8
     assert data.observations.nbytes == n * 7056  # 7.056 MB per 1000 stored frames
     assert data.state_stats()[0].size == 0
-    sampler = SegmentSampler(data, context_len=4, max_ep_len=200, reward_scale=1000, seed=0,
-                             frame_stack=4)
+    sampler = SegmentSampler(
+        data, context_len=4, max_ep_len=200, reward_scale=1000, seed=0, frame_stack=4
+    )
     assert sampler.norm_obs is data.observations  # no float copy of the frames
     last = int(data.lengths[0]) - 1
     b = sampler.segments(np.array([0, 1]), np.array([last, 0]))
@@ -194,7 +250,7 @@ def test_frames_are_stored_as_uint8_and_stacked_on_the_fly(pix):
     # episode 0 from its last step: 3 padded steps, then the stack of its 4 latest frames
     assert not b["states"][0, :3].any()
     end = data.starts[0] + last
-    assert np.array_equal(b["states"][0, 3], data.observations[end - 3:end + 1])
+    assert np.array_equal(b["states"][0, 3], data.observations[end - 3 : end + 1])
     # episode 1 from its first step: frame indices clamped at the episode start
     s1 = data.starts[1]
     for k in range(4):
@@ -210,12 +266,37 @@ def test_agent_stacks_frames_as_the_sampler_does(pix):
     sampler = SegmentSampler(data, 3, 200, 1000, seed=0, frame_stack=4)
     cfg = cnn_config()
     model = DecisionTransformer(cfg).eval()
-    arch = {k: getattr(cfg, k) for k in ("n_layers", "d_model", "n_heads", "d_mlp", "context_len",
-                                         "max_ep_len", "activation", "dropout", "state_encoder")}
-    config = ModelConfig(model_id="x", architecture={**arch, "obs_shape": [4, 84, 84]},
-                         state_dim=7056, act_dim=18, action_space={"kind": "discrete", "n": 18},
-                         state_mean=[], state_std=[], reward_scale=1000, target_returns=[100],
-                         env={}, dataset={}, recipe={}, seed=0, step=0, total_steps=0)
+    arch = {
+        k: getattr(cfg, k)
+        for k in (
+            "n_layers",
+            "d_model",
+            "n_heads",
+            "d_mlp",
+            "context_len",
+            "max_ep_len",
+            "activation",
+            "dropout",
+            "state_encoder",
+        )
+    }
+    config = ModelConfig(
+        model_id="x",
+        architecture={**arch, "obs_shape": [4, 84, 84]},
+        state_dim=7056,
+        act_dim=18,
+        action_space={"kind": "discrete", "n": 18},
+        state_mean=[],
+        state_std=[],
+        reward_scale=1000,
+        target_returns=[100],
+        env={},
+        dataset={},
+        recipe={},
+        seed=0,
+        step=0,
+        total_steps=0,
+    )
     agent = Agent(model, config, num_envs=1)
     s0 = data.starts[0]
     for t in range(6):
@@ -238,8 +319,9 @@ def test_minigrid_datasets_load_flat(pix):
 # ----------------------------------------------------------------------------- the zoo commands
 
 
-@pytest.mark.parametrize("mid", ["seaquest-1L-seed0", "babyai-gotoredball-1L-seed0",
-                                 "minigrid-fourrooms-1L-seed0"])
+@pytest.mark.parametrize(
+    "mid", ["seaquest-1L-seed0", "babyai-gotoredball-1L-seed0", "minigrid-fourrooms-1L-seed0"]
+)
 def test_train_eval_sweep_publish_pull(pix, mid):
     from dtzoo import zoo
     from dtzoo.leaderboard import leaderboard_rows
@@ -252,8 +334,13 @@ def test_train_eval_sweep_publish_pull(pix, mid):
         result = zoo.train_cell(spec, reg, device="cpu")
         assert result.steps == 6 and np.isfinite(result.final_loss)
         run = paths.run_dir(mid)
-        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == \
-            ["step0", "step1", "step2", "step4", "step6"]
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+            "step0",
+            "step1",
+            "step2",
+            "step4",
+            "step6",
+        ]
         model, config = load_model(run)
         if spec.env.obs == "atari":
             assert config.architecture["state_encoder"] == "nature_cnn"

@@ -96,16 +96,23 @@ def registry_error(path: Path) -> str:
 def test_bundled_registry_expands_the_named_grids_in_order():
     reg = load_registry(BUNDLED)
     assert reg.grid("tiny") == [
-        "pendulum-1L-seed0", "pendulum-1L-seed1", "pendulum-2L-seed0", "pendulum-2L-seed1",
-        "cartpole-1L-seed0", "cartpole-1L-seed1", "cartpole-2L-seed0", "cartpole-2L-seed1",
+        "pendulum-1L-seed0",
+        "pendulum-1L-seed1",
+        "pendulum-2L-seed0",
+        "pendulum-2L-seed1",
+        "cartpole-1L-seed0",
+        "cartpole-1L-seed1",
+        "cartpole-2L-seed0",
+        "cartpole-2L-seed1",
     ]
     small = reg.grid("small")
     assert len(small) == 27 and len(set(small)) == 27
     assert small[:4] == ["hopper-1L-seed0", "hopper-1L-seed1", "hopper-1L-seed2", "hopper-2L-seed0"]
     assert small[-1] == "walker2d-3L-seed2"
     assert [m.split("-")[0] for m in small[::9]] == ["hopper", "halfcheetah", "walker2d"]
-    assert reg.all_model_ids() == (reg.grid("tiny") + reg.grid("small") + reg.grid("atari")
-                                   + reg.grid("minigrid"))
+    assert reg.all_model_ids() == (
+        reg.grid("tiny") + reg.grid("small") + reg.grid("atari") + reg.grid("minigrid")
+    )
     assert len(reg.grid("atari")) == 4 * 4 * 3 and reg.grid("atari")[-1] == "qbert-6L-seed2"
     assert reg.org == "dtzoo" and reg.license == "mit"
     assert reg.envs["hopper"].gym_id == "Hopper-v5"
@@ -145,8 +152,9 @@ def _base(tmp_path: Path) -> Path:
 
 def test_base_registry_values(tmp_path):
     reg = load_registry(_base(tmp_path))
-    assert reg.grid("small") == [f"{e}-{n}L-seed{s}" for e in ("hopper", "pendulum")
-                                 for n in (1, 2, 3) for s in (0, 1, 2)]
+    assert reg.grid("small") == [
+        f"{e}-{n}L-seed{s}" for e in ("hopper", "pendulum") for n in (1, 2, 3) for s in (0, 1, 2)
+    ]
     assert reg.grids["small"].description == "hopper"
     assert reg.envs["pendulum"].eval_episodes == 5 and reg.envs["hopper"].eval_episodes == 10
     assert reg.envs["pendulum"].prepare == {"policy": "scripted", "episodes": 100}
@@ -159,22 +167,38 @@ def test_base_registry_values(tmp_path):
 # ----------------------------------------------------------------------------- model ids
 
 
-@pytest.mark.parametrize("mid, parsed", [
-    ("hopper-expert-3L-seed2", ("hopper-expert", 3, 2)),
-    ("hopper-1L-seed0", ("hopper", 1, 0)),
-    ("a-b-c-12L-seed345", ("a-b-c", 12, 345)),
-    ("env2-2L-seed10", ("env2", 2, 10)),
-])
+@pytest.mark.parametrize(
+    "mid, parsed",
+    [
+        ("hopper-expert-3L-seed2", ("hopper-expert", 3, 2)),
+        ("hopper-1L-seed0", ("hopper", 1, 0)),
+        ("a-b-c-12L-seed345", ("a-b-c", 12, 345)),
+        ("env2-2L-seed10", ("env2", 2, 10)),
+    ],
+)
 def test_parse_model_id_from_the_right(mid, parsed):
     assert parse_model_id(mid) == parsed
     assert model_id(*parsed) == mid
 
 
-@pytest.mark.parametrize("bad", [
-    "hopper", "hopper-1L", "hopper-1l-seed0", "Hopper-1L-seed0", "hopper-L-seed0",
-    "hopper-1L-seed", "hopper1L-seed0", "hopper-1L-seed0 ", "-1L-seed0", "hopper-1L-seedx",
-    "hopper-01L-seed0", "hopper-1L-seed00", "hopper-1L-seed01",  # one model, one name
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "hopper",
+        "hopper-1L",
+        "hopper-1l-seed0",
+        "Hopper-1L-seed0",
+        "hopper-L-seed0",
+        "hopper-1L-seed",
+        "hopper1L-seed0",
+        "hopper-1L-seed0 ",
+        "-1L-seed0",
+        "hopper-1L-seedx",
+        "hopper-01L-seed0",
+        "hopper-1L-seed00",
+        "hopper-1L-seed01",  # one model, one name
+    ],
+)
 def test_malformed_model_ids_are_usage_errors(bad):
     with pytest.raises(UsageError, match="malformed model id"):
         parse_model_id(bad)
@@ -183,13 +207,31 @@ def test_malformed_model_ids_are_usage_errors(bad):
 def test_resolve_merges_env_recipe_over_defaults():
     reg = load_registry(BUNDLED)
     spec = reg.resolve("pendulum-2L-seed1")
-    assert (spec.model_id, spec.env.key, spec.n_layers, spec.seed) == ("pendulum-2L-seed1", "pendulum", 2, 1)
+    assert (spec.model_id, spec.env.key, spec.n_layers, spec.seed) == (
+        "pendulum-2L-seed1",
+        "pendulum",
+        2,
+        1,
+    )
     r = spec.recipe
     # from envs.pendulum.recipe
-    assert (r.d_model, r.d_mlp, r.steps, r.warmup_steps, r.lr, r.batch_size) == (64, 256, 600, 60, 1e-3, 64)
+    assert (r.d_model, r.d_mlp, r.steps, r.warmup_steps, r.lr, r.batch_size) == (
+        64,
+        256,
+        600,
+        60,
+        1e-3,
+        64,
+    )
     # from the top-level recipe
-    assert (r.context_len, r.n_heads, r.activation, r.dropout, r.weight_decay, r.grad_clip) == \
-        (20, 1, "relu", 0.1, 1e-4, 0.25)
+    assert (r.context_len, r.n_heads, r.activation, r.dropout, r.weight_decay, r.grad_clip) == (
+        20,
+        1,
+        "relu",
+        0.1,
+        1e-4,
+        0.25,
+    )
     assert isinstance(r.steps, int) and isinstance(r.d_model, int)
     # an env without a recipe gets the paper's defaults, and resolving did not change them
     assert reg.resolve("hopper-3L-seed2").recipe == Recipe()
@@ -242,7 +284,7 @@ def test_checkpoint_schedule_pythia_style():
     assert CheckpointSchedule(log_until=10, every=100).steps(250) == [0, 1, 2, 4, 8, 100, 200, 250]
 
 
-# ----------------------------------------------------------------------------- errors with file:line
+# ------------------------------------------------------------------------ errors with file:line
 
 
 def test_malformed_yaml_reports_file_and_line(tmp_path):
@@ -265,8 +307,12 @@ def test_unknown_env_key_reports_its_line_and_a_hint(tmp_path):
 
 
 def test_unknown_key_in_env_recipe_reports_its_line(tmp_path):
-    path, line = edited(tmp_path, "    recipe: {d_model: 64, lr: 1.0e-3}",
-                        "    recipe:\n      d_model: 64\n      d_modle: 32", "d_modle")
+    path, line = edited(
+        tmp_path,
+        "    recipe: {d_model: 64, lr: 1.0e-3}",
+        "    recipe:\n      d_model: 64\n      d_modle: 32",
+        "d_modle",
+    )
     msg = registry_error(path)
     assert msg.startswith(f"{path}:{line}: unknown key 'd_modle' in envs.pendulum.recipe"), msg
     assert "did you mean d_model" in msg
@@ -285,12 +331,23 @@ def test_unknown_top_level_key_reports_its_line(tmp_path):
     assert msg.startswith(f"{path}:{line}: unknown top-level key 'checkpionts'"), msg
 
 
-@pytest.mark.parametrize("old, new, expect", [
-    ("  episodes: 10\n", "  episodez: 10\n", "unknown key 'episodez' in eval"),
-    ("  license: mit\n", "  licence: mit\n", "unknown key 'licence' in hub"),
-    ("    seeds: [0, 1, 2]\n", "    sedes: [0, 1, 2]\n    seeds: [0]\n", "unknown key 'sedes' in grids.small"),
-    ("    eval: {episodes: 5}", "    eval:\n      episods: 5", "unknown key 'episods' in envs.pendulum.eval"),
-])
+@pytest.mark.parametrize(
+    "old, new, expect",
+    [
+        ("  episodes: 10\n", "  episodez: 10\n", "unknown key 'episodez' in eval"),
+        ("  license: mit\n", "  licence: mit\n", "unknown key 'licence' in hub"),
+        (
+            "    seeds: [0, 1, 2]\n",
+            "    sedes: [0, 1, 2]\n    seeds: [0]\n",
+            "unknown key 'sedes' in grids.small",
+        ),
+        (
+            "    eval: {episodes: 5}",
+            "    eval:\n      episods: 5",
+            "unknown key 'episods' in envs.pendulum.eval",
+        ),
+    ],
+)
 def test_unknown_keys_in_eval_hub_and_grids_report_their_line(tmp_path, old, new, expect):
     path, line = edited(tmp_path, old, new, expect.split("'")[1])
     msg = registry_error(path)
@@ -303,38 +360,123 @@ def test_missing_required_key_reports_the_env_line(tmp_path):
     assert msg.startswith(f"{path}:{line}: envs.hopper is missing required key 'gym_id'"), msg
 
 
-@pytest.mark.parametrize("old, new, marker, expect", [
-    ("  lr: 1.0e-4\n", "  lr: fast\n", "lr: fast", "recipe.lr must be a number"),
-    ("  batch_size: 64\n", "  batch_size: 6.5\n", "batch_size: 6.5", "recipe.batch_size must be an integer"),
-    ("  activation: relu\n", "  activation: 3\n", "activation: 3", "recipe.activation must be a string"),
-    ("    recipe: {d_model: 64, lr: 1.0e-3}", "    recipe:\n      d_model: true", "d_model: true",
-     "envs.pendulum.recipe.d_model must be a number"),
-    ("    max_ep_len: 1000\n", "    max_ep_len: -5\n", "max_ep_len: -5", "envs.hopper.max_ep_len must be a positive number"),
-    ("    reward_scale: 1000\n", "    reward_scale: yes\n", "reward_scale: yes", "envs.hopper.reward_scale must be a positive"),
-    ("    target_returns: [3600, 1800]", "    target_returns: high", "target_returns: high",
-     "envs.hopper.target_returns must be a list of numbers"),
-    ("    target_returns: [3600, 1800]", "    target_returns: []", "target_returns: []",
-     "envs.hopper.target_returns must be a list of numbers"),
-    ("    ref_scores: {random: -20.3, expert: 3234.3}", "    ref_scores: {random: 1.6}", "ref_scores: {random: 1.6}",
-     "envs.hopper.ref_scores needs distinct"),
-    ("    ref_scores: {random: -20.3, expert: 3234.3}", "    ref_scores: {random: low, expert: 3234.3}",
-     "ref_scores: {random: low", "envs.hopper.ref_scores needs distinct numbers"),
-    ("    ref_scores: {random: -20.3, expert: 3234.3}", "    ref_scores: [1, 2]",
-     "ref_scores: [1, 2]", "envs.hopper.ref_scores needs distinct numbers"),
-    ("    prepare:\n      policy: scripted\n      episodes: 100\n", "    prepare: scripted\n", "prepare: scripted",
-     "envs.pendulum.prepare must be a mapping"),
-    ("    layers: [1, 2, 3]", "    layers: [1, two, 3]", "layers: [1, two", "grids.small.layers must be a list"),
-    ("    seeds: [0, 1]\n", "    seeds: [-1]\n", "seeds: [-1]", "grids.tiny.seeds must be a list of non-negative"),
-    ("    layers: [1, 2]\n", "    layers: [0, 1]\n", "layers: [0, 1]", "grids.tiny.layers must be a list"),
-    ("    seeds: [0, 1]\n", "    seeds: []\n", "seeds: []", "grids.tiny.seeds must be a non-empty list"),
-    ("  every: 1000\n", "  every: 0\n", "every: 0", "checkpoints.every must be >= 1"),
-    ("  seed: 0\n", "  seed: -1\n", "seed: -1", "eval.seed must be an integer >= 0"),
-    ("  episodes: 10\n", "  episodes: 2.5\n", "episodes: 2.5", "eval.episodes must be an integer >= 1"),
-    ("    eval: {episodes: 5}", "    eval:\n      episodes: ten", "episodes: ten",
-     "envs.pendulum.eval.episodes must be an integer >= 1"),
-    ("  org: dtzoo\n", "  org: 42\n", "org: 42", "hub.org must be a string"),
-    ("  hopper:\n    gym_id", "  Hopper_2:\n    gym_id", "Hopper_2:", "env key 'Hopper_2' must match"),
-])
+@pytest.mark.parametrize(
+    "old, new, marker, expect",
+    [
+        ("  lr: 1.0e-4\n", "  lr: fast\n", "lr: fast", "recipe.lr must be a number"),
+        (
+            "  batch_size: 64\n",
+            "  batch_size: 6.5\n",
+            "batch_size: 6.5",
+            "recipe.batch_size must be an integer",
+        ),
+        (
+            "  activation: relu\n",
+            "  activation: 3\n",
+            "activation: 3",
+            "recipe.activation must be a string",
+        ),
+        (
+            "    recipe: {d_model: 64, lr: 1.0e-3}",
+            "    recipe:\n      d_model: true",
+            "d_model: true",
+            "envs.pendulum.recipe.d_model must be a number",
+        ),
+        (
+            "    max_ep_len: 1000\n",
+            "    max_ep_len: -5\n",
+            "max_ep_len: -5",
+            "envs.hopper.max_ep_len must be a positive number",
+        ),
+        (
+            "    reward_scale: 1000\n",
+            "    reward_scale: yes\n",
+            "reward_scale: yes",
+            "envs.hopper.reward_scale must be a positive",
+        ),
+        (
+            "    target_returns: [3600, 1800]",
+            "    target_returns: high",
+            "target_returns: high",
+            "envs.hopper.target_returns must be a list of numbers",
+        ),
+        (
+            "    target_returns: [3600, 1800]",
+            "    target_returns: []",
+            "target_returns: []",
+            "envs.hopper.target_returns must be a list of numbers",
+        ),
+        (
+            "    ref_scores: {random: -20.3, expert: 3234.3}",
+            "    ref_scores: {random: 1.6}",
+            "ref_scores: {random: 1.6}",
+            "envs.hopper.ref_scores needs distinct",
+        ),
+        (
+            "    ref_scores: {random: -20.3, expert: 3234.3}",
+            "    ref_scores: {random: low, expert: 3234.3}",
+            "ref_scores: {random: low",
+            "envs.hopper.ref_scores needs distinct numbers",
+        ),
+        (
+            "    ref_scores: {random: -20.3, expert: 3234.3}",
+            "    ref_scores: [1, 2]",
+            "ref_scores: [1, 2]",
+            "envs.hopper.ref_scores needs distinct numbers",
+        ),
+        (
+            "    prepare:\n      policy: scripted\n      episodes: 100\n",
+            "    prepare: scripted\n",
+            "prepare: scripted",
+            "envs.pendulum.prepare must be a mapping",
+        ),
+        (
+            "    layers: [1, 2, 3]",
+            "    layers: [1, two, 3]",
+            "layers: [1, two",
+            "grids.small.layers must be a list",
+        ),
+        (
+            "    seeds: [0, 1]\n",
+            "    seeds: [-1]\n",
+            "seeds: [-1]",
+            "grids.tiny.seeds must be a list of non-negative",
+        ),
+        (
+            "    layers: [1, 2]\n",
+            "    layers: [0, 1]\n",
+            "layers: [0, 1]",
+            "grids.tiny.layers must be a list",
+        ),
+        (
+            "    seeds: [0, 1]\n",
+            "    seeds: []\n",
+            "seeds: []",
+            "grids.tiny.seeds must be a non-empty list",
+        ),
+        ("  every: 1000\n", "  every: 0\n", "every: 0", "checkpoints.every must be >= 1"),
+        ("  seed: 0\n", "  seed: -1\n", "seed: -1", "eval.seed must be an integer >= 0"),
+        (
+            "  episodes: 10\n",
+            "  episodes: 2.5\n",
+            "episodes: 2.5",
+            "eval.episodes must be an integer >= 1",
+        ),
+        (
+            "    eval: {episodes: 5}",
+            "    eval:\n      episodes: ten",
+            "episodes: ten",
+            "envs.pendulum.eval.episodes must be an integer >= 1",
+        ),
+        ("  org: dtzoo\n", "  org: 42\n", "org: 42", "hub.org must be a string"),
+        (
+            "  hopper:\n    gym_id",
+            "  Hopper_2:\n    gym_id",
+            "Hopper_2:",
+            "env key 'Hopper_2' must match",
+        ),
+    ],
+)
 def test_bad_values_report_the_line(tmp_path, old, new, marker, expect):
     path, line = edited(tmp_path, old, new, marker)
     msg = registry_error(path)
@@ -425,16 +567,18 @@ def test_user_registry_adds_an_env_and_a_grid_with_no_code(tmp_path, monkeypatch
     assert config.env["key"] == "pendulum-random" and config.step == 3
 
 
-@pytest.mark.parametrize("recipe, message", [
-    ("{activation: swish}", "recipe.activation must be one of relu, gelu, gelu_exact, tanh"),
-    ("{precision: fp8}", "recipe.precision must be one of fp32, bf16"),
-    ("{steps: 0}", "recipe.steps must be positive"),
-    ("{dropout: 1.5}", "recipe.dropout must be below 1"),
-])
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ("{activation: swish}", "recipe.activation must be one of relu, gelu, gelu_exact, tanh"),
+        ("{precision: fp8}", "recipe.precision must be one of fp32, bf16"),
+        ("{steps: 0}", "recipe.steps must be positive"),
+        ("{dropout: 1.5}", "recipe.dropout must be below 1"),
+    ],
+)
 def test_recipe_values_are_checked_at_load(tmp_path, recipe, message):
     path = tmp_path / "r.yaml"
-    path.write_text(_base(tmp_path).read_text().replace(
-        "envs:\n", f"recipe: {recipe}\nenvs:\n", 1))
+    path.write_text(_base(tmp_path).read_text().replace("envs:\n", f"recipe: {recipe}\nenvs:\n", 1))
     with pytest.raises(RegistryError, match=message) as e:
         load_registry(path)
     assert str(e.value).startswith(f"{path}:")
@@ -442,7 +586,10 @@ def test_recipe_values_are_checked_at_load(tmp_path, recipe, message):
 
 def test_heads_must_divide_width(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text(_base(tmp_path).read_text().replace(
-        "envs:\n", "recipe: {d_model: 30, n_heads: 4}\nenvs:\n", 1))
+    path.write_text(
+        _base(tmp_path)
+        .read_text()
+        .replace("envs:\n", "recipe: {d_model: 30, n_heads: 4}\nenvs:\n", 1)
+    )
     with pytest.raises(RegistryError, match="not divisible by n_heads 4"):
         load_registry(path).resolve("hopper-1L-seed0")

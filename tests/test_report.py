@@ -21,8 +21,14 @@ from tests.conftest import make_test_registry, run_cli
 
 MID = "pendulum-1L-seed0"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SWEEP = "-1200:0:4"
 
 
@@ -30,9 +36,12 @@ SWEEP = "-1200:0:4"
 def report(tmp_path_factory, minari_store) -> dict:
     """The model trained, then `dtzoo interp report` run as a user would."""
     base = tmp_path_factory.mktemp("report")
-    env = {"DTZOO_HOME": str(base / "home"), "MINARI_DATASETS_PATH": str(minari_store),
-           "DTZOO_REGISTRY": str(make_test_registry(base / "registry.yaml")),
-           "DTZOO_HUB": "local"}
+    env = {
+        "DTZOO_HOME": str(base / "home"),
+        "MINARI_DATASETS_PATH": str(minari_store),
+        "DTZOO_REGISTRY": str(make_test_registry(base / "registry.yaml")),
+        "DTZOO_HUB": "local",
+    }
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
@@ -41,16 +50,35 @@ def report(tmp_path_factory, minari_store) -> dict:
         run = paths.run_dir(MID)
         n_revisions = len(list((run / "checkpoints").iterdir()))
     out = base / "report.html"
-    proc = run_cli("interp", "report", MID, "--out", str(out), "--episodes", "1",
-                   "--targets", SWEEP, "--probe-targets", "rtg,state[0]", env=env)
-    return {"path": out, "proc": proc, "base": base, "revisions": n_revisions, "env": env,
-            "run": run}
+    proc = run_cli(
+        "interp",
+        "report",
+        MID,
+        "--out",
+        str(out),
+        "--episodes",
+        "1",
+        "--targets",
+        SWEEP,
+        "--probe-targets",
+        "rtg,state[0]",
+        env=env,
+    )
+    return {
+        "path": out,
+        "proc": proc,
+        "base": base,
+        "revisions": n_revisions,
+        "env": env,
+        "run": run,
+    }
 
 
 def page_data(path: Path) -> dict:
     html = path.read_text()
-    blob = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html,
-                     re.DOTALL).group(1)
+    blob = re.search(
+        r'<script type="application/json" id="report-data">(.*?)</script>', html, re.DOTALL
+    ).group(1)
     return json.loads(blob.replace("<\\/", "</"))
 
 
@@ -77,8 +105,9 @@ def test_the_page_is_self_contained(report):
 def test_the_page_renders_in_chromium(report):
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (`make test` installs it: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright "
-                                                                "(the test extra)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="pip install playwright (the test extra)"
+    )
     data = page_data(report["path"])
     shot = report["base"] / "report.png"
     errors: list[str] = []
@@ -88,13 +117,21 @@ def test_the_page_renders_in_chromium(report):
             page = browser.new_page(viewport={"width": 1240, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: None if r.url.startswith(("file:", "data:"))
-                    else errors.append(f"fetched {r.url}"))
+            page.on(
+                "request",
+                lambda r: (
+                    None
+                    if r.url.startswith(("file:", "data:"))
+                    else errors.append(f"fetched {r.url}")
+                ),
+            )
             page.goto(report["path"].as_uri())
             page.wait_for_load_state("load")
-            n_cells = sum(sum(v >= 1e-4 for v in row[:q + 1])
-                          for h in data["attention"]["heads"]
-                          for q, row in enumerate(h["pattern"]))
+            n_cells = sum(
+                sum(v >= 1e-4 for v in row[: q + 1])
+                for h in data["attention"]["heads"]
+                for q, row in enumerate(h["pattern"])
+            )
             # every plot present and drawn
             assert page.locator("svg.attn").count() == len(data["attention"]["heads"])
             assert page.locator("svg.attn rect.cell").count() == n_cells > 100
@@ -116,8 +153,9 @@ def test_the_page_renders_in_chromium(report):
             # hover an attention cell: the tooltip names the tokens and the weight
             page.locator("svg.attn rect.cell").nth(5).hover()
             tip = page.locator("#tip")
-            assert tip.is_visible() and re.match(r"L0H0: query \w+ -> key \w+: \d\.\d{4}",
-                                                 tip.inner_text())
+            assert tip.is_visible() and re.match(
+                r"L0H0: query \w+ -> key \w+: \d\.\d{4}", tip.inner_text()
+            )
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
@@ -141,8 +179,18 @@ def test_report_of_a_directory_without_revisions(report, tmp_path):
         shutil.copy2(report["run"] / name, lone / name)
     write_manifest(lone)
     out = tmp_path / "r.html"
-    run_cli("interp", "report", str(lone), "--out", str(out), "--episodes", "1",
-            "--targets", SWEEP, env=report["env"])
+    run_cli(
+        "interp",
+        "report",
+        str(lone),
+        "--out",
+        str(out),
+        "--episodes",
+        "1",
+        "--targets",
+        SWEEP,
+        env=report["env"],
+    )
     data = page_data(out)
     assert data["probes"] is None and data["log"] is None
     assert any("one revision only" in n for n in data["notes"])

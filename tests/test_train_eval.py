@@ -36,6 +36,7 @@ def kill_at(step: int):
     def progress(s: int, total: int, loss: float) -> None:
         if s == step:
             raise Killed(f"killed after step {s}")
+
     return progress
 
 
@@ -51,8 +52,11 @@ def trained(tmp_path_factory, minari_store):
         results = {}
         for mid in (MID, "pendulum-1L-seed1", "cartpole-1L-seed0"):
             results[mid] = train_model(reg.resolve(mid), reg.checkpoints, device="cpu")
-        yield {"registry": reg, "results": results,
-               "runs": {mid: paths.run_dir(mid) for mid in results}}
+        yield {
+            "registry": reg,
+            "results": results,
+            "runs": {mid: paths.run_dir(mid) for mid in results},
+        }
 
 
 # ----------------------------------------------------------------------------- training
@@ -62,13 +66,23 @@ def test_training_writes_the_final_model_and_checkpoints_on_the_schedule(trained
     reg, result = trained["registry"], trained["results"][MID]
     run = trained["runs"][MID]
     assert reg.checkpoints.steps(TEST_STEPS) == SCHEDULE
-    assert (result.model_id, result.path, result.steps, result.resumed_from) == (MID, run, TEST_STEPS, None)
+    assert (result.model_id, result.path, result.steps, result.resumed_from) == (
+        MID,
+        run,
+        TEST_STEPS,
+        None,
+    )
     assert np.isfinite(result.final_loss)
     for name in (WEIGHTS, CONFIG, MANIFEST, "training_log.csv", "learning_curve.png"):
         assert (run / name).is_file(), name
     verify(run)
     config = read_config(run)
-    assert (config.step, config.total_steps, config.seed, config.model_id) == (TEST_STEPS, TEST_STEPS, 0, MID)
+    assert (config.step, config.total_steps, config.seed, config.model_id) == (
+        TEST_STEPS,
+        TEST_STEPS,
+        0,
+        MID,
+    )
     assert config.architecture["n_layers"] == 1 and config.architecture["d_model"] == 32
     assert config.dataset["id"] == "dtzoo/pendulum/scripted-v0" and config.dataset["episodes"] == 20
     assert config.dataset["fingerprint"].startswith("sha256:")
@@ -158,7 +172,9 @@ def test_an_interrupted_run_resumes_bit_for_bit(trained, registry):
     # the log is the uninterrupted run's log (no duplicated or missing steps)
     log_a, log_b = read_log(a / "training_log.csv"), read_log(run / "training_log.csv")
     assert [r["step"] for r in log_b] == list(range(1, TEST_STEPS + 1))
-    assert [(r["step"], r["loss"], r["lr"]) for r in log_b] == [(r["step"], r["loss"], r["lr"]) for r in log_a]
+    assert [(r["step"], r["loss"], r["lr"]) for r in log_b] == [
+        (r["step"], r["loss"], r["lr"]) for r in log_a
+    ]
     # and resumed from the step-0 state as well
     shutil.rmtree(run)
     with pytest.raises(Killed):
@@ -179,8 +195,15 @@ def test_resume_refuses_a_changed_dataset(zoo_env, tmp_path, monkeypatch, minari
     resume_state = paths.run_dir(MID) / "resume" / "state-4.safetensors"
     assert resume_state.is_file()
     # the same dataset id, other episodes
-    prepare_dataset(spec.env.dataset, spec.env.gym_id, policy="scripted", episodes=20,
-                    noise=[0.0, 1.0], seed=1, overwrite=True)
+    prepare_dataset(
+        spec.env.dataset,
+        spec.env.gym_id,
+        policy="scripted",
+        episodes=20,
+        noise=[0.0, 1.0],
+        seed=1,
+        overwrite=True,
+    )
     with pytest.raises(TrainingError) as e:
         train_model(spec, reg.checkpoints, device="cpu")
     assert spec.env.dataset in str(e.value) and "changed" in str(e.value)
@@ -197,14 +220,20 @@ def test_evaluate_returns_finite_results_for_every_target_deterministically(trai
     assert report["model_id"] == MID and report["step"] == TEST_STEPS
     assert report["episodes"] == 2 and report["episode_seeds"] == episode_seeds(0, 2) == [0, 1]
     assert report["gym_id"] == "Pendulum-v1" and report["dataset"] == "dtzoo/pendulum/scripted-v0"
-    assert [r["target_return"] for r in report["results"]] == config.target_returns == [-150.0, -600.0]
+    assert (
+        [r["target_return"] for r in report["results"]] == config.target_returns == [-150.0, -600.0]
+    )
     refs = config.env["ref_scores"]
     for r in report["results"]:
         rets = np.array(r["returns"])
         assert rets.shape == (2,) and np.isfinite(rets).all()
         assert r["lengths"] == [200, 200]  # Pendulum-v1 truncates at 200 steps
-        assert r["return_mean"] == pytest.approx(rets.mean()) and r["return_std"] == pytest.approx(rets.std())
-        assert r["normalized_mean"] == pytest.approx(100 * (rets.mean() - refs["random"]) / (refs["expert"] - refs["random"]))
+        assert r["return_mean"] == pytest.approx(rets.mean()) and r["return_std"] == pytest.approx(
+            rets.std()
+        )
+        assert r["normalized_mean"] == pytest.approx(
+            100 * (rets.mean() - refs["random"]) / (refs["expert"] - refs["random"])
+        )
     again = evaluate(model, config, episodes=2)
     assert [r["returns"] for r in again["results"]] == [r["returns"] for r in report["results"]]
     # other seeds: other episodes
@@ -249,7 +278,13 @@ def test_the_agent_in_a_plain_env_loop_matches_the_vectorised_rollout(trained):
         if steps == 3:  # the context fills from the right, R_t counts down by r_t / scale
             assert agent.filled == 3
             assert agent.rtg[0, -3:].tolist() == pytest.approx(
-                [target / 100, (target - rewards[0]) / 100, (target - rewards[0] - rewards[1]) / 100], rel=1e-5)
+                [
+                    target / 100,
+                    (target - rewards[0]) / 100,
+                    (target - rewards[0] - rewards[1]) / 100,
+                ],
+                rel=1e-5,
+            )
             assert agent.timesteps[0, -3:].tolist() == [0, 1, 2]
         if terminated or truncated:
             break
@@ -290,12 +325,19 @@ def test_leaderboard_aggregates_seeds_and_renders_consistently(trained):
         model, config = load_model(run)
         reports.append(evaluate(model, config, episodes=2))
     rows = leaderboard_rows(reports)
-    assert [(r["env"], r["layers"], r["target_return"]) for r in rows] == [("pendulum", 1, -150.0), ("pendulum", 1, -600.0)]
+    assert [(r["env"], r["layers"], r["target_return"]) for r in rows] == [
+        ("pendulum", 1, -150.0),
+        ("pendulum", 1, -600.0),
+    ]
     for row, i in zip(rows, range(2)):
         rets = np.array([rep["results"][i]["return_mean"] for rep in reports])
         scores = np.array([rep["results"][i]["normalized_mean"] for rep in reports])
-        assert row["return_mean"] == pytest.approx(rets.mean()) and row["return_std"] == pytest.approx(rets.std())
-        assert row["score_mean"] == pytest.approx(scores.mean()) and row["score_std"] == pytest.approx(scores.std())
+        assert row["return_mean"] == pytest.approx(rets.mean()) and row[
+            "return_std"
+        ] == pytest.approx(rets.std())
+        assert row["score_mean"] == pytest.approx(scores.mean()) and row[
+            "score_std"
+        ] == pytest.approx(scores.std())
         assert row["return_std"] > 0  # two different seeds, two different models
         assert (row["seeds"], row["episodes"], row["data"]) == (2, 2, "dtzoo/pendulum/scripted-v0")
     # one seed alone: std 0, seeds 1
@@ -309,7 +351,9 @@ def test_leaderboard_aggregates_seeds_and_renders_consistently(trained):
     for p, row in zip(parsed, rows):
         for col in COLUMNS:
             want = row[col]
-            assert (float(p[col]) == want) if isinstance(want, float) else (p[col] == str(want)), col
+            assert (float(p[col]) == want) if isinstance(want, float) else (p[col] == str(want)), (
+                col
+            )
     md = render(rows, "markdown").splitlines()
     assert len(md) == 2 + len(rows)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in md]
@@ -341,7 +385,10 @@ def test_bf16_precision_trains_and_is_recorded(zoo_env, registry):
     train_model(spec_fp32, registry.checkpoints, device="cpu")
     fp32 = read_log(paths.run_dir(spec_fp32.model_id) / "training_log.csv")
     assert all(math.isfinite(r["loss"]) for r in bf16)
-    assert bf16[-1]["loss"] < bf16[0]["loss"] and abs(bf16[-1]["loss"] - fp32[-1]["loss"]) < 0.5 * fp32[0]["loss"]
+    assert (
+        bf16[-1]["loss"] < bf16[0]["loss"]
+        and abs(bf16[-1]["loss"] - fp32[-1]["loss"]) < 0.5 * fp32[0]["loss"]
+    )
 
 
 def test_a_run_directory_gives_main_or_its_checkpoints(trained):

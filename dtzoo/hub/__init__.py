@@ -63,9 +63,12 @@ def check_revision(revision: str) -> str:
 
 
 def repo_id(org: str, model_id: str) -> str:
-    """`repo_id("dtzoo", "hopper-1L-seed0")` -> "dtzoo/hopper-1L-seed0", checked as the Hub would."""
+    """`repo_id("dtzoo", "hopper-1L-seed0")` -> "dtzoo/hopper-1L-seed0" (org checked as the
+    Hub would)."""
     if not ORG_RE.fullmatch(org) or "--" in org or ".." in org:
-        raise UsageError(f"invalid org {org!r}: letters, digits, '-', '_' and '.', at most 96 characters")
+        raise UsageError(
+            f"invalid org {org!r}: letters, digits, '-', '_' and '.', at most 96 characters"
+        )
     return f"{org}/{model_id}"
 
 

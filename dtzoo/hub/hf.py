@@ -108,8 +108,9 @@ def card_results(model_index: Any) -> list[dict[str, Any]]:
             row[str(metric["type"])] = _number(metric.get("value"))
         if _number(args.get("episodes")) is not None:
             row["episodes"] = int(_number(args["episodes"]))
-    return sorted(rows.values(),
-                  key=lambda r: (r["target_return"] is None, -(r["target_return"] or 0)))
+    return sorted(
+        rows.values(), key=lambda r: (r["target_return"] is None, -(r["target_return"] or 0))
+    )
 
 
 def _metrics(model_index: Any) -> Iterator[tuple[dict, dict]]:
@@ -158,8 +159,12 @@ class HFHub:
         if self._api is None:
             from huggingface_hub import HfApi
 
-            self._api = HfApi(endpoint=self.endpoint, token=self._token, library_name="dtzoo",
-                              library_version=__version__)
+            self._api = HfApi(
+                endpoint=self.endpoint,
+                token=self._token,
+                library_name="dtzoo",
+                library_version=__version__,
+            )
         return self._api
 
     def url(self, repo_id: str, revision: str) -> str:
@@ -192,28 +197,39 @@ class HFHub:
                 remote = self._tree(repo_id, head)
                 ops = self._operations(local, remote)
                 if not ops:
-                    return PublishResult(repo_id, revision, head, self.url(repo_id, revision),
-                                         skipped=not created)
+                    return PublishResult(
+                        repo_id, revision, head, self.url(repo_id, revision), skipped=not created
+                    )
                 info = self.api.create_commit(
-                    repo_id, ops, revision=revision, parent_commit=head,
+                    repo_id,
+                    ops,
+                    revision=revision,
+                    parent_commit=head,
                     commit_message=f"dtzoo: publish {repo_id.split('/', 1)[1]} {revision}"
-                                   + (f" (training step {step})" if step is not None else ""),
-                    commit_description=f"{len(local)} files, published with dtzoo {__version__}.")
+                    + (f" (training step {step})" if step is not None else ""),
+                    commit_description=f"{len(local)} files, published with dtzoo {__version__}.",
+                )
             except BaseException:
                 if created:  # the branch must not stay behind without its files
                     self._delete_branch_quietly(repo_id, revision)
                 raise
-        return PublishResult(repo_id, revision, info.oid, self.url(repo_id, revision),
-                             skipped=info.oid == head)
+        return PublishResult(
+            repo_id, revision, info.oid, self.url(repo_id, revision), skipped=info.oid == head
+        )
 
     def _operations(self, local: dict[str, Path], remote: dict[str, Any]) -> list:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-        ops: list = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
-                     for name, path in sorted(local.items())
-                     if name not in remote or not same_file(remote[name], path)]
-        ops += [CommitOperationDelete(path_in_repo=name)
-                for name in sorted(remote) if name not in local and name not in KEEP]
+        ops: list = [
+            CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+            for name, path in sorted(local.items())
+            if name not in remote or not same_file(remote[name], path)
+        ]
+        ops += [
+            CommitOperationDelete(path_in_repo=name)
+            for name in sorted(remote)
+            if name not in local and name not in KEEP
+        ]
         return ops
 
     def _branches(self, repo_id: str, create: bool = False) -> dict[str, str]:
@@ -234,8 +250,11 @@ class HFHub:
     def _tree(self, repo_id: str, commit: str) -> dict[str, Any]:
         from huggingface_hub import RepoFile
 
-        return {f.path: f for f in self.api.list_repo_tree(repo_id, revision=commit, recursive=True)
-                if isinstance(f, RepoFile)}
+        return {
+            f.path: f
+            for f in self.api.list_repo_tree(repo_id, revision=commit, recursive=True)
+            if isinstance(f, RepoFile)
+        }
 
     def _delete_branch_quietly(self, repo_id: str, branch: str) -> None:
         try:
@@ -256,24 +275,30 @@ class HFHub:
             return path
         if constants.HF_HUB_OFFLINE:
             if corrupt is not None:
-                raise HubError(f"the cached copy of {repo_id}@{revision} is corrupt ({corrupt}) "
-                               "and HF_HUB_OFFLINE is set: unset it to download it again")
-            raise HubError(f"{repo_id}@{revision} is not in the Hugging Face cache "
-                           f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: pull it once "
-                           "while online")
+                raise HubError(
+                    f"the cached copy of {repo_id}@{revision} is corrupt ({corrupt}) "
+                    "and HF_HUB_OFFLINE is set: unset it to download it again"
+                )
+            raise HubError(
+                f"{repo_id}@{revision} is not in the Hugging Face cache "
+                f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: pull it once "
+                "while online"
+            )
         force = corrupt is not None  # a corrupt cached copy: download every file again
         with self._errors("pull", repo_id, revision):
             self._connect()
             while True:
-                path = Path(self.api.snapshot_download(repo_id, revision=revision,
-                                                       force_download=force))
+                path = Path(
+                    self.api.snapshot_download(repo_id, revision=revision, force_download=force)
+                )
                 try:
                     verify(path)
                     return path
                 except CheckpointError as e:
                     if force:
-                        raise HubError(f"{repo_id}@{revision} on {self.endpoint} fails "
-                                       f"verification: {e}") from None
+                        raise HubError(
+                            f"{repo_id}@{revision} on {self.endpoint} fails verification: {e}"
+                        ) from None
                     force = True
 
     def _cached(self, repo_id: str, revision: str) -> tuple[Path | None, CheckpointError | None]:
@@ -341,14 +366,16 @@ class HFHub:
         for m in sorted(infos, key=lambda m: m.id):
             card = m.card_data.to_dict() if hasattr(m.card_data, "to_dict") else (m.card_data or {})
             model_index = card.get("model-index") or getattr(m, "model_index", None)
-            rows.append({
-                "repo_id": m.id,
-                "model_id": m.id.split("/", 1)[1],
-                "sha": m.sha,
-                "last_modified": m.last_modified.isoformat() if m.last_modified else None,
-                "library_name": card.get("library_name") or getattr(m, "library_name", None),
-                "results": card_results(model_index),
-            })
+            rows.append(
+                {
+                    "repo_id": m.id,
+                    "model_id": m.id.split("/", 1)[1],
+                    "sha": m.sha,
+                    "last_modified": m.last_modified.isoformat() if m.last_modified else None,
+                    "library_name": card.get("library_name") or getattr(m, "library_name", None),
+                    "results": card_results(model_index),
+                }
+            )
         return rows
 
     # ------------------------------------------------------------------------- errors
@@ -394,13 +421,19 @@ class HFHub:
         if isinstance(e, HFValidationError):
             return UsageError(self._scrub(f"invalid repo id {what!r}: {_first_line(e)}"))
         if isinstance(e, OfflineModeIsEnabled) or (
-                isinstance(e, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE):
-            return HubError(f"cannot {action} {target}: HF_HUB_OFFLINE is set (unset it to reach "
-                            f"{where})")
+            isinstance(e, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE
+        ):
+            return HubError(
+                f"cannot {action} {target}: HF_HUB_OFFLINE is set (unset it to reach {where})"
+            )
         if is_network_error(e):
-            return HubError(self._scrub(
-                f"cannot reach the Hub at {where} ({_first_line(e) or type(e).__name__}): check "
-                "the network and HF_ENDPOINT; cached models still pull with HF_HUB_OFFLINE=1"))
+            return HubError(
+                self._scrub(
+                    f"cannot reach the Hub at {where} ({_first_line(e) or type(e).__name__}): "
+                    "check the network and HF_ENDPOINT; cached models still pull with "
+                    "HF_HUB_OFFLINE=1"
+                )
+            )
         if isinstance(e, RevisionNotFoundError):
             try:
                 known = ", ".join(self.revisions(what.split("@")[0])) or "none"
@@ -408,37 +441,57 @@ class HFHub:
                 known = "unknown"
             return HubError(f"{what} has no revision {revision!r} on {where}; revisions: {known}")
         if isinstance(e, RepositoryNotFoundError) and action != "publish":
-            return HubError(f"{what} is not on {where} (or it is private and your token cannot "
-                            f"read it): publish it first with `dtzoo publish --hub hf`")
+            return HubError(
+                f"{what} is not on {where} (or it is private and your token cannot "
+                f"read it): publish it first with `dtzoo publish --hub hf`"
+            )
         if isinstance(e, HfHubHTTPError) and e.response is not None:
             status = e.response.status_code
             server = _first_line(e.server_message or "")
             if status == 401:
                 if self._token_value() is None:
-                    return HubError(f"cannot {action} {target}: not logged in to {where}: "
-                                    f"{LOGIN_HINT}")
-                return HubError(f"cannot {action} {target}: {where} rejected the token (invalid or "
-                                f"expired): {LOGIN_HINT}")
+                    return HubError(
+                        f"cannot {action} {target}: not logged in to {where}: {LOGIN_HINT}"
+                    )
+                return HubError(
+                    f"cannot {action} {target}: {where} rejected the token (invalid or "
+                    f"expired): {LOGIN_HINT}"
+                )
             if status == 403:
                 ns = what.split("/")[0]
-                return HubError(self._scrub(
-                    f"cannot {action} {target}: your token has no write access to {ns!r}: ask "
-                    f"an admin of {ns} for write access, or pass --org <your user name>"))
+                return HubError(
+                    self._scrub(
+                        f"cannot {action} {target}: your token has no write access to {ns!r}: ask "
+                        f"an admin of {ns} for write access, or pass --org <your user name>"
+                    )
+                )
             if status == 412:
-                return HubError(f"cannot {action} {target}: it changed on {where} while publishing "
-                                "(another publish at the same time?): run the command again")
+                return HubError(
+                    f"cannot {action} {target}: it changed on {where} while publishing "
+                    "(another publish at the same time?): run the command again"
+                )
             if status == 400 or status == 422:
-                return HubError(self._scrub(f"{where} rejected the request to {action} {target}: "
-                                            f"{server or 'bad request'}"))
+                return HubError(
+                    self._scrub(
+                        f"{where} rejected the request to {action} {target}: "
+                        f"{server or 'bad request'}"
+                    )
+                )
             if status >= 500:
-                return HubError(f"{where} failed (HTTP {status}) to {action} {target}: try again "
-                                "later")
-            return HubError(self._scrub(f"cannot {action} {target}: HTTP {status} from {where}"
-                                        + (f": {server}" if server else "")))
+                return HubError(
+                    f"{where} failed (HTTP {status}) to {action} {target}: try again later"
+                )
+            return HubError(
+                self._scrub(
+                    f"cannot {action} {target}: HTTP {status} from {where}"
+                    + (f": {server}" if server else "")
+                )
+            )
         if isinstance(e, (ValueError, OSError)):
             return HubError(self._scrub(f"cannot {action} {target}: {_first_line(e)}"))
-        return HubError(self._scrub(f"cannot {action} {target}: {type(e).__name__}: "
-                                    f"{_first_line(e)}"))
+        return HubError(
+            self._scrub(f"cannot {action} {target}: {type(e).__name__}: {_first_line(e)}")
+        )
 
     def _token_value(self) -> str | None:
         if self._token:
@@ -459,8 +512,9 @@ class HFHub:
 
 def _check_org(org: str) -> None:
     if not ORG_RE.fullmatch(org) or "--" in org or ".." in org:
-        raise UsageError(f"invalid org {org!r}: letters, digits, '-', '_' and '.', "
-                         "at most 96 characters")
+        raise UsageError(
+            f"invalid org {org!r}: letters, digits, '-', '_' and '.', at most 96 characters"
+        )
 
 
 def _config_step(src: Path) -> int | None:

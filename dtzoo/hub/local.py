@@ -47,11 +47,14 @@ NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 def check_repo_id(repo_id: str) -> str:
     """`ORG/NAME` that stays one folder pair under the hub and the cache, else a UsageError."""
     parts = repo_id.split("/") if isinstance(repo_id, str) else []
-    if len(parts) != 2 or not all(NAME_RE.fullmatch(p) and ".." not in p and "--" not in p
-                                  for p in parts):
+    if len(parts) != 2 or not all(
+        NAME_RE.fullmatch(p) and ".." not in p and "--" not in p for p in parts
+    ):
         shown = repr(repo_id) if len(str(repo_id)) < 120 else repr(str(repo_id)[:115]) + "..."
-        raise UsageError(f"invalid repo id {shown}: ORG/NAME, each letters, digits, '-', '_' "
-                         "and '.' (at most 96)")
+        raise UsageError(
+            f"invalid repo id {shown}: ORG/NAME, each letters, digits, '-', '_' "
+            "and '.' (at most 96)"
+        )
     return repo_id
 
 
@@ -62,9 +65,15 @@ def model_files(src: Path) -> list[Path]:
     """The files of a model directory, and of its `transformers/` folder where it has one
     (other sub-directories, such as a run's checkpoints/, are not part of it)."""
     src = Path(src)
-    dirs = [src] + [src / d for d in SUBFOLDERS if (src / d).is_dir() and not (src / d).is_symlink()]
-    return sorted(p for d in dirs for p in d.iterdir()
-                  if p.is_file() and not p.is_symlink() and not p.name.startswith("."))
+    dirs = [src] + [
+        src / d for d in SUBFOLDERS if (src / d).is_dir() and not (src / d).is_symlink()
+    ]
+    return sorted(
+        p
+        for d in dirs
+        for p in d.iterdir()
+        if p.is_file() and not p.is_symlink() and not p.name.startswith(".")
+    )
 
 
 def check_required_files(src: Path) -> None:
@@ -79,8 +88,11 @@ def check_required_files(src: Path) -> None:
         return
     try:
         files = read_json(mpath)["files"]
-        metas = {name: (files[name]["size"], files[name]["sha256"])
-                 for name in REQUIRED_FILES if name in files}
+        metas = {
+            name: (files[name]["size"], files[name]["sha256"])
+            for name in REQUIRED_FILES
+            if name in files
+        }
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{mpath}: unreadable manifest") from None
     for name, (size, sha) in metas.items():
@@ -122,8 +134,9 @@ def verify_commit(path: Path, commit: str) -> None:
     with its manifest entry is caught too), and the weights are safetensors."""
     verify(path)
     if commit_of(read_json(Path(path) / MANIFEST)) != commit:
-        raise CheckpointError(f"{Path(path) / MANIFEST}: does not match commit {commit} "
-                              "(files were modified)")
+        raise CheckpointError(
+            f"{Path(path) / MANIFEST}: does not match commit {commit} (files were modified)"
+        )
     check_safetensors(Path(path) / WEIGHTS)
 
 
@@ -204,18 +217,24 @@ class LocalHub:
         check_revision(revision)
         revs = self.revisions(repo_id)
         if not revs:
-            raise HubError(f"{repo_id} is not on the local hub ({self.root}): publish it first "
-                           "with `dtzoo publish`")
+            raise HubError(
+                f"{repo_id} is not on the local hub ({self.root}): publish it first "
+                "with `dtzoo publish`"
+            )
         if revision in revs:
             commit = revs[revision]
             if not COMMIT_RE.fullmatch(commit):  # it becomes a path: never let it leave the repo
-                raise HubError(f"{self.repo(repo_id) / 'refs' / revision}: corrupt ref "
-                               f"{commit[:60]!r} (expected a 40-hex commit): publish again")
+                raise HubError(
+                    f"{self.repo(repo_id) / 'refs' / revision}: corrupt ref "
+                    f"{commit[:60]!r} (expected a 40-hex commit): publish again"
+                )
             return commit
         if COMMIT_RE.fullmatch(revision) and (self.repo(repo_id) / "snapshots" / revision).is_dir():
             return revision
-        raise HubError(f"{repo_id} has no revision {revision!r}; revisions: "
-                       + ", ".join(sorted(revs, key=_rev_order)))
+        raise HubError(
+            f"{repo_id} has no revision {revision!r}; revisions: "
+            + ", ".join(sorted(revs, key=_rev_order))
+        )
 
     def pull(self, repo_id: str, revision: str = "main") -> Path:
         """Copy a revision into the cache (verified) and return its directory."""
@@ -234,7 +253,9 @@ class LocalHub:
             try:
                 verify_commit(snap, commit)
             except CheckpointError as e:
-                raise HubError(f"the local hub's copy of {repo_id}@{revision} is corrupt: {e}") from None
+                raise HubError(
+                    f"the local hub's copy of {repo_id}@{revision} is corrupt: {e}"
+                ) from None
             _copy_verified(snap, dest)
         return dest
 
@@ -251,18 +272,27 @@ class LocalHub:
             ok = COMMIT_RE.fullmatch(commit) and readme.is_file()  # a corrupt ref reads nothing
             meta = (_card_metadata(readme) if ok else None) or {}
             mtime = (self.repo(rid) / "refs" / "main").stat().st_mtime
-            rows.append({"repo_id": rid, "model_id": rid.split("/", 1)[1], "sha": commit,
-                         "last_modified": datetime.fromtimestamp(mtime, timezone.utc).isoformat(),
-                         "library_name": meta.get("library_name"),
-                         "results": card_results(meta.get("model-index"))})
+            rows.append(
+                {
+                    "repo_id": rid,
+                    "model_id": rid.split("/", 1)[1],
+                    "sha": commit,
+                    "last_modified": datetime.fromtimestamp(mtime, timezone.utc).isoformat(),
+                    "library_name": meta.get("library_name"),
+                    "results": card_results(meta.get("model-index")),
+                }
+            )
         return rows
 
     def list_models(self, org: str) -> list[str]:
         base = self.root / check_repo_id(f"{org}/x").split("/")[0]
         if not base.is_dir():
             return []
-        return sorted(f"{org}/{p.name}" for p in base.iterdir()
-                      if NAME_RE.fullmatch(p.name) and (p / "refs" / "main").is_file())
+        return sorted(
+            f"{org}/{p.name}"
+            for p in base.iterdir()
+            if NAME_RE.fullmatch(p.name) and (p / "refs" / "main").is_file()
+        )
 
 
 def _card_metadata(readme: Path) -> dict:

@@ -38,6 +38,16 @@ from dtzoo.interp.hooked import (
 )
 from dtzoo.interp.tools import attention, attribute, patch, rollout_window, rtg_scan
 
-__all__ = ["DTInput", "HookPoint", "HookedDTConfig", "HookedDecisionTransformer", "attention",
-           "attribute", "load_hooked", "patch", "rollout_window", "rtg_scan",
-           "to_transformer_lens"]
+__all__ = [
+    "DTInput",
+    "HookPoint",
+    "HookedDTConfig",
+    "HookedDecisionTransformer",
+    "attention",
+    "attribute",
+    "load_hooked",
+    "patch",
+    "rollout_window",
+    "rtg_scan",
+    "to_transformer_lens",
+]

@@ -34,17 +34,22 @@ def patch_plot(result: dict, path: Path) -> None:
     keep = _real(result)
     values = np.asarray(result["recovered"])[:, keep]
     tokens = [result["tokens"][i] for i in keep]
-    fig, ax = plt.subplots(figsize=(max(6, 0.16 * len(tokens) + 2.5),
-                                    0.38 * len(result["hooks"]) + 1.6))
+    fig, ax = plt.subplots(
+        figsize=(max(6, 0.16 * len(tokens) + 2.5), 0.38 * len(result["hooks"]) + 1.6)
+    )
     lim = max(1.0, float(np.abs(values).max()))
     im = ax.imshow(values, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
     ax.set_yticks(range(len(result["hooks"])))
-    ax.set_yticklabels([h.replace("blocks.", "L").replace(".hook_", " ") for h in result["hooks"]],
-                       fontsize=7)
+    ax.set_yticklabels(
+        [h.replace("blocks.", "L").replace(".hook_", " ") for h in result["hooks"]], fontsize=7
+    )
     _token_ticks(ax, tokens)
     fig.colorbar(im, ax=ax, label="action change recovered", shrink=0.8)
-    ax.set_title(f"{result['model_id']}: patching RTG {result['target_from']:g} -> "
-                 f"{result['target_to']:g} (episode step {result['episode_step']})", fontsize=9)
+    ax.set_title(
+        f"{result['model_id']}: patching RTG {result['target_from']:g} -> "
+        f"{result['target_to']:g} (episode step {result['episode_step']})",
+        fontsize=9,
+    )
     _save(fig, path)
     plt.close(fig)
 
@@ -67,14 +72,19 @@ def rtg_scan_plot(result: dict, path: Path) -> None:
     ax2.set_ylim(-0.02, 1.02)
     ax2.set_xlabel("target return (in context)")
     for ax in (ax1, ax2):
-        for value, color, name in ((result.get("data_return_max"), "tab:green", "data's best"),
-                                   (result.get("expert_score"), "tab:red", "expert")):
+        for value, color, name in (
+            (result.get("data_return_max"), "tab:green", "data's best"),
+            (result.get("expert_score"), "tab:red", "expert"),
+        ):
             if value is not None:
                 ax.axvline(value, color=color, lw=1, ls=":", label=name if ax is ax1 else None)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
-    ax1.set_title(f"{result['model_id']}: RTG scan (episode step {result['episode_step']}, "
-                  f"rolled out at {result['rollout_target']:g})", fontsize=9)
+    ax1.set_title(
+        f"{result['model_id']}: RTG scan (episode step {result['episode_step']}, "
+        f"rolled out at {result['rollout_target']:g})",
+        fontsize=9,
+    )
     _save(fig, path)
     plt.close(fig)
 
@@ -88,8 +98,12 @@ def attribution_plot(result: dict, path: Path) -> None:
     n = values.shape[1]
     height = 0.8 / n
     for d in range(n):
-        ax.barh(np.arange(len(labels)) + d * height, values[:, d], height=height,
-                label=f"action[{d}] (pre-tanh {result['pre_tanh'][d]:+.3f})")
+        ax.barh(
+            np.arange(len(labels)) + d * height,
+            values[:, d],
+            height=height,
+            label=f"action[{d}] (pre-tanh {result['pre_tanh'][d]:+.3f})",
+        )
     ax.set_yticks(np.arange(len(labels)) + 0.4 - height / 2)
     ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()
@@ -97,8 +111,10 @@ def attribution_plot(result: dict, path: Path) -> None:
     ax.set_xlabel("direct effect on the pre-tanh action")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="x")
-    ax.set_title(f"{result['model_id']}: direct action attribution "
-                 f"(episode step {result['episode_step']})", fontsize=9)
+    ax.set_title(
+        f"{result['model_id']}: direct action attribution (episode step {result['episode_step']})",
+        fontsize=9,
+    )
     _save(fig, path)
     plt.close(fig)
 
@@ -108,8 +124,13 @@ def attention_plot(result: dict, path: Path) -> None:
     plt = _figure()
     heads = result["heads"]
     tokens = [result["tokens"][i] for i in _real(result)]
-    fig, axes = plt.subplots(len(heads), 2, figsize=(10, 4.6 * len(heads)), squeeze=False,
-                             gridspec_kw={"width_ratios": [3, 1]})
+    fig, axes = plt.subplots(
+        len(heads),
+        2,
+        figsize=(10, 4.6 * len(heads)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [3, 1]},
+    )
     for (ax, ax_k), head in zip(axes, heads):
         ax.imshow(np.asarray(head["pattern"]), cmap="viridis", vmin=0, vmax=1)
         _token_ticks(ax, tokens, "x", every=3)
@@ -122,14 +143,22 @@ def attention_plot(result: dict, path: Path) -> None:
         ax_k.imshow(m, cmap="viridis", vmin=0, vmax=1)
         for i in range(3):
             for j in range(3):
-                ax_k.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                          color="white" if m[i, j] < 0.5 else "black")
+                ax_k.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if m[i, j] < 0.5 else "black",
+                )
         ax_k.set_xticks(range(3), kinds)
         ax_k.set_yticks(range(3), kinds)
         ax_k.set_xlabel("key kind")
         ax_k.set_ylabel("query kind")
         ax_k.set_title("mean mass by kind", fontsize=9)
-    fig.suptitle(f"{result['model_id']}: attention (episode step {result['episode_step']})",
-                 fontsize=10)
+    fig.suptitle(
+        f"{result['model_id']}: attention (episode step {result['episode_step']})", fontsize=10
+    )
     _save(fig, path)
     plt.close(fig)

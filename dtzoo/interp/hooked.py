@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtzoo.model import TOKENS_PER_STEP, Attention, DecisionTransformer, DTConfig, MLP
+from dtzoo.model import MLP, TOKENS_PER_STEP, Attention, DecisionTransformer, DTConfig
 from dtzoo.model import HookPoint as DtzooHookPoint
 
 try:
@@ -170,8 +170,8 @@ class HookedAttention(Attention):
 
     def _qkv(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.n_heads * self.d_head
-        w = self.qkv.weight[i * d:(i + 1) * d].view(self.n_heads, self.d_head, -1)
-        return w.transpose(1, 2), self.qkv.bias[i * d:(i + 1) * d].view(self.n_heads, self.d_head)
+        w = self.qkv.weight[i * d : (i + 1) * d].view(self.n_heads, self.d_head, -1)
+        return w.transpose(1, 2), self.qkv.bias[i * d : (i + 1) * d].view(self.n_heads, self.d_head)
 
     W_Q = property(lambda self: self._qkv(0)[0], doc="[n_heads, d_model, d_head]")
     W_K = property(lambda self: self._qkv(1)[0], doc="[n_heads, d_model, d_head]")
@@ -179,8 +179,10 @@ class HookedAttention(Attention):
     b_Q = property(lambda self: self._qkv(0)[1], doc="[n_heads, d_head]")
     b_K = property(lambda self: self._qkv(1)[1], doc="[n_heads, d_head]")
     b_V = property(lambda self: self._qkv(2)[1], doc="[n_heads, d_head]")
-    W_O = property(lambda self: self.out.weight.T.view(self.n_heads, self.d_head, -1),
-                   doc="[n_heads, d_head, d_model]")
+    W_O = property(
+        lambda self: self.out.weight.T.view(self.n_heads, self.d_head, -1),
+        doc="[n_heads, d_head, d_model]",
+    )
     b_O = property(lambda self: self.out.bias, doc="[d_model]")
     attn_scale = property(lambda self: math.sqrt(self.d_head))
 
@@ -212,9 +214,14 @@ class DTInput:
     >>> model(x)            # == model(states, actions, rtg, timesteps, mask)
     """
 
-    def __init__(self, states: torch.Tensor, actions: torch.Tensor,
-                 returns_to_go: torch.Tensor, timesteps: torch.Tensor,
-                 attention_mask: torch.Tensor | None = None):
+    def __init__(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        timesteps: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ):
         B, T = states.shape[:2]
         if attention_mask is None:
             attention_mask = torch.ones(B, T, dtype=torch.bool, device=states.device)
@@ -298,11 +305,17 @@ class HookedDecisionTransformer(HookedRootModule, DecisionTransformer):
         """Every hook point, in forward order (DecisionTransformer's plus TL's extras)."""
         return list(self.hook_dict)
 
-    def run_with_cache(self, *model_args, return_cache_object: bool = True,
-                       remove_batch_dim: bool = False, **kwargs):
+    def run_with_cache(
+        self,
+        *model_args,
+        return_cache_object: bool = True,
+        remove_batch_dim: bool = False,
+        **kwargs,
+    ):
         """TransformerLens's run_with_cache; the cache is an `ActivationCache` by default."""
-        out, cache = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim,
-                                            **kwargs)
+        out, cache = super().run_with_cache(
+            *model_args, remove_batch_dim=remove_batch_dim, **kwargs
+        )
         if return_cache_object:
             cache = ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
         return out, cache
@@ -319,9 +332,14 @@ class HookedDecisionTransformer(HookedRootModule, DecisionTransformer):
         """Report each head's output at `blocks.{i}.attn.hook_result` (as TL's flag)."""
         self.cfg.use_attn_result = use_attn_result
 
-    def to_tokens(self, states: torch.Tensor, actions: torch.Tensor,
-                  returns_to_go: torch.Tensor, timesteps: torch.Tensor,
-                  attention_mask: torch.Tensor | None = None) -> DTInput:
+    def to_tokens(
+        self,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        returns_to_go: torch.Tensor,
+        timesteps: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> DTInput:
         """The five DT inputs as one `DTInput` (what TL's patching functions pass around)."""
         return DTInput(states, actions, returns_to_go, timesteps, attention_mask)
 
@@ -342,8 +360,9 @@ class HookedDecisionTransformer(HookedRootModule, DecisionTransformer):
         d = directions[:, torch.as_tensor(actions, device=directions.device)]
         return d.movedim(0, -1)
 
-    def accumulated_bias(self, layer: int, mlp_input: bool = False,
-                         include_mlp_biases: bool = True) -> torch.Tensor:
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> torch.Tensor:
         """The sum of the output biases of every layer before `layer` (TL's definition)."""
         bias = torch.zeros(self.cfg.d_model, device=self.W_U.device, dtype=self.W_U.dtype)
         for block in self.blocks[:layer]:
@@ -370,8 +389,10 @@ class HookedDecisionTransformer(HookedRootModule, DecisionTransformer):
     W_out = property(lambda self: self._stack("W_out"), doc="[n_layers, d_mlp, d_model]")
     b_in = property(lambda self: self._stack("b_in"), doc="[n_layers, d_mlp]")
     b_out = property(lambda self: self._stack("b_out"), doc="[n_layers, d_model]")
-    W_U = property(lambda self: self.predict_action.weight.T,
-                   doc="[d_model, act_dim]: the action head (pre-tanh for continuous actions)")
+    W_U = property(
+        lambda self: self.predict_action.weight.T,
+        doc="[d_model, act_dim]: the action head (pre-tanh for continuous actions)",
+    )
     b_U = property(lambda self: self.predict_action.bias, doc="[act_dim]")
     unembed = property(lambda self: self.predict_action, doc="TL's name for the readout")
 
@@ -410,5 +431,11 @@ def load_hooked(model: str, revision: str = "main", **kwargs) -> HookedDecisionT
     return to_transformer_lens(load(model, revision=revision, **kwargs))
 
 
-__all__: Sequence[str] = ["DTInput", "HookPoint", "HookedDTConfig", "HookedDecisionTransformer",
-                          "load_hooked", "to_transformer_lens"]
+__all__: Sequence[str] = [
+    "DTInput",
+    "HookPoint",
+    "HookedDTConfig",
+    "HookedDecisionTransformer",
+    "load_hooked",
+    "to_transformer_lens",
+]

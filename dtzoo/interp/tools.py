@@ -62,8 +62,13 @@ class Window:
 
 
 @torch.no_grad()
-def rollout_window(model, target: float | None = None, at: int | None = None,
-                   seed: int = 0, score: Callable[[Window], float] | None = None) -> Window:
+def rollout_window(
+    model,
+    target: float | None = None,
+    at: int | None = None,
+    seed: int = 0,
+    score: Callable[[Window], float] | None = None,
+) -> Window:
     """Roll the model out in its env at `target` until step `at`; its context window there.
 
     With `score` (and `at=None`) the whole episode is run and the full window (step >=
@@ -109,10 +114,18 @@ def _agent_window(agent, step: int, seed: int) -> Window:
     actions = agent.actions.copy()
     actions[:, -1] = 0.0  # a_t was not known yet
     mask = np.zeros((1, agent.K), bool)
-    mask[:, agent.K - agent.filled:] = True
+    mask[:, agent.K - agent.filled :] = True
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(agent.device)  # noqa: E731
-    return Window(t(agent.states.copy()), t(actions), t(agent.rtg.copy())[..., None],
-                  t(agent.timesteps.copy()), t(mask), float(agent.target), step, seed)
+    return Window(
+        t(agent.states.copy()),
+        t(actions),
+        t(agent.rtg.copy())[..., None],
+        t(agent.timesteps.copy()),
+        t(mask),
+        float(agent.target),
+        step,
+        seed,
+    )
 
 
 def _prediction(out: torch.Tensor) -> torch.Tensor:
@@ -122,10 +135,17 @@ def _prediction(out: torch.Tensor) -> torch.Tensor:
 
 def _meta(model, window: Window, name: str) -> dict:
     c = model.config
-    return {"kind": name, "model_id": c.model_id, "step": c.step, "gym_id": c.env["gym_id"],
-            "episode_seed": window.seed, "episode_step": window.step,
-            "rollout_target": window.target, "tokens": window.labels(),
-            "mask": [bool(m) for m in window.mask[0]]}
+    return {
+        "kind": name,
+        "model_id": c.model_id,
+        "step": c.step,
+        "gym_id": c.env["gym_id"],
+        "episode_seed": window.seed,
+        "episode_step": window.step,
+        "rollout_target": window.target,
+        "tokens": window.labels(),
+        "mask": [bool(m) for m in window.mask[0]],
+    }
 
 
 def _write(result: dict, out_dir: str | os.PathLike | None, name: str, plot) -> dict:
@@ -145,14 +165,23 @@ def _write(result: dict, out_dir: str | os.PathLike | None, name: str, plot) -> 
 
 def patch_hooks(n_layers: int) -> list[str]:
     """The residual-stream writes patched, in forward order, then the last residual."""
-    names = [f"blocks.{i}.{h}" for i in range(n_layers)
-             for h in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")]
+    names = [
+        f"blocks.{i}.{h}"
+        for i in range(n_layers)
+        for h in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+    ]
     return names + [f"blocks.{n_layers - 1}.hook_resid_post"]
 
 
 @torch.no_grad()
-def patch(model, source: float, dest: float, at: int | None = None, seed: int = 0,
-          out_dir: str | os.PathLike | None = None) -> dict:
+def patch(
+    model,
+    source: float,
+    dest: float,
+    at: int | None = None,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+) -> dict:
     """Activation patching from a run at return-to-go `source` into one at `dest`.
 
     The episode is rolled out at `source`; the window is the one at step `at`, or by default
@@ -175,18 +204,22 @@ def patch(model, source: float, dest: float, at: int | None = None, seed: int = 
     window = rollout_window(model, target=source, at=at, seed=seed, score=change)
     x_src = window.inputs([source], scale)
     x_dst = window.inputs([dest], scale)
-    out_src, cache = model.run_with_cache(*x_src, return_cache_object=False,
-                                          names_filter=patch_hooks(model.cfg.n_layers))
+    out_src, cache = model.run_with_cache(
+        *x_src, return_cache_object=False, names_filter=patch_hooks(model.cfg.n_layers)
+    )
     a_src, a_dst = _prediction(out_src)[0], _prediction(model(*x_dst))[0]
     delta = a_src - a_dst
     if float(delta.norm()) < 1e-6:
-        raise UsageError(f"returns-to-go {source:g} and {dest:g} give the same action here; "
-                         "pick targets further apart or another --at")
+        raise UsageError(
+            f"returns-to-go {source:g} and {dest:g} give the same action here; "
+            "pick targets further apart or another --at"
+        )
     n_tok = window.mask.shape[1] * TOKENS_PER_STEP
     rows = torch.arange(n_tok)
     batch = tuple(x.expand(n_tok, *x.shape[1:]) for x in x_dst)
     recovered = []
     for name in patch_hooks(model.cfg.n_layers):
+
         def put(act, hook, src=cache[name]):
             act = act.clone()
             act[rows, rows] = src[0, rows]  # row p patches token p only
@@ -197,14 +230,23 @@ def patch(model, source: float, dest: float, at: int | None = None, seed: int = 
     r = _meta(model, window, "patch")
     steps = [int(t) for t in window.timesteps[0] for _ in LETTERS]
     kinds = LETTERS * window.mask.shape[1]
-    cells = [{"hook": h, "kind": kinds[p], "step": steps[p], "recovered": v}
-             for h, row in zip(patch_hooks(model.cfg.n_layers), recovered)
-             for p, v in enumerate(row)]
-    r.update({"target_from": float(source), "target_to": float(dest),
-              "action_from": a_src.tolist(), "action_to": a_dst.tolist(),
-              "action_change": float(delta.norm()),
-              "hooks": patch_hooks(model.cfg.n_layers), "recovered": recovered,
-              "top": sorted(cells, key=lambda c: -abs(c["recovered"]))[:10]})
+    cells = [
+        {"hook": h, "kind": kinds[p], "step": steps[p], "recovered": v}
+        for h, row in zip(patch_hooks(model.cfg.n_layers), recovered)
+        for p, v in enumerate(row)
+    ]
+    r.update(
+        {
+            "target_from": float(source),
+            "target_to": float(dest),
+            "action_from": a_src.tolist(),
+            "action_to": a_dst.tolist(),
+            "action_change": float(delta.norm()),
+            "hooks": patch_hooks(model.cfg.n_layers),
+            "recovered": recovered,
+            "top": sorted(cells, key=lambda c: -abs(c["recovered"]))[:10],
+        }
+    )
     from dtzoo.interp.figures import patch_plot
 
     return _write(r, out_dir, "patch", patch_plot)
@@ -232,9 +274,14 @@ def _attention_to_kinds(pattern: torch.Tensor, query: int) -> dict[str, torch.Te
 
 
 @torch.no_grad()
-def rtg_scan(model, targets: str | Sequence[float] | None = None, at: int | None = None,
-             seed: int = 0, target: float | None = None,
-             out_dir: str | os.PathLike | None = None) -> dict:
+def rtg_scan(
+    model,
+    targets: str | Sequence[float] | None = None,
+    at: int | None = None,
+    seed: int = 0,
+    target: float | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> dict:
     """In-context RTG scan (DTI's show_rtg_scan): one real window, the return-to-go varied.
 
     For each target: the predicted action at the newest state token, and per layer and head
@@ -247,23 +294,33 @@ def rtg_scan(model, targets: str | Sequence[float] | None = None, at: int | None
     ts = scan_targets(model, targets)
     K = window.mask.shape[1]
     query = TOKENS_PER_STEP * (K - 1) + 1  # the newest state token
-    out, cache = model.run_with_cache(*window.inputs(ts, model.config.reward_scale),
-                                      return_cache_object=False,
-                                      names_filter=lambda n: n.endswith("hook_pattern"))
+    out, cache = model.run_with_cache(
+        *window.inputs(ts, model.config.reward_scale),
+        return_cache_object=False,
+        names_filter=lambda n: n.endswith("hook_pattern"),
+    )
     attention = {}
     for layer in range(model.cfg.n_layers):
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]
         kinds = _attention_to_kinds(pattern, query)
         for h in range(model.cfg.n_heads):
-            attention[f"L{layer}H{h}"] = {**{k: v[:, h].tolist() for k, v in kinds.items()},
-                                          "own_R": pattern[:, h, query, query - 1].tolist()}
+            attention[f"L{layer}H{h}"] = {
+                **{k: v[:, h].tolist() for k, v in kinds.items()},
+                "own_R": pattern[:, h, query, query - 1].tolist(),
+            }
     actions = _prediction(out)
     r = _meta(model, window, "rtg_scan")
     ds = model.config.dataset
-    r.update({"targets": ts, "actions": actions.tolist(), "attention": attention,
-              "action_range": [float(actions.min()), float(actions.max())],
-              "data_return_max": ds.get("return_max"),
-              "expert_score": model.config.env.get("ref_scores", {}).get("expert")})
+    r.update(
+        {
+            "targets": ts,
+            "actions": actions.tolist(),
+            "attention": attention,
+            "action_range": [float(actions.min()), float(actions.max())],
+            "data_return_max": ds.get("return_max"),
+            "expert_score": model.config.env.get("ref_scores", {}).get("expert"),
+        }
+    )
     from dtzoo.interp.figures import rtg_scan_plot
 
     return _write(r, out_dir, "rtg_scan", rtg_scan_plot)
@@ -273,8 +330,13 @@ def rtg_scan(model, targets: str | Sequence[float] | None = None, at: int | None
 
 
 @torch.no_grad()
-def attribute(model, at: int | None = None, seed: int = 0, target: float | None = None,
-              out_dir: str | os.PathLike | None = None) -> dict:
+def attribute(
+    model,
+    at: int | None = None,
+    seed: int = 0,
+    target: float | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> dict:
     """Direct action attribution at the newest state token (TransformerLens's logit_attrs).
 
     The final residual there is decomposed into embed, each head's result (split further by
@@ -295,8 +357,9 @@ def attribute(model, at: int | None = None, seed: int = 0, target: float | None 
         model.set_use_attn_result(use)
     K = window.mask.shape[1]
     q = TOKENS_PER_STEP * (K - 1) + 1
-    stack, labels = cache.get_full_resid_decomposition(expand_neurons=False, pos_slice=q,
-                                                      return_labels=True)  # [comp, 1, d_model]
+    stack, labels = cache.get_full_resid_decomposition(
+        expand_neurons=False, pos_slice=q, return_labels=True
+    )  # [comp, 1, d_model]
     directions = model.tokens_to_residual_directions(torch.arange(model.cfg.act_dim))
     attrs = cache.apply_ln_to_stack(stack, pos_slice=q)[:, 0] @ directions.T  # [comp, act]
     const = model.ln_final.bias @ model.W_U + model.b_U
@@ -313,14 +376,20 @@ def attribute(model, at: int | None = None, seed: int = 0, target: float | None 
             per_token = pattern[h, :, None] * (v[:, h] @ attn.W_O[h])  # (pos, d_model)
             per_token = (per_token - per_token.mean(-1, keepdim=True)) / scale
             eff = per_token @ directions.T  # (pos, act)
-            by_kind[f"L{layer}H{h}"] = {k: eff[i::TOKENS_PER_STEP].sum(0).tolist()
-                                        for i, k in enumerate(LETTERS)}
+            by_kind[f"L{layer}H{h}"] = {
+                k: eff[i::TOKENS_PER_STEP].sum(0).tolist() for i, k in enumerate(LETTERS)
+            }
     r = _meta(model, window, "attribution")
-    r.update({"labels": labels + ["ln_final.b+b_U"],
-              "attribution": torch.cat([attrs, const[None]]).tolist(),
-              "total": (attrs.sum(0) + const).tolist(), "pre_tanh": pre_tanh.tolist(),
-              "action": (pre_tanh if model.cfg.discrete else torch.tanh(pre_tanh)).tolist(),
-              "by_source_kind": by_kind})
+    r.update(
+        {
+            "labels": labels + ["ln_final.b+b_U"],
+            "attribution": torch.cat([attrs, const[None]]).tolist(),
+            "total": (attrs.sum(0) + const).tolist(),
+            "pre_tanh": pre_tanh.tolist(),
+            "action": (pre_tanh if model.cfg.discrete else torch.tanh(pre_tanh)).tolist(),
+            "by_source_kind": by_kind,
+        }
+    )
     from dtzoo.interp.figures import attribution_plot
 
     return _write(r, out_dir, "attribution", attribution_plot)
@@ -330,8 +399,13 @@ def attribute(model, at: int | None = None, seed: int = 0, target: float | None 
 
 
 @torch.no_grad()
-def attention(model, at: int | None = None, seed: int = 0, target: float | None = None,
-              out_dir: str | os.PathLike | None = None) -> dict:
+def attention(
+    model,
+    at: int | None = None,
+    seed: int = 0,
+    target: float | None = None,
+    out_dir: str | os.PathLike | None = None,
+) -> dict:
     """Attention by token kind, per layer and head, on one real window.
 
     `by_kind[Q][K]`: the mean, over the real query tokens of kind Q (R/s/a), of the attention
@@ -342,8 +416,11 @@ def attention(model, at: int | None = None, seed: int = 0, target: float | None 
     >>> r["heads"][0]["by_kind"]["s"]       # {'R': 0.41, 's': 0.37, 'a': 0.22}
     """
     window = rollout_window(model, target=target, at=at, seed=seed)
-    _, cache = model.run_with_cache(*window.inputs(), return_cache_object=False,
-                                    names_filter=lambda n: n.endswith("hook_pattern"))
+    _, cache = model.run_with_cache(
+        *window.inputs(),
+        return_cache_object=False,
+        names_filter=lambda n: n.endswith("hook_pattern"),
+    )
     real = window.mask[0].repeat_interleave(TOKENS_PER_STEP)
     pos = torch.arange(real.numel())
     step, kind = pos // TOKENS_PER_STEP, pos % TOKENS_PER_STEP
@@ -356,11 +433,20 @@ def attention(model, at: int | None = None, seed: int = 0, target: float | None 
             by_kind, own = {}, {}
             for qi, qk in enumerate(LETTERS):
                 rows = real & (kind == qi)
-                by_kind[qk] = {kk: float(p[rows][:, kind == ki].sum(-1).mean())
-                               for ki, kk in enumerate(LETTERS)}
+                by_kind[qk] = {
+                    kk: float(p[rows][:, kind == ki].sum(-1).mean())
+                    for ki, kk in enumerate(LETTERS)
+                }
                 own[qk] = float((p[rows] * same_step[rows]).sum(-1).mean())
-            heads.append({"layer": layer, "head": h, "by_kind": by_kind, "own_step": own,
-                          "pattern": p[real][:, real].tolist()})
+            heads.append(
+                {
+                    "layer": layer,
+                    "head": h,
+                    "by_kind": by_kind,
+                    "own_step": own,
+                    "pattern": p[real][:, real].tolist(),
+                }
+            )
     r = _meta(model, window, "attention")
     r["heads"] = heads
     from dtzoo.interp.figures import attention_plot
