@@ -9,7 +9,9 @@ per target return), so the Hub and `dtzoo list --remote` can sort and compare th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from dtzoo.checkpoint import ModelConfig
 
@@ -210,3 +212,61 @@ random = {config.env["ref_scores"]["random"]:g} and expert = {config.env["ref_sc
 {figures}
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+# ----------------------------------------------------------------------------- reading cards
+
+
+MAX_CARD_ENTRIES = 10_000  # metrics read from one card's model-index (foreign YAML)
+
+
+def card_results(model_index: Any) -> list[dict[str, Any]]:
+    """Numeric eval results from a card's raw `model-index`, one dict per target return:
+    `{"target_return": -150.0, "mean_reward": -984.79, "normalized_score": 22.49, "episodes": 2,
+    "dataset": "dtzoo/pendulum/scripted-v0"}`.
+    Values that are not numbers come back as None (never as strings)."""
+    rows: dict[Any, dict[str, Any]] = {}
+    for result, metric in _metrics(model_index):
+        dataset = result.get("dataset") if isinstance(result.get("dataset"), dict) else {}
+        config = str(dataset.get("config") or "")
+        args = metric.get("args") if isinstance(metric.get("args"), dict) else {}
+        target = _number(args.get("target_return"))
+        if target is None and config.startswith("target_return="):
+            target = _number(config.split("=", 1)[1])
+        row = rows.setdefault(target, {"target_return": target})
+        if isinstance(dataset.get("type"), str):
+            row["dataset"] = dataset["type"]
+        if metric.get("type"):
+            row[str(metric["type"])] = _number(metric.get("value"))
+        if _number(args.get("episodes")) is not None:
+            row["episodes"] = int(_number(args["episodes"]))
+    return sorted(
+        rows.values(), key=lambda r: (r["target_return"] is None, -(r["target_return"] or 0))
+    )
+
+
+def _metrics(model_index: Any) -> Iterator[tuple[dict, dict]]:
+    """(result, metric) pairs of a raw model-index, at most MAX_CARD_ENTRIES of them: a card's
+    YAML is foreign input (an alias bomb must not make us walk millions of entries)."""
+    seen = 0
+    for entry in model_index if isinstance(model_index, list) else []:
+        results = entry.get("results") if isinstance(entry, dict) else None
+        for result in results if isinstance(results, list) else []:
+            metrics = result.get("metrics") if isinstance(result, dict) else None
+            for metric in metrics if isinstance(metrics, list) else []:
+                seen += 1
+                if seen > MAX_CARD_ENTRIES:
+                    return
+                if isinstance(metric, dict):
+                    yield result, metric
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(str(value))
+    except (TypeError, ValueError):
+        return None

@@ -72,7 +72,7 @@ def org_for(registry: Registry, org: str | None = None) -> str:
 def hub_repo_id(model: str, registry: Registry, org: str | None = None) -> str:
     """`ORG/ID` as given, or `ID` in the default org: `hub_repo_id("hopper-1L-seed0", reg)`;
     a UsageError for a name the Hub would reject (on every hub, so names stay portable)."""
-    from dtzoo.hub.hf import check_repo_id
+    from dtzoo.hub.common import check_repo_id
 
     return check_repo_id(model if "/" in model else repo_id(org_for(registry, org), model))
 

@@ -486,7 +486,7 @@ def staged_model_dir(src: Path, registry: Registry, org: str):
     import shutil
 
     from dtzoo.checkpoint import MANIFEST, verify
-    from dtzoo.hub.local import check_required_files, model_files
+    from dtzoo.hub.common import check_required_files, model_files
 
     check_required_files(src)  # corrupt weights are never published under a fresh hash
     (paths.home() / "staging").mkdir(parents=True, exist_ok=True)

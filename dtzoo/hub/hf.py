@@ -35,39 +35,18 @@ from pathlib import Path
 from typing import Any
 
 from dtzoo import __version__
+from dtzoo.card import MAX_CARD_ENTRIES, card_results  # noqa: F401 (re-exported)
 from dtzoo.checkpoint import verify, write_manifest
 from dtzoo.errors import CheckpointError, DtzooError, HubError, UsageError
 from dtzoo.fsutil import sha256_file
 from dtzoo.hub import ORG_RE, PublishResult, check_revision
-from dtzoo.hub.local import _rev_order, check_required_files, model_files
+from dtzoo.hub.common import check_repo_id, check_required_files, model_files, revision_order
 
 LOG = logging.getLogger(__name__)
 KEEP = frozenset({".gitattributes"})  # the Hub's own file: kept on every branch, never compared
 PROBE_TIMEOUT = 10.0  # seconds to connect before a Hub counts as unreachable
 LOGIN_HINT = "set HF_TOKEN or run `hf auth login`"
-_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,96}")
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
-MAX_CARD_ENTRIES = 10_000  # metrics read from one card's model-index
-
-
-def check_repo_id(repo_id: str) -> str:
-    """`org/name` as the Hub accepts it, else a UsageError saying why (no request is made)."""
-    parts = repo_id.split("/")
-    if len(parts) != 2:
-        raise UsageError(f"invalid repo id {repo_id!r}: expected <org>/<model id>")
-    for part in parts:
-        why = None
-        if not _NAME_RE.fullmatch(part):
-            why = "use 1-96 letters, digits, '-', '_' or '.'"
-        elif part[0] in "-." or part[-1] in "-.":
-            why = "cannot start or end with '-' or '.'"
-        elif "--" in part or ".." in part:
-            why = "cannot contain '--' or '..'"
-        elif part.endswith(".git"):
-            why = "cannot end with '.git'"
-        if why:
-            raise UsageError(f"invalid repo id {repo_id!r}: the Hub rejects {part!r} ({why})")
-    return repo_id
 
 
 def git_blob_sha1(path: Path) -> str:
@@ -86,58 +65,6 @@ def same_file(remote, path: Path) -> bool:
     if remote.lfs is not None:  # LFS and Xet files: the Hub knows their sha256
         return remote.lfs.sha256 == sha256_file(path)
     return remote.blob_id == git_blob_sha1(path)
-
-
-def card_results(model_index: Any) -> list[dict[str, Any]]:
-    """Numeric eval results from a card's raw `model-index`, one dict per target return:
-    `{"target_return": -150.0, "mean_reward": -984.79, "normalized_score": 22.49, "episodes": 2,
-    "dataset": "dtzoo/pendulum/scripted-v0"}`.
-    Values that are not numbers come back as None (never as strings)."""
-    rows: dict[Any, dict[str, Any]] = {}
-    for result, metric in _metrics(model_index):
-        dataset = result.get("dataset") if isinstance(result.get("dataset"), dict) else {}
-        config = str(dataset.get("config") or "")
-        args = metric.get("args") if isinstance(metric.get("args"), dict) else {}
-        target = _number(args.get("target_return"))
-        if target is None and config.startswith("target_return="):
-            target = _number(config.split("=", 1)[1])
-        row = rows.setdefault(target, {"target_return": target})
-        if isinstance(dataset.get("type"), str):
-            row["dataset"] = dataset["type"]
-        if metric.get("type"):
-            row[str(metric["type"])] = _number(metric.get("value"))
-        if _number(args.get("episodes")) is not None:
-            row["episodes"] = int(_number(args["episodes"]))
-    return sorted(
-        rows.values(), key=lambda r: (r["target_return"] is None, -(r["target_return"] or 0))
-    )
-
-
-def _metrics(model_index: Any) -> Iterator[tuple[dict, dict]]:
-    """(result, metric) pairs of a raw model-index, at most MAX_CARD_ENTRIES of them: a card's
-    YAML is foreign input (an alias bomb must not make us walk millions of entries)."""
-    seen = 0
-    for entry in model_index if isinstance(model_index, list) else []:
-        results = entry.get("results") if isinstance(entry, dict) else None
-        for result in results if isinstance(results, list) else []:
-            metrics = result.get("metrics") if isinstance(result, dict) else None
-            for metric in metrics if isinstance(metrics, list) else []:
-                seen += 1
-                if seen > MAX_CARD_ENTRIES:
-                    return
-                if isinstance(metric, dict):
-                    yield result, metric
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(str(value))
-    except (TypeError, ValueError):
-        return None
 
 
 class HFHub:
@@ -346,7 +273,7 @@ class HFHub:
                 branches = self._branches(repo_id)
             except RepositoryNotFoundError:
                 return {}
-        return dict(sorted(branches.items(), key=lambda kv: _rev_order(kv[0])))
+        return dict(sorted(branches.items(), key=lambda kv: revision_order(kv[0])))
 
     def list_models(self, org: str) -> list[str]:
         _check_org(org)

@@ -19,13 +19,12 @@ from pathlib import Path
 from dtzoo import paths
 from dtzoo.checkpoint import (
     MANIFEST,
-    REQUIRED_FILES,
     WEIGHTS,
     check_safetensors,
     verify,
     write_manifest,
 )
-from dtzoo.errors import CheckpointError, HubError, UsageError
+from dtzoo.errors import CheckpointError, HubError
 from dtzoo.fsutil import (
     atomic_write_text,
     check_owned,
@@ -34,71 +33,18 @@ from dtzoo.fsutil import (
     make_temp_dir,
     read_json,
     remove_stale,
-    sha256_file,
 )
 from dtzoo.hub import PublishResult, check_revision
+from dtzoo.hub.common import (  # noqa: F401 (check_repo_id, SUBFOLDERS: re-exported)
+    NAME_RE,
+    SUBFOLDERS,
+    check_repo_id,
+    check_required_files,
+    model_files,
+    revision_order,
+)
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")  # a local-hub commit: sha1 of the manifest
-# an ORG or NAME as the Hugging Face Hub accepts it; always `fullmatch` (`$` would let a final
-# newline through: a second repo folder), and "../x" or "a/b/c" never becomes a path
-NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
-
-
-def check_repo_id(repo_id: str) -> str:
-    """`ORG/NAME` that stays one folder pair under the hub and the cache, else a UsageError."""
-    parts = repo_id.split("/") if isinstance(repo_id, str) else []
-    if len(parts) != 2 or not all(
-        NAME_RE.fullmatch(p) and ".." not in p and "--" not in p for p in parts
-    ):
-        shown = repr(repo_id) if len(str(repo_id)) < 120 else repr(str(repo_id)[:115]) + "..."
-        raise UsageError(
-            f"invalid repo id {shown}: ORG/NAME, each letters, digits, '-', '_' "
-            "and '.' (at most 96)"
-        )
-    return repo_id
-
-
-SUBFOLDERS = ("transformers",)  # published beside the model: the transformers export
-
-
-def model_files(src: Path) -> list[Path]:
-    """The files of a model directory, and of its `transformers/` folder where it has one
-    (other sub-directories, such as a run's checkpoints/, are not part of it)."""
-    src = Path(src)
-    dirs = [src] + [
-        src / d for d in SUBFOLDERS if (src / d).is_dir() and not (src / d).is_symlink()
-    ]
-    return sorted(
-        p
-        for d in dirs
-        for p in d.iterdir()
-        if p.is_file() and not p.is_symlink() and not p.name.startswith(".")
-    )
-
-
-def check_required_files(src: Path) -> None:
-    """Before re-writing a manifest: the weights and config must still match the old one.
-
-    Extras (README.md, eval.json, plots) may be edited by hand and are re-hashed on publish,
-    but model.safetensors and config.json are only ever written together with the manifest,
-    so a mismatch there means corruption, which must not be published under a fresh hash.
-    """
-    mpath = Path(src) / MANIFEST
-    if not mpath.is_file():
-        return
-    try:
-        files = read_json(mpath)["files"]
-        metas = {
-            name: (files[name]["size"], files[name]["sha256"])
-            for name in REQUIRED_FILES
-            if name in files
-        }
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{mpath}: unreadable manifest") from None
-    for name, (size, sha) in metas.items():
-        p = Path(src) / name
-        if p.is_file() and (p.stat().st_size != size or sha256_file(p) != sha):
-            raise CheckpointError(f"{p}: sha256 mismatch (file is corrupt or was modified)")
 
 
 def _copy_verified(src: Path, dest: Path) -> None:
@@ -233,7 +179,7 @@ class LocalHub:
             return revision
         raise HubError(
             f"{repo_id} has no revision {revision!r}; revisions: "
-            + ", ".join(sorted(revs, key=_rev_order))
+            + ", ".join(sorted(revs, key=revision_order))
         )
 
     def pull(self, repo_id: str, revision: str = "main") -> Path:
@@ -263,7 +209,7 @@ class LocalHub:
         """Like HFHub.list_remote: the org's models with the numeric eval results of their cards."""
         from datetime import datetime, timezone
 
-        from dtzoo.hub.hf import card_results
+        from dtzoo.card import card_results
 
         rows = []
         for rid in self.list_models(org):
@@ -314,7 +260,3 @@ def _read_ref(path: Path) -> str:
             return f.read(256).decode("utf-8", "replace").strip()
     except OSError:
         return ""
-
-
-def _rev_order(rev: str) -> tuple[int, int]:
-    return (0, 0) if rev == "main" else (1, int(rev[4:]) if rev[4:].isdigit() else 0)
