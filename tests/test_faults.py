@@ -1001,6 +1001,9 @@ def test_ctrl_c_says_how_to_resume_and_the_same_command_does(zoo_env, cli_env, r
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as at a terminal: a runner started in the background (CI) passes SIGINT on ignored,
+        # and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert wait_until(lambda: (run / "checkpoints" / "step16").is_dir(), proc)
     proc.send_signal(signal.SIGINT)
