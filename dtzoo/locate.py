@@ -99,6 +99,14 @@ def revision_dir(run: Path, revision: str) -> Path:
     return ckpt
 
 
+def _is_dir(path: Path) -> bool:
+    """`path.is_dir()`, False for a name no file system takes (e.g. too long: ENAMETOOLONG)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def local_run(model_id: str, revision: str = "main") -> Path | None:
     """The directory of `model_id` at `revision` if it was trained here, else None."""
     if not MODEL_ID_RE.fullmatch(model_id):  # (never a path: "../x" is not a run)
@@ -120,7 +128,7 @@ def locate(
     """Find `model` (a directory, a model id trained here, or `[ORG/]ID` on the hub)."""
     check_revision(revision)
     path = Path(model).expanduser()
-    if path.is_dir():
+    if _is_dir(path):
         d = revision_dir(path, revision)
         verify(d, only=REQUIRED_FILES)  # a damaged file says so, before its contents are read
         return ModelRef(d, read_config(d).model_id, "dir", revision, commit=content_hash(d))

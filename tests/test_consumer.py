@@ -248,6 +248,8 @@ def test_consumer_bad_input_is_one_line(zoo_env, registry, tmp_path):
     for bad in ("main\n", "step01", "step"):
         with pytest.raises(UsageError):
             zoo.locate(MID, registry, revision=bad)
+    with pytest.raises(UsageError, match="invalid repo id"):  # not a path, not an id: one line
+        zoo.locate("a" * 5000, registry)
 
 
 def test_card_results_reads_a_bounded_number_of_metrics():
