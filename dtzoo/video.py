@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from dtzoo.fsutil import atomic_write_bytes
+from dtzoo.fsutil import atomic_write_bytes, make_temp_dir
 
 LOG = logging.getLogger(__name__)
 _last_failure: dict[str, str] = {}  # gym id -> why it could not be rendered (for the card)
@@ -36,7 +35,7 @@ def record_replay(
     except ImportError as e:
         return _fail(config, f"missing package: {e.name}")
     target = config.target_returns[0] if target_return is None else target_return
-    tmp = Path(tempfile.mkdtemp(prefix="dtzoo-replay-"))
+    tmp = make_temp_dir(Path(path))  # beside the target (a dot folder): never outside DTZOO_HOME
     try:
         env = make_env(
             config.env["gym_id"],
