@@ -270,19 +270,7 @@ def eval_model(gym_id: str, n_layers: int):
     model = DecisionTransformer(cfg).eval()
     with torch.no_grad():
         model.predict_action.weight.mul_(0.1)
-    arch = {
-        k: getattr(cfg, k)
-        for k in (
-            "n_layers",
-            "d_model",
-            "n_heads",
-            "d_mlp",
-            "context_len",
-            "max_ep_len",
-            "activation",
-            "dropout",
-        )
-    }
+    arch = cfg.architecture()
     config = ModelConfig(
         model_id=f"bench-{n_layers}L-seed0",
         architecture=arch,

@@ -60,7 +60,26 @@ class DTConfig:
                 raise ValueError("state_encoder 'nature_cnn' needs obs_shape (frames, H, W)")
             self.obs_shape = tuple(int(x) for x in self.obs_shape)
 
+    def architecture(self) -> dict:
+        """The `architecture` block of config.json (what `ModelConfig.dt_config` reads back):
+        every field but the dims; the encoder keys only for image encoders, as training writes
+        them. `DTConfig(state_dim=3, act_dim=1).architecture()["n_layers"]` -> 1."""
+        arch = {k: getattr(self, k) for k in ARCHITECTURE_KEYS}
+        if self.state_encoder != "linear":
+            arch.update(state_encoder=self.state_encoder, obs_shape=list(self.obs_shape))
+        return arch
 
+
+ARCHITECTURE_KEYS = (
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_mlp",
+    "context_len",
+    "max_ep_len",
+    "activation",
+    "dropout",
+)
 STATE_ENCODERS = ("linear", "nature_cnn")
 
 

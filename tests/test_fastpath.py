@@ -51,21 +51,7 @@ def model_config(
     max_episode_steps: int | None = None,
 ) -> ModelConfig:
     cfg = model.cfg
-    arch = {
-        k: getattr(cfg, k)
-        for k in (
-            "n_layers",
-            "d_model",
-            "n_heads",
-            "d_mlp",
-            "context_len",
-            "max_ep_len",
-            "activation",
-            "dropout",
-        )
-    }
-    if cfg.state_encoder != "linear":
-        arch.update(state_encoder=cfg.state_encoder, obs_shape=list(cfg.obs_shape))
+    arch = cfg.architecture()
     env = {
         "key": "test",
         "gym_id": gym_id,

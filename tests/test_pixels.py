@@ -266,23 +266,10 @@ def test_agent_stacks_frames_as_the_sampler_does(pix):
     sampler = SegmentSampler(data, 3, 200, 1000, seed=0, frame_stack=4)
     cfg = cnn_config()
     model = DecisionTransformer(cfg).eval()
-    arch = {
-        k: getattr(cfg, k)
-        for k in (
-            "n_layers",
-            "d_model",
-            "n_heads",
-            "d_mlp",
-            "context_len",
-            "max_ep_len",
-            "activation",
-            "dropout",
-            "state_encoder",
-        )
-    }
+    arch = cfg.architecture()
     config = ModelConfig(
         model_id="x",
-        architecture={**arch, "obs_shape": [4, 84, 84]},
+        architecture=arch,
         state_dim=7056,
         act_dim=18,
         action_space={"kind": "discrete", "n": 18},
