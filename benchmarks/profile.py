@@ -45,30 +45,10 @@ def block_flops(n_layers: int, tokens: int, state_tokens_only_last: bool) -> int
 
 
 def train(steps: int = 5) -> None:
-    from transformers import DecisionTransformerModel
-
-    from dtzoo.convert import to_transformers
-    from dtzoo.model import DecisionTransformer
-
     data = suite.load_data(suite.REFERENCE_DATASET)
     batches = suite.make_batches(data, steps)
     for n_layers in (1, 3):
-        torch.manual_seed(0)
-        ours = DecisionTransformer(suite.paper_config(data, n_layers))
-        hf_config, hf_state = to_transformers(ours)
-        theirs = DecisionTransformerModel(hf_config)
-        theirs.load_state_dict(hf_state, strict=True)
-
-        def theirs_fwd(b, theirs=theirs):
-            return theirs(
-                states=b["states"],
-                actions=b["actions"],
-                rewards=None,
-                returns_to_go=b["returns_to_go"],
-                timesteps=b["timesteps"],
-                attention_mask=b["mask"].long(),
-                return_dict=True,
-            ).action_preds
+        ours, theirs, theirs_fwd = suite.paired_models(data, n_layers)
 
         profiled(
             lambda m=ours: suite.train_loop(suite.ours_forward(m), m, batches),

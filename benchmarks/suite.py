@@ -154,33 +154,43 @@ def ours_forward(model) -> Callable:
     )
 
 
-def bench_training(data, steps: int, reps: int, curve_steps: int) -> tuple[list[Row], dict]:
-    """fp32 1L and 3L, and bf16 autocast 3L, against transformers' DecisionTransformerModel
-    (fp32) with the same config, weights and batches; both sides alternate repetitions."""
+def paired_models(data, n_layers: int):
+    """(ours, theirs, theirs_forward): a paper-config DT and transformers'
+    DecisionTransformerModel with the same weights; `theirs_forward(batch)` -> actions."""
     from transformers import DecisionTransformerModel
 
     from dtzoo.convert import to_transformers
     from dtzoo.model import DecisionTransformer
 
+    torch.manual_seed(0)
+    ours = DecisionTransformer(paper_config(data, n_layers))
+    hf_config, hf_state = to_transformers(ours)
+    theirs = DecisionTransformerModel(hf_config)
+    theirs.load_state_dict(hf_state, strict=True)
+
+    def theirs_forward(b):
+        return theirs(
+            states=b["states"],
+            actions=b["actions"],
+            rewards=None,
+            returns_to_go=b["returns_to_go"],
+            timesteps=b["timesteps"],
+            attention_mask=b["mask"].long(),
+            return_dict=True,
+        ).action_preds
+
+    return ours, theirs, theirs_forward
+
+
+def bench_training(data, steps: int, reps: int, curve_steps: int) -> tuple[list[Row], dict]:
+    """fp32 1L and 3L, and bf16 autocast 3L, against transformers' DecisionTransformerModel
+    (fp32) with the same config, weights and batches; both sides alternate repetitions."""
+    from dtzoo.model import DecisionTransformer
+
     batches = make_batches(data, steps)
     rows, times = [], {}
     for n_layers in (1, 3):
-        torch.manual_seed(0)
-        ours = DecisionTransformer(paper_config(data, n_layers))
-        hf_config, hf_state = to_transformers(ours)
-        theirs = DecisionTransformerModel(hf_config)
-        theirs.load_state_dict(hf_state, strict=True)
-
-        def theirs_fwd(b, theirs=theirs):
-            return theirs(
-                states=b["states"],
-                actions=b["actions"],
-                rewards=None,
-                returns_to_go=b["returns_to_go"],
-                timesteps=b["timesteps"],
-                attention_mask=b["mask"].long(),
-                return_dict=True,
-            ).action_preds
+        ours, theirs, theirs_fwd = paired_models(data, n_layers)
 
         sides = {
             "ours": lambda m=ours: train_loop(ours_forward(m), m, batches),
