@@ -654,16 +654,16 @@ _STAGING, _LEGACY_TRASH = ".dtzoo-staging-", ".dtzoo-trash-"
 
 
 def _locked_staging(root: Path) -> tuple[Path, int]:
-    """A hidden staging folder in `root`, flock'ed for as long as this process writes it:
+    """A hidden staging folder in `root`, locked for as long as this process writes it:
     made under another name and renamed once locked, so a cleaner never sees it unlocked."""
-    import fcntl
+    from filelock import lock_descriptor
 
     root.mkdir(parents=True, exist_ok=True)
     name = uuid.uuid4().hex
     new = root / f".dtzoo-new-{name}"
     new.mkdir()
     fd = os.open(new, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    lock_descriptor(fd)  # a new folder: free at once
     os.rename(new, root / f"{_STAGING}{name}")
     return root / f"{_STAGING}{name}", fd
 
@@ -676,7 +676,7 @@ def remove_stale_staging(root: Path) -> int:
     >>> remove_stale_staging(Path(os.environ["MINARI_DATASETS_PATH"]))
     0
     """
-    import fcntl
+    from filelock import lock_descriptor
 
     n = 0
     for p in sorted(root.glob(".dtzoo-*")) if root.is_dir() else []:
@@ -684,9 +684,7 @@ def remove_stale_staging(root: Path) -> int:
             continue
         fd = os.open(p, os.O_RDONLY)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not lock_descriptor(fd, blocking=False):
                 continue  # a live writer
             _put_back(p / ".old" if p.name.startswith(_STAGING) else p, root)
             shutil.rmtree(p, ignore_errors=True)

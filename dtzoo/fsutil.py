@@ -9,7 +9,6 @@ written, locked or cleaned through (`check_owned`), so a link planted at, say,
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +17,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from filelock import FileLock, Timeout, lock_descriptor, unlock_descriptor
 
 from dtzoo.errors import DtzooError
 
@@ -155,12 +156,20 @@ class LockBusy(Exception):
 
 @contextmanager
 def file_lock(path: Path, blocking: bool = True) -> Iterator[None]:
-    """An advisory lock held for the duration of the block (released if the process dies).
-    The lock file is never opened through a symbolic link (O_NOFOLLOW)."""
+    """An advisory lock held for the duration of the block (released if the process dies); the
+    lock file stays in place. It is never opened through a symbolic link. Non-blocking: raises
+    LockBusy when another holder has it.
+
+    >>> with file_lock(paths.run_dir("pendulum-1L-seed0") / ".lock", blocking=False):
+    ...     pass
+    """
     path = check_owned(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        lock.acquire(blocking=blocking)
+    except Timeout:  # an OSError itself: caught first
+        raise LockBusy(str(path)) from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise LinkRefused(f"{path} is a symbolic link: remove it") from None
@@ -170,15 +179,29 @@ def file_lock(path: Path, blocking: bool = True) -> Iterator[None]:
             ) from None
         raise
     try:
-        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
-        try:
-            fcntl.flock(fd, flags)
-        except BlockingIOError:
-            raise LockBusy(str(path)) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
+    finally:
+        lock.release()
+
+
+def is_locked(path: Path) -> bool:
+    """Whether some process (this one included) holds the lock at `path` now. Never creates
+    the lock file: a missing one is free.
+
+    >>> is_locked(paths.run_dir("pendulum-1L-seed0") / ".lock")
+    False
+    """
+    if not Path(path).is_file():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # removed meanwhile
+        return False
+    try:
+        if not lock_descriptor(fd, blocking=False):
+            return True
+        unlock_descriptor(fd)
+        return False
     finally:
         os.close(fd)
 
