@@ -13,6 +13,7 @@ action is read from the s_t token. Weights map one-to-one onto transformers'
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,39 +23,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dtzoo.architecture import Architecture, setting
+
 TOKENS_PER_STEP = 3  # R_t, s_t, a_t
 TOKEN_KINDS = ("rtg", "state", "action")
 
 
-@dataclass
-class DTConfig:
-    """Architecture of one DT. `discrete=True` means act_dim logits and one-hot action inputs."""
+STATE_ENCODERS = ("linear", "nature_cnn")
+
+
+@dataclass(kw_only=True)
+class DTConfig(Architecture):
+    """Architecture of one DT: the recipe's settings (`Architecture`: context_len, d_model,
+    n_heads, d_mlp, activation, dropout) plus what the env and the model id fix.
+    `discrete=True` means act_dim logits and one-hot action inputs."""
 
     state_dim: int
     act_dim: int
     discrete: bool = False
     n_layers: int = 1
-    d_model: int = 128
-    n_heads: int = 1
-    d_mlp: int = 512
-    context_len: int = 20
     max_ep_len: int = 1000
-    activation: str = "relu"
-    dropout: float = 0.1
     # "linear": nn.Linear(state_dim, d_model) on (B, T, state_dim) states (the DT paper's gym
     # setup); "nature_cnn": the Nature-DQN conv stack on (B, T, *obs_shape) uint8 frames
     # (obs_shape = (frame_stack, H, W)), scaled by 1/255 inside the encoder (the paper's Atari).
-    state_encoder: str = "linear"
+    state_encoder: str = setting("linear", choices=STATE_ENCODERS)
     obs_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if self.state_encoder not in STATE_ENCODERS:
-            raise ValueError(
-                f"unknown state_encoder {self.state_encoder!r}: use one of "
-                f"{', '.join(STATE_ENCODERS)}"
-            )
+        problem = self.arch_problem()
+        if problem:
+            raise ValueError(problem)
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices is not None and value not in choices:
+                raise ValueError(
+                    f"unknown {f.name} {str(value)[:40]!r}: use one of {', '.join(choices)}"
+                )
         if self.state_encoder == "nature_cnn":
             if self.obs_shape is None or len(self.obs_shape) != 3:
                 raise ValueError("state_encoder 'nature_cnn' needs obs_shape (frames, H, W)")
@@ -62,14 +67,18 @@ class DTConfig:
 
     def architecture(self) -> dict:
         """The `architecture` block of config.json (what `ModelConfig.dt_config` reads back):
-        every field but the dims; the encoder keys only for image encoders, as training writes
-        them. `DTConfig(state_dim=3, act_dim=1).architecture()["n_layers"]` -> 1."""
+        ARCHITECTURE_KEYS always, in their order; any other field but the dims only where it
+        differs from its default (so a config.json keeps its bytes when a setting is added).
+        `DTConfig(state_dim=3, act_dim=1).architecture()["n_layers"]` -> 1."""
         arch = {k: getattr(self, k) for k in ARCHITECTURE_KEYS}
-        if self.state_encoder != "linear":
-            arch.update(state_encoder=self.state_encoder, obs_shape=list(self.obs_shape))
+        for f in dataclasses.fields(DTConfig):
+            value = getattr(self, f.name)
+            if f.name not in arch and f.name not in _NOT_ARCHITECTURE and value != f.default:
+                arch[f.name] = list(value) if isinstance(value, tuple) else value
         return arch
 
 
+# written to every config.json, in this order (the order files have always had)
 ARCHITECTURE_KEYS = (
     "n_layers",
     "d_model",
@@ -80,7 +89,7 @@ ARCHITECTURE_KEYS = (
     "activation",
     "dropout",
 )
-STATE_ENCODERS = ("linear", "nature_cnn")
+_NOT_ARCHITECTURE = ("state_dim", "act_dim", "discrete")  # config.json keeps them elsewhere
 
 
 class HookPoint(nn.Module):

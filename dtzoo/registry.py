@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from dtzoo.architecture import Architecture, field_types, setting, value_problem
 from dtzoo.errors import RegistryError, UsageError, closest
 
 # always `fullmatch`: `$` also matches before a final newline, and "x-1L-seed0\n" would be a
@@ -37,14 +38,8 @@ MODEL_ID_RE = re.compile(
 MAX_LAYERS = 128
 MAX_SEED = 2**31 - 1
 MAX_STEPS = 10**9  # training steps (and warm-up, checkpoint spacing)
+# (the recipe's bounds are on its fields: dtzoo.architecture.setting)
 LIMITS = {
-    "context_len": 4096,
-    "d_model": 8192,
-    "n_heads": 256,
-    "d_mlp": 32768,
-    "batch_size": 65536,
-    "steps": MAX_STEPS,
-    "warmup_steps": MAX_STEPS,
     "max_ep_len": 10**6,
     "max_episode_steps": 10**8,
     "frame_stack": 64,
@@ -60,24 +55,23 @@ MAX_YAML_NODES = 100_000  # a registry expanded (aliases followed) beyond this i
 MAX_REGISTRY_BYTES = 10 * 2**20
 
 
-@dataclass
-class Recipe:
-    """Architecture and optimisation settings for one training run (the DT paper's by default)."""
+PRECISIONS = ("fp32", "bf16")  # bf16: bfloat16 autocast for the forward pass
 
-    context_len: int = 20
-    d_model: int = 128
-    n_heads: int = 1
-    d_mlp: int = 512
-    activation: str = "relu"
-    dropout: float = 0.1
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    warmup_steps: int = 10_000
-    grad_clip: float = 0.25
-    batch_size: int = 64
-    steps: int = 100_000
-    precision: str = "fp32"  # or "bf16": bfloat16 autocast for the forward pass
-    val_fraction: float = 0.05  # episodes held out (chosen by the seed) for the validation loss
+
+@dataclass(kw_only=True)
+class Recipe(Architecture):
+    """Architecture (dtzoo.architecture) and optimisation settings for one training run (the
+    DT paper's by default); the registry checks each value against its field's `setting`."""
+
+    lr: float = setting(1e-4, gt=0)
+    weight_decay: float = setting(1e-4, ge=0)
+    warmup_steps: int = setting(10_000, ge=0, le=MAX_STEPS)
+    grad_clip: float = setting(0.25, ge=0)
+    batch_size: int = setting(64, gt=0, le=65536)
+    steps: int = setting(100_000, gt=0, le=MAX_STEPS)
+    precision: str = setting("fp32", choices=PRECISIONS)
+    # episodes held out (chosen by the seed) for the validation loss
+    val_fraction: float = setting(0.05, ge=0, le=0.5)
 
 
 @dataclass
@@ -215,7 +209,7 @@ class EnvSpec:
     prepare: dict[str, Any] | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     eval_episodes: int = 10
-    # observation kind (dtzoo.observations): vector | atari | minigrid-flat | minigrid-onehot
+    # observation kind: a name in dtzoo.observations.KINDS (vector, atari, minigrid-flat, ...)
     obs: str = "vector"
     frame_stack: int = 1  # frames per state for image kinds (stacked on the fly)
     max_episode_steps: int | None = (
@@ -328,20 +322,13 @@ class Registry:
             raise UsageError(f"model id {mid!r}: layers must be >= 1")
         env = self.envs[env_key]
         recipe = dataclasses.replace(self.recipe, **env.recipe)
-        if recipe.d_model % recipe.n_heads:
-            raise RegistryError(
-                f"{self.path}: env {env_key!r}: recipe d_model {recipe.d_model} is "
-                f"not divisible by n_heads {recipe.n_heads}"
-            )
+        problem = recipe.arch_problem()
+        if problem:
+            raise RegistryError(f"{self.path}: env {env_key!r}: recipe {problem}")
         from dtzoo.checkpoint import check_model_size
 
         check_model_size(
-            {
-                "n_layers": n_layers,
-                "d_model": recipe.d_model,
-                "d_mlp": recipe.d_mlp,
-                "max_ep_len": env.max_ep_len,
-            },
+            {**recipe.arch_settings(), "n_layers": n_layers, "max_ep_len": env.max_ep_len},
             where=mid,
             error=UsageError,
         )
@@ -535,57 +522,38 @@ class _Parser:
         return v
 
     def dataclass_fields(self, node: _Map, cls: type, what: str) -> dict[str, Any]:
+        """Keys of dataclass `cls`, each checked against its field's declared type (int, float,
+        str or bool) and the bounds and choices of a `setting` field (else LIMITS)."""
         names = {f.name: f for f in dataclasses.fields(cls)}
         for k in node:
             if k not in names:
                 raise self.fail(
                     node, k, f"unknown key {shown(k)} in {what}; {closest(str(k), list(names))}"
                 )
+        types = field_types(cls)
         out = {}
         for k, v in node.items():
-            want = type(names[k].default)
+            want = types[k]
+            if want is bool and not isinstance(v, bool):
+                raise self.fail(node, k, f"{what}.{k} must be true or false, got {shown(v)}")
             if want in (int, float):
                 v = self.number(node, k, what)  # (a number: .inf, .nan and 1e400 are refused)
                 if want is int and not (isinstance(v, int) or v.is_integer()):
                     raise self.fail(node, k, f"{what}.{k} must be an integer, got {v!r}")
-                if want is int and v > LIMITS.get(k, MAX_STEPS):
-                    raise self.fail(
-                        node, k, f"{what}.{k} must be <= {LIMITS.get(k, MAX_STEPS)}, got {v}"
-                    )
+                top = names[k].metadata.get("le", LIMITS.get(k, MAX_STEPS))
+                if want is int and v > top:
+                    raise self.fail(node, k, f"{what}.{k} must be <= {top}, got {v}")
             if want is str and not isinstance(v, str):
                 raise self.fail(node, k, f"{what}.{k} must be a string, got {shown(v)}")
             out[k] = int(v) if want is int else v
+            problem = value_problem(names[k], out[k])
+            if problem:
+                raise self.fail(node, k, f"{what}.{k} {problem}")
         return out
 
     def recipe_fields(self, node: _Map, what: str) -> dict[str, Any]:
         """Recipe keys, with their values checked here rather than failing hours into training."""
-        out = self.dataclass_fields(node, Recipe, what)
-        choices = {
-            "activation": ("relu", "gelu", "gelu_exact", "tanh"),
-            "precision": ("fp32", "bf16"),
-        }
-        for k, allowed in choices.items():
-            if k in out and out[k] not in allowed:
-                raise self.fail(
-                    node, k, f"{what}.{k} must be one of {', '.join(allowed)}, got {out[k]!r}"
-                )
-        for k in ("context_len", "d_model", "n_heads", "d_mlp", "batch_size", "steps", "lr"):
-            if k in out and out[k] <= 0:
-                raise self.fail(node, k, f"{what}.{k} must be positive, got {out[k]!r}")
-        for k in ("dropout", "weight_decay", "warmup_steps", "grad_clip"):
-            if k in out and out[k] < 0:
-                raise self.fail(node, k, f"{what}.{k} must be >= 0, got {out[k]!r}")
-        if "val_fraction" in out and not 0 <= out["val_fraction"] <= 0.5:
-            raise self.fail(
-                node,
-                "val_fraction",
-                f"{what}.val_fraction must be in [0, 0.5], got {out['val_fraction']!r}",
-            )
-        if "dropout" in out and out["dropout"] >= 1:
-            raise self.fail(
-                node, "dropout", f"{what}.dropout must be below 1, got {out['dropout']!r}"
-            )
-        return out
+        return self.dataclass_fields(node, Recipe, what)
 
     def checkpoint_fields(self, node: _Map, what: str) -> dict[str, int]:
         """CheckpointSchedule keys: integers >= 0 (`log: 0`, `evenly: 0`: that part is off),
@@ -712,17 +680,18 @@ class _Parser:
         evaln = self.mapping(node.get("eval"), f"envs.{key}.eval", node, "eval")
         self.check_keys(evaln, ["episodes"], f"envs.{key}.eval")
         episodes = self.integer(evaln, "episodes", f"envs.{key}.eval", default_episodes, 1)
-        from dtzoo.observations import OBS_KINDS, is_image
+        from dtzoo.observations import DEFAULT_KIND, KINDS
 
-        obs = node.get("obs", "vector")
-        if not isinstance(obs, str) or obs not in OBS_KINDS:
+        obs = node.get("obs", DEFAULT_KIND)
+        if not isinstance(obs, str) or obs not in KINDS:
             raise self.fail(
                 node,
                 "obs",
-                f"envs.{key}.obs must be one of {', '.join(OBS_KINDS)}, got {shown(obs)}",
+                f"envs.{key}.obs must be one of {', '.join(KINDS)}, got {shown(obs)}",
             )
-        frame_stack = self.integer(node, "frame_stack", f"envs.{key}", 4 if is_image(obs) else 1, 1)
-        if frame_stack > 1 and not is_image(obs):
+        kind = KINDS[obs]
+        frame_stack = self.integer(node, "frame_stack", f"envs.{key}", kind.default_frame_stack, 1)
+        if frame_stack > 1 and not kind.image:
             raise self.fail(
                 node, "frame_stack", f"envs.{key}.frame_stack applies to image observations only"
             )
