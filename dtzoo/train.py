@@ -31,11 +31,10 @@ from dtzoo.data import SegmentSampler, Trajectories, check_matches_env, load_tra
 from dtzoo.dynamics import episode_segments, held_out_episodes
 from dtzoo.errors import TrainingError
 from dtzoo.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
-from dtzoo.model import DecisionTransformer
-from dtzoo.registry import MAX_STEPS, CheckpointSchedule, ModelSpec
+from dtzoo.model import DecisionTransformer, DTConfig
+from dtzoo.registry import MAX_STEPS, PRECISIONS, CheckpointSchedule, ModelSpec
 
 LOG_FIELDS = ["step", "loss", "lr", "elapsed_s", "val_loss"]  # val_loss: empty if none held out
-PRECISIONS = ("fp32", "bf16")
 ProgressFn = Callable[[int, int, float], None]  # (step, total, loss)
 
 
@@ -67,16 +66,13 @@ def make_config(
             f"env {spec.env.key!r} takes its reference scores from dataset "
             f"{data.dataset_id!r}, which has none: set ref_scores in the registry"
         )
-    arch = dict(
+    arch = DTConfig(
+        state_dim=data.state_dim,
+        act_dim=data.action_space.dim,
         n_layers=spec.n_layers,
-        d_model=r.d_model,
-        n_heads=r.n_heads,
-        d_mlp=r.d_mlp,
-        context_len=r.context_len,
         max_ep_len=spec.env.max_ep_len,
-        activation=r.activation,
-        dropout=r.dropout,
-    )
+        **r.arch_settings(),
+    ).architecture()
     env = {
         "key": spec.env.key,
         "gym_id": spec.env.gym_id,
