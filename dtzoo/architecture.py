@@ -67,6 +67,20 @@ class Architecture:
         return None
 
 
+# the architecture block of every config.json, in its order: `DTConfig.architecture()` writes
+# these always, and any other setting only where it differs from its default
+ARCHITECTURE_KEYS = (
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_mlp",
+    "context_len",
+    "max_ep_len",
+    "activation",
+    "dropout",
+)
+
+
 @functools.cache
 def field_types(cls: type) -> dict[str, type]:
     """The declared type of each field of dataclass `cls`, resolved from its annotation; an
@@ -113,13 +127,17 @@ def value_problem(f: dataclasses.Field, value: Any) -> str | None:
     return None
 
 
-def interval(f: dataclasses.Field) -> str:
-    """The values a numeric `setting` allows, in interval notation: `interval(field_of(
-    Architecture, "dropout"))` -> "[0, 1)"; an integer field gives "from 1 to 4096"."""
+def int_range(f: dataclasses.Field) -> tuple[int, int | None]:
+    """The smallest and largest value an integer `setting` allows (None: no upper bound):
+    `int_range(field_of(Architecture, "d_model"))` -> (1, 8192)."""
     m = f.metadata
-    if isinstance(f.default, int) and not isinstance(f.default, bool):
-        low = m["gt"] + 1 if "gt" in m else m.get("ge", 0)
-        return f"from {low} to {m.get('le')}"
+    return (m["gt"] + 1 if "gt" in m else m.get("ge", 0)), m.get("le")
+
+
+def interval(f: dataclasses.Field) -> str:
+    """The values a float `setting` allows, in interval notation: `interval(field_of(
+    Architecture, "dropout"))` -> "in [0, 1)"."""
+    m = f.metadata
     left = f"({m['gt']}" if "gt" in m else f"[{m.get('ge', '-inf')}"
     right = f"{m['lt']})" if "lt" in m else f"{m.get('le', 'inf')}]"
     return f"in {left}, {right}"

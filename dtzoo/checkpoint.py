@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from dtzoo import __version__
+from dtzoo.architecture import (
+    ARCHITECTURE_KEYS,
+    Architecture,
+    field_types,
+    int_range,
+    interval,
+    value_problem,
+)
 from dtzoo.errors import CheckpointError
 from dtzoo.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
@@ -50,14 +58,12 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def dt_config(self):
-        from dtzoo.model import ACTIVATIONS, DTConfig
+        """The DTConfig the architecture block describes: `config.dt_config().n_layers`."""
+        from dtzoo.model import DTConfig
 
-        if self.architecture.get("activation", "relu") not in ACTIVATIONS:
-            raise CheckpointError(
-                f"config.json of {self.model_id}: unknown activation "
-                f"{str(self.architecture['activation'])[:40]!r}"
-            )
-        try:  # DTConfig refuses unknown keys (TypeError) and inconsistent values (ValueError)
+        # DTConfig refuses unknown keys (TypeError), unknown choices such as an activation and
+        # inconsistent values (ValueError)
+        try:
             return DTConfig(
                 state_dim=self.state_dim,
                 act_dim=self.act_dim,
@@ -105,12 +111,12 @@ class ModelConfig:
 # Bounds on what a config.json may ask us to build: a typo or a hostile file must not exhaust
 # memory before a weight is read (dtzoo.registry bounds what training may ask for the same way)
 MAX_PARAMS = 10**9
+# the recipe's integer settings bring their bounds (dtzoo.architecture); the model id and the
+# env fix the other two
+_SETTINGS = {f.name: f for f in dataclasses.fields(Architecture)}
 ARCH_LIMITS = {
     "n_layers": 128,
-    "d_model": 8192,
-    "n_heads": 256,
-    "d_mlp": 32768,
-    "context_len": 4096,
+    **{k: int_range(f)[1] for k, f in _SETTINGS.items() if field_types(Architecture)[k] is int},
     "max_ep_len": 10**6,
 }
 
@@ -156,6 +162,29 @@ def _numbers(v: Any, n: int | None = None) -> bool:
     return isinstance(v, list) and (n is None or len(v) == n) and all(_is_num(x) for x in v)
 
 
+def _architecture_problem(arch: dict[str, Any]) -> str | None:
+    """What is wrong with the types or ranges of config.json's architecture block, or None.
+    The sizes every config.json has are required; any other setting may be absent (its
+    default applies): `_architecture_problem({"n_layers": 0})` -> "architecture.n_layers ..."."""
+    types = field_types(Architecture)
+    for k, top in ARCH_LIMITS.items():
+        low = int_range(_SETTINGS[k])[0] if k in _SETTINGS else 1
+        if (k in arch or k in ARCHITECTURE_KEYS) and not _is_int(arch.get(k), low, top):
+            return (
+                f"architecture.{k} must be an integer from {low} to {top}, "
+                f"got {str(arch.get(k))[:40]!r}"
+            )
+    for k, f in _SETTINGS.items():
+        v = arch.get(k, f.default)
+        if types[k] is float and not (_is_num(v) and value_problem(f, v) is None):
+            return f"architecture.{k} must be a number {interval(f)}"
+        if types[k] is str and not isinstance(v, str):
+            return f"architecture.{k} must be a string"
+        if types[k] is bool and not isinstance(v, bool):
+            return f"architecture.{k} must be true or false"
+    return None
+
+
 def _config_problem(d: dict[str, Any]) -> str | None:
     """What is wrong with the shape or types of a config.json dict, or None."""
     for k in ("architecture", "action_space", "env", "dataset", "recipe"):
@@ -170,16 +199,9 @@ def _config_problem(d: dict[str, Any]) -> str | None:
         if not _is_int(d[k]):
             return f"{k} must be a non-negative integer, got {str(d[k])[:40]!r}"
     arch = d["architecture"]
-    for k, top in ARCH_LIMITS.items():
-        if not _is_int(arch.get(k), 1, top):
-            return (
-                f"architecture.{k} must be an integer from 1 to {top}, "
-                f"got {str(arch.get(k))[:40]!r}"
-            )
-    if not _is_num(arch.get("dropout", 0.0)) or not 0 <= arch.get("dropout", 0.0) < 1:
-        return "architecture.dropout must be a number in [0, 1)"
-    if not isinstance(arch.get("activation", ""), str):
-        return "architecture.activation must be a string"
+    problem = _architecture_problem(arch)
+    if problem:
+        return problem
     shape = arch.get("obs_shape")
     if shape is not None and not (
         isinstance(shape, list) and len(shape) == 3 and all(_is_int(x, 1, 1024) for x in shape)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtzoo.architecture import Architecture, setting
+from dtzoo.architecture import ARCHITECTURE_KEYS, Architecture, setting
 
 TOKENS_PER_STEP = 3  # R_t, s_t, a_t
 TOKEN_KINDS = ("rtg", "state", "action")
@@ -78,17 +78,6 @@ class DTConfig(Architecture):
         return arch
 
 
-# written to every config.json, in this order (the order files have always had)
-ARCHITECTURE_KEYS = (
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "d_mlp",
-    "context_len",
-    "max_ep_len",
-    "activation",
-    "dropout",
-)
 _NOT_ARCHITECTURE = ("state_dim", "act_dim", "discrete")  # config.json keeps them elsewhere
 
 

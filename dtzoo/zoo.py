@@ -727,17 +727,10 @@ def _config_for_import(spec: ModelSpec, dt_config, src: Path):
             f"env {spec.env.key!r} has {data.state_dim}/{data.action_space.dim}"
         )
     mean, std = data.state_stats()
-    recipe = dataclasses.replace(
-        spec.recipe,
-        d_model=dt_config.d_model,
-        n_heads=dt_config.n_heads,
-        d_mlp=dt_config.d_mlp,
-        context_len=dt_config.context_len,
-        activation=dt_config.activation,
-        dropout=dt_config.dropout,
-    )
+    # the recipe records the checkpoint's architecture, not the registry's
+    recipe = dataclasses.replace(spec.recipe, **dt_config.arch_settings())
     config = make_config(dataclasses.replace(spec, recipe=recipe), data, mean, std, steps=0, step=0)
-    config.architecture["max_ep_len"] = dt_config.max_ep_len
+    config.architecture = dt_config.architecture()  # its max_ep_len too
     config.extra["imported_from"] = str(src)
     return config
 
