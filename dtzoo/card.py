@@ -224,7 +224,10 @@ def card_results(model_index: Any) -> list[dict[str, Any]]:
     """Numeric eval results from a card's raw `model-index`, one dict per target return:
     `{"target_return": -150.0, "mean_reward": -984.79, "normalized_score": 22.49, "episodes": 2,
     "dataset": "dtzoo/pendulum/scripted-v0"}`.
-    Values that are not numbers come back as None (never as strings)."""
+    Values that are not numbers come back as None (never as strings). Read metric by metric,
+    not with huggingface_hub's `model_index_to_eval_results`: that one walks every entry (an
+    alias bomb in full) and fails whole on one missing key, while a foreign card's partial
+    model-index still gives what it has."""
     rows: dict[Any, dict[str, Any]] = {}
     for result, metric in _metrics(model_index):
         dataset = result.get("dataset") if isinstance(result.get("dataset"), dict) else {}
