@@ -9,10 +9,12 @@ per target return), so the Hub and `dtzoo list --remote` can sort and compare th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dtzoo.architecture import ARCHITECTURE_KEYS, Architecture
 from dtzoo.checkpoint import ModelConfig
 
 TAGS = ["decision-transformer", "reinforcement-learning", "offline-rl", "interpretability", "dtzoo"]
@@ -151,6 +153,10 @@ hf = DecisionTransformerModel.from_pretrained("{repo}", subfolder="transformers"
 """
     )
     sizes = f"{a['n_layers']} / {a['d_model']} / {a['n_heads']} / {a['d_mlp']}"
+    # a setting beyond the rows below gets a row of its own (config.json has it only where it
+    # differs from its default)
+    settings = {f.name for f in dataclasses.fields(Architecture)} - set(ARCHITECTURE_KEYS)
+    more = "".join(f"\n| {k} | {v} |" for k, v in a.items() if k in settings)
     optimiser = (
         f"AdamW, lr {rec['lr']:g}, weight decay {rec['weight_decay']:g}, warm-up "
         f"{rec['warmup_steps']} steps, grad clip {rec['grad_clip']}"
@@ -201,7 +207,7 @@ random = {config.env["ref_scores"]["random"]:g} and expert = {config.env["ref_sc
 |---|---|
 | layers / d_model / heads / d_mlp | {sizes} |
 | context length / max episode length | {a["context_len"]} / {a["max_ep_len"]} |
-| activation / dropout | {a["activation"]} / {a["dropout"]} |
+| activation / dropout | {a["activation"]} / {a["dropout"]} |{more}
 | optimiser | {optimiser} |
 | batch / steps | {rec["batch_size"]} / {rec["steps"]} |
 | reward scale | {config.reward_scale:g} |

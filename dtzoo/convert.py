@@ -36,6 +36,7 @@ safetensors / torch only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dtzoo.architecture import Architecture
 from dtzoo.errors import CheckpointError, DtzooError
 from dtzoo.model import DecisionTransformer, DTConfig
 
@@ -58,7 +60,11 @@ __all__ = [
     "to_transformers",
 ]
 
-DEFAULT_CONTEXT_LEN = 20  # the DT paper's K; transformers' config does not record it
+# the DT paper's K (the recipe's default); transformers' config does not record it
+DEFAULT_CONTEXT_LEN = Architecture().context_len
+# the Architecture settings transformers' config expresses (to_transformers maps each); any
+# other setting exports only at its default, where the network is transformers' GPT-2
+_HF_SETTINGS = ("context_len", "d_model", "n_heads", "d_mlp", "activation", "dropout")
 
 # dtzoo activation name -> transformers ACT2FN name (GPT-2's "gelu_new" is the tanh approximation)
 _ACT_TO_HF = {"relu": "relu", "gelu": "gelu_new", "gelu_exact": "gelu", "tanh": "tanh"}
@@ -203,6 +209,13 @@ def to_transformers(
             "transformers' DecisionTransformerModel embeds states with one "
             "nn.Linear, so only vector-state models can be exported"
         )
+    for f in dataclasses.fields(Architecture):
+        value = getattr(cfg, f.name)
+        if f.name not in _HF_SETTINGS and value != f.default:
+            raise CheckpointError(
+                f"{f.name} {value!r} has no transformers equivalent: transformers' "
+                f"DecisionTransformerModel is the network with {f.name} {f.default!r}"
+            )
     transformers = _import_transformers()
     if cfg.activation not in _ACT_TO_HF:
         raise CheckpointError(f"activation {cfg.activation!r} has no transformers equivalent")
