@@ -17,7 +17,7 @@ in training mode, or `fast=False`, it runs the reference full-window forward ins
 see every token of the window. The cache is rebuilt from the window whenever it may be stale
 (a new episode, a step on the reference path, a weight edited in place).
 
-For image models (config.architecture["state_encoder"] == "nature_cnn") `act` takes (N, H, W)
+For image models (an encoder with config.architecture["obs_shape"]) `act` takes (N, H, W)
 uint8 frames (as dtzoo.observations.make_env emits them) and stacks the last `frame_stack`
 frames itself, repeating the first frame of an episode as the sampler does in training.
 """
@@ -54,8 +54,10 @@ class Agent:
         self.max_t = config.architecture["max_ep_len"] - 1
         self.mean = np.asarray(config.state_mean, dtype=np.float32)
         self.std = np.asarray(config.state_std, dtype=np.float32)
+        # An encoder of frames records its input shape (frame_stack, H, W): whichever encoder
+        # and observation kind, the agent then stacks frames; a linear embedding takes rows.
         obs_shape = config.architecture.get("obs_shape")
-        self.image = config.architecture.get("state_encoder", "linear") == "nature_cnn"
+        self.image = obs_shape is not None
         self.state_shape = tuple(obs_shape) if self.image else (config.state_dim,)
         self.target = config.target_returns[0] if target_return is None else target_return
         self.reset()

@@ -264,7 +264,7 @@ def data_info(
 
     reg = registry()
     env = reg.envs.get(name)
-    info = dataset_summary(env.dataset if env else name, obs_kind=env.obs if env else "vector")
+    info = dataset_summary(env.dataset, obs_kind=env.obs) if env else dataset_summary(name)
     if env and env.ref_scores:  # the registry's reference scores are the ones models use
         info["ref_scores"] = {**env.ref_scores, "source": f"registry env {env.key}"}
     else:

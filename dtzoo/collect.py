@@ -50,7 +50,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from dtzoo.data import dataset_dir, datasets_root
 from dtzoo.errors import DatasetError, UsageError
+from dtzoo.observations import DEFAULT_KIND, ObservationKind, get_kind
 
 if TYPE_CHECKING:
     import minari
@@ -270,11 +272,9 @@ def _noise_levels(episodes: int, noise: Sequence[float]) -> np.ndarray:
     return np.repeat(np.asarray(levels, dtype=np.float64), counts)
 
 
-def _make_env(gym_id: str, obs: str = "vector", **kwargs: Any) -> gym.Env:
-    """dtzoo.observations.make_env (the one env factory), an unknown id a UsageError."""
-    from dtzoo.observations import make_env
-
-    return make_env(gym_id, obs, **kwargs)
+def _make_env(gym_id: str, obs: str | ObservationKind = DEFAULT_KIND, **kwargs: Any) -> gym.Env:
+    """The kind's env (dtzoo.observations, the one env factory), an unknown id a UsageError."""
+    return get_kind(obs).make_env(gym_id, **kwargs)
 
 
 def _reset_seed(seed: int, i: int) -> int:
@@ -332,7 +332,7 @@ def collect_episodes(
     max_episode_steps: int | None = None,
     *,
     num_envs: int = 64,
-    obs: str = "vector",
+    obs: str | ObservationKind = DEFAULT_KIND,
 ) -> list[EpisodeBuffer]:
     """Roll out ``episodes`` episodes of ``policy`` in ``gym_id`` with a noise ladder.
 
@@ -478,7 +478,7 @@ def measure_reference_scores(
     gym_id: str,
     episodes: int = 20,
     seed: int = 0,
-    obs: str = "vector",
+    obs: str | ObservationKind = DEFAULT_KIND,
     max_episode_steps: int | None = None,
 ) -> dict[str, float]:
     """Mean return of a uniform random policy and of the noiseless scripted expert.
@@ -504,16 +504,6 @@ _REF_EPISODES = 100  # episodes per reference score in prepare_dataset (Minari's
 _WRITE_LOCK = threading.Lock()  # we repoint MINARI_DATASETS_PATH while writing (see below)
 
 
-def _datasets_root() -> Path:
-    from minari.storage.datasets_root_dir import get_dataset_path
-
-    return Path(get_dataset_path())  # $MINARI_DATASETS_PATH or ~/.minari/datasets, read now
-
-
-def _dataset_path(dataset_id: str) -> Path:
-    return _datasets_root() / dataset_id
-
-
 def prepare_dataset(
     dataset_id: str,
     gym_id: str,
@@ -523,7 +513,7 @@ def prepare_dataset(
     seed: int = 0,
     overwrite: bool = False,
     description: str | None = None,
-    obs: str = "vector",
+    obs: str | ObservationKind = DEFAULT_KIND,
     max_episode_steps: int | None = None,
     ref_episodes: int | None = None,
 ) -> minari.MinariDataset:
@@ -563,12 +553,13 @@ def prepare_dataset(
         "noise": [float(x) for x in noise],
         "seed": int(seed),
     }
-    if obs != "vector":  # vector datasets keep their metadata exactly as before
-        params["obs"] = obs
+    kind = get_kind(obs)
+    if not kind.implicit:  # vector datasets keep their metadata exactly as before
+        params["obs"] = kind.name
     if max_episode_steps is not None:
         params["max_episode_steps"] = int(max_episode_steps)
-    target = _dataset_path(dataset_id)
-    remove_stale_staging(_datasets_root())  # what killed writes left (and put back what they moved)
+    target = dataset_dir(dataset_id)
+    remove_stale_staging(datasets_root())  # what killed writes left (and put back what they moved)
     if target.exists() and not overwrite:
         try:
             ds = minari.load_dataset(dataset_id)
@@ -580,12 +571,12 @@ def prepare_dataset(
         _warn_if_different(ds, dataset_id, params)
         return ds
 
-    env = _make_env(gym_id, obs)
-    env_spec = env.spec if obs == "vector" else env.unwrapped.spec  # no lambda wrappers in a spec
+    env = _make_env(gym_id, kind)
+    env_spec = kind.recorded_spec(env)
     obs_space, act_space = env.observation_space, env.action_space
     env.close()
     pol, algorithm_name = _resolve_policy(policy, gym_id, act_space, seed)
-    kw = {"obs": obs, "max_episode_steps": max_episode_steps}
+    kw = {"obs": kind, "max_episode_steps": max_episode_steps}
     buffers = collect_episodes(gym_id, pol, episodes, noise=noise, seed=seed, **kw)
     refs = (
         measure_reference_scores(gym_id, episodes=ref_episodes or _REF_EPISODES, seed=seed, **kw)
@@ -602,7 +593,7 @@ def prepare_dataset(
     params["gymnasium_version"] = gym.__version__
     params["numpy_version"] = np.__version__
 
-    root = _datasets_root()
+    root = datasets_root()
     staging, lock_fd = _locked_staging(root)
     trash = staging / ".old"  # the dataset being replaced: inside staging, so it is found again
     with _WRITE_LOCK:

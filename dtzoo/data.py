@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dtzoo.errors import DatasetError
+from dtzoo.observations import DEFAULT_KIND, ObservationKind, get_kind
 
 
 @dataclass
@@ -86,12 +86,17 @@ class Trajectories:
     minari_version: str
     fingerprint: str
     ref_scores: dict[str, float] | None = None  # the dataset's own ref_min_score / ref_max_score
-    obs_kind: str = "vector"  # see dtzoo.observations
+    obs_kind: str = DEFAULT_KIND  # the name of an observation kind (dtzoo.observations)
+
+    @property
+    def kind(self) -> ObservationKind:
+        """The observation kind: how these observations become model inputs."""
+        return get_kind(self.obs_kind)
 
     @property
     def image(self) -> bool:
         """Frames (N, H, W) uint8, scaled by 1/255 in the model and stacked by the sampler."""
-        return self.observations.ndim == 3
+        return self.kind.image
 
     @property
     def returns(self) -> np.ndarray:
@@ -105,16 +110,18 @@ class Trajectories:
         """Mean and std over all observations (std floored at 1e-6, as in the DT code).
 
         Image observations have none (empty arrays): they are scaled by 1/255 instead."""
-        if self.image:
-            return np.zeros(0, np.float32), np.zeros(0, np.float32)
-        obs = self.observations.astype(np.float64)
-        return obs.mean(axis=0).astype(np.float32), (obs.std(axis=0) + 1e-6).astype(np.float32)
+        return self.kind.state_stats(self.observations)
 
 
 def datasets_root() -> Path:
-    """Where Minari keeps datasets: $MINARI_DATASETS_PATH or ~/.minari/datasets."""
-    env = os.environ.get("MINARI_DATASETS_PATH")
-    return Path(env) if env else Path.home() / ".minari" / "datasets"
+    """Where Minari keeps datasets ($MINARI_DATASETS_PATH or ~/.minari/datasets, read now and
+    created if missing): Minari's own answer, so dtzoo never looks elsewhere than Minari.
+
+    >>> datasets_root() / "dtzoo/pendulum/scripted-v0"
+    """
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    return Path(get_dataset_path())
 
 
 def dataset_dir(dataset_id: str) -> Path:
@@ -137,7 +144,9 @@ def fingerprint(dataset_id: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def load_trajectories(dataset_id: str, obs_kind: str = "vector") -> Trajectories:
+def load_trajectories(
+    dataset_id: str, obs_kind: str | ObservationKind = DEFAULT_KIND
+) -> Trajectories:
     """Read a local Minari dataset into flat arrays, validating shapes and values.
 
     `obs_kind` (dtzoo.observations) turns raw observations into stored ones: vector kinds stay
@@ -145,9 +154,7 @@ def load_trajectories(dataset_id: str, obs_kind: str = "vector") -> Trajectories
     """
     import minari
 
-    from dtzoo.observations import check_kind, transform
-
-    check_kind(obs_kind)
+    kind = get_kind(obs_kind)
 
     if not dataset_exists(dataset_id):
         raise DatasetError(
@@ -161,11 +168,11 @@ def load_trajectories(dataset_id: str, obs_kind: str = "vector") -> Trajectories
     space = ActionSpace.from_gym(ds.action_space)
     obs, acts, rews, lengths = [], [], [], []
     for ep in ds.iterate_episodes():
-        o = transform(obs_kind, ep.observations)
-        if obs_kind == "vector" and o.ndim != 2:
+        o = kind.transform(ep.observations)
+        if o.ndim != kind.ndim:
             raise DatasetError(
                 f"dataset {dataset_id!r}: episode {ep.id} observations have shape "
-                f"{o.shape}; dtzoo needs flat vector observations"
+                f"{o.shape}; dtzoo needs {kind.stored_as}"
             )
         T = len(ep.actions)
         obs.append(o[:T])
@@ -174,9 +181,7 @@ def load_trajectories(dataset_id: str, obs_kind: str = "vector") -> Trajectories
         lengths.append(T)
     if not lengths or sum(lengths) == 0:
         raise DatasetError(f"dataset {dataset_id!r} has no episodes")
-    observations = np.concatenate(obs)
-    if obs_kind == "vector":
-        observations = observations.astype(np.float32)
+    observations = np.concatenate(obs).astype(kind.dtype, copy=False)
     raw_actions = np.concatenate(acts)
     rewards = np.concatenate(rews)
     for name, arr in (
@@ -202,7 +207,7 @@ def load_trajectories(dataset_id: str, obs_kind: str = "vector") -> Trajectories
         minari_version=str(getattr(ds.spec, "minari_version", "")),
         fingerprint=fingerprint(dataset_id),
         ref_scores=_dataset_ref_scores(ds),
-        obs_kind=obs_kind,
+        obs_kind=kind.name,
     )
 
 
@@ -237,12 +242,9 @@ class SegmentSampler:
         frame_stack: int = 1,
     ):
         self.data, self.K, self.max_ep_len, self.scale = data, context_len, max_ep_len, reward_scale
-        self.frame_stack = frame_stack
-        if data.image:
-            self.norm_obs = data.observations  # uint8 frames, stacked per batch
-        else:
-            mean, std = data.state_stats() if state_mean is None else (state_mean, state_std)
-            self.norm_obs = ((data.observations - mean) / std).astype(np.float32)
+        self.frame_stack, self.kind = frame_stack, data.kind
+        mean, std = data.state_stats() if state_mean is None else (state_mean, state_std)
+        self.norm_obs = self.kind.normalise(data.observations, mean, std)  # frames: not copied
         self.rtg = _returns_to_go(data.rewards, data.starts, data.lengths)
         # per-step index of the step relative to its episode's start
         self.t_in_ep = np.arange(len(data.rewards)) - np.repeat(data.starts, data.lengths)
@@ -286,13 +288,7 @@ class SegmentSampler:
 
     def _states(self, idx: np.ndarray, ep_start: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(B, K, state_dim) float32 normalised states, or (B, K, S, H, W) uint8 stacked frames."""
-        if not self.data.image:
-            return np.where(mask[..., None], self.norm_obs[idx], 0.0).astype(np.float32)
-        back = np.arange(self.frame_stack - 1, -1, -1)  # oldest frame first
-        frames = np.maximum(idx[..., None] - back, ep_start[:, None, None])  # (B, K, S)
-        out = self.norm_obs[frames]
-        out[~mask] = 0
-        return out
+        return self.kind.segment_states(self.norm_obs, idx, ep_start, mask, self.frame_stack)
 
 
 def _returns_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -308,15 +304,16 @@ def _returns_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray)
     return out.astype(np.float32)
 
 
-def check_matches_env(data: Trajectories, gym_id: str, obs_kind: str = "vector") -> None:
+def check_matches_env(
+    data: Trajectories, gym_id: str, obs_kind: str | ObservationKind | None = None
+) -> None:
     """The dataset's observations and actions have the sizes the env gives, so an env paired
     with the wrong dataset fails before training, not at the first evaluation.
 
     >>> check_matches_env(load_trajectories("dtzoo/pendulum/scripted-v0"), "Pendulum-v1")
     """
-    from dtzoo.observations import make_env
-
-    env = make_env(gym_id, obs_kind)
+    kind = data.kind if obs_kind is None else get_kind(obs_kind)
+    env = kind.make_env(gym_id)
     try:
         obs_shape, space = env.observation_space.shape, ActionSpace.from_gym(env.action_space)
     finally:
@@ -336,7 +333,9 @@ def check_matches_env(data: Trajectories, gym_id: str, obs_kind: str = "vector")
         )
 
 
-def dataset_summary(dataset_id: str, bins: int = 10, obs_kind: str = "vector") -> dict[str, Any]:
+def dataset_summary(
+    dataset_id: str, bins: int = 10, obs_kind: str | ObservationKind = DEFAULT_KIND
+) -> dict[str, Any]:
     """Episodes, steps, the return distribution (with a histogram) and the reference scores."""
     import minari
 

@@ -175,13 +175,13 @@ def probe_episodes(config, source: str = "auto", episodes: int = 32):
     `rollout`: `episodes` fresh episodes of the final model at its first target return;
     `auto`: data when the dataset is here, else rollouts."""
     from dtzoo.data import dataset_exists, load_trajectories
+    from dtzoo.observations import kind_of
 
     if source not in ("auto", "data", "rollout"):
         raise UsageError(f"--source {source!r}: use auto, data or rollout")
     ds = config.dataset.get("id", "")
-    kind = config.env.get("observation", {}).get("kind", "vector")
     if source != "rollout" and ds and dataset_exists(ds):
-        data = load_trajectories(ds, kind)
+        data = load_trajectories(ds, kind_of(config))
         if data.fingerprint == config.dataset.get("fingerprint"):
             held = np.asarray(config.dataset.get("val_episodes", []), np.int64)
             if len(held) >= episodes:
@@ -211,14 +211,14 @@ def record_episodes(model, target_return: float, seeds: list[int]):
     (vector observations), so probes and plots can read real rollouts without a dataset."""
     from dtzoo.agent import Agent
     from dtzoo.data import ActionSpace, Trajectories
-    from dtzoo.observations import make_vec_env
+    from dtzoo.observations import kind_of
 
     config = model.config
-    kind = config.env.get("observation", {}).get("kind", "vector")
-    if kind != "vector":
+    kind = kind_of(config)
+    if kind.image:  # recorded as flat rows below
         raise UsageError(f"{config.model_id}: rollouts for probes need vector observations")
     space = ActionSpace(**config.action_space)
-    envs = make_vec_env(config.env["gym_id"], kind, len(seeds), config.env.get("max_episode_steps"))
+    envs = kind.make_vec_env(config.env["gym_id"], len(seeds), config.env.get("max_episode_steps"))
     obs_l, act_l, rew_l, alive_l = [], [], [], []
     try:
         agent = Agent(model, config, target_return=target_return, num_envs=len(seeds))
@@ -253,6 +253,7 @@ def record_episodes(model, target_return: float, seeds: list[int]):
         gym_id=config.env["gym_id"],
         minari_version="",
         fingerprint="",
+        obs_kind=kind.name,
     )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from dtzoo import __version__
 from dtzoo.agent import Agent
 from dtzoo.checkpoint import ModelConfig
+from dtzoo.observations import kind_of, make_vec_env
 
 ProgressFn = Callable[[int, int], None]  # (episodes done, episodes)
 MAX_ENVS = 64  # envs stepped together in one vector env
@@ -49,8 +50,7 @@ def rollout(
     n = len(seeds)
     targets = np.broadcast_to(np.asarray(target_return, np.float64), (n,))
     overlap = overlap and n >= 2 and "fork" in mp.get_all_start_methods()
-    kind = config.env.get("observation", {}).get("kind", "vector")
-    key = (config.env["gym_id"], kind, config.env.get("max_episode_steps"), n)
+    key = (config.env["gym_id"], kind_of(config).name, config.env.get("max_episode_steps"), n)
     envs = take_envs(key)
     stepper = EnvWorker(envs.unwrapped.envs) if overlap else InProcess(envs.unwrapped.envs)
     try:
@@ -94,8 +94,6 @@ KEEP_ENVS = 2  # vector envs kept, the most recently used
 
 def take_envs(key: tuple):
     """A vector env for key = (gym_id, kind, max_episode_steps, n): a kept one, or new."""
-    from dtzoo.observations import make_vec_env
-
     envs = _ENVS.pop(key, None)
     return envs if envs is not None else make_vec_env(*key[:2], key[3], key[2])
 

@@ -79,17 +79,12 @@ def make_config(
         "max_ep_len": spec.env.max_ep_len,
         "ref_scores": dict(refs),
     }
-    if spec.env.obs != "vector":  # vector envs keep their config.json exactly as before
-        from dtzoo.observations import preprocessing
-
-        env["observation"] = preprocessing(spec.env.obs, spec.env.frame_stack)
+    observation = data.kind.observation_block(spec.env.frame_stack)
+    if observation is not None:  # vector envs keep their config.json exactly as before
+        env["observation"] = observation
     if spec.env.max_episode_steps is not None:
         env["max_episode_steps"] = spec.env.max_episode_steps
-    if data.image:
-        arch.update(
-            state_encoder="nature_cnn",
-            obs_shape=[spec.env.frame_stack, *data.observations.shape[1:]],
-        )
+    arch.update(data.kind.state_encoder(spec.env.frame_stack))
     return ModelConfig(
         model_id=spec.model_id,
         architecture=arch,

@@ -18,7 +18,7 @@ from dtzoo import paths
 from dtzoo.checkpoint import load_model
 from dtzoo.data import SegmentSampler, load_trajectories
 from dtzoo.model import DecisionTransformer, DTConfig
-from dtzoo.observations import make_env, transform
+from dtzoo.observations import get_kind, make_env
 from tests.conftest import ROOT, run_cli
 
 TINY = {
@@ -139,14 +139,24 @@ def pix(tmp_path_factory):
 
 
 def test_atari_env_and_dataset_preprocessing_are_identical():
-    pre = make_env("ALE/Seaquest-v5", "atari")
+    """The env's frames equal the dataset transform of the raw RGB frames Minari stores, at
+    every step, the one that ends the episode included (gymnasium's AtariPreprocessing
+    returns the previous frame there)."""
+    atari = get_kind("atari")
+    pre = make_env("ALE/Seaquest-v5", "atari", max_episode_steps=60)  # no-ops count too
     o_pre, _ = pre.reset(seed=3)
-    for _ in range(5):
-        o_pre = pre.step(1)[0]
-    o_raw = pre.unwrapped.ale.getScreenRGB()  # the raw frame a Minari dataset would store
+    rng = np.random.default_rng(0)
+    done, t = False, 0
+    while not done:
+        o_raw = pre.unwrapped.ale.getScreenRGB()  # the raw frame a Minari dataset would store
+        assert np.array_equal(atari.transform(o_raw[None])[0], o_pre), f"step {t}"
+        o_pre, _, terminated, truncated, _ = pre.step(int(rng.integers(pre.action_space.n)))
+        done, t = terminated or truncated, t + 1
+    o_raw = pre.unwrapped.ale.getScreenRGB()
+    assert t >= 30 and np.array_equal(atari.transform(o_raw[None])[0], o_pre)
     assert o_raw.shape == (210, 160, 3) and o_pre.shape == (84, 84) and o_pre.dtype == np.uint8
-    assert np.array_equal(transform("atari", o_raw[None])[0], o_pre)
-    assert np.array_equal(transform("atari", o_pre[None]), o_pre[None])  # idempotent
+    assert pre.observation_space.shape == (84, 84)
+    assert np.array_equal(atari.transform(o_pre[None]), o_pre[None])  # idempotent
     # no-op starts drawn from the reset seed: seeded episodes differ, and replay exactly
     starts = [pre.reset(seed=s)[0] for s in (0, 1, 2, 3, 0)]
     assert np.array_equal(starts[0], starts[4])
@@ -157,7 +167,8 @@ def test_minigrid_flat_and_onehot_views():
     env = make_env("BabyAI-GoToRedBallNoDists-v0", "vector")
     obs, _ = env.reset(seed=0)
     batch = {"image": obs["image"][None], "direction": np.array([obs["direction"]])}
-    flat, onehot = transform("minigrid-flat", batch), transform("minigrid-onehot", batch)
+    flat = get_kind("minigrid-flat").transform(batch)
+    onehot = get_kind("minigrid-onehot").transform(batch)
     assert flat.shape == (1, 148) and flat.dtype == np.uint8
     assert (
         np.array_equal(flat[0, :147], obs["image"].reshape(-1)) and flat[0, 147] == obs["direction"]
