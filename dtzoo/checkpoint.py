@@ -175,7 +175,9 @@ def _architecture_problem(arch: dict[str, Any]) -> str | None:
                 f"got {str(arch.get(k))[:40]!r}"
             )
     for k, f in _SETTINGS.items():
-        v = arch.get(k, f.default)
+        if k not in arch:
+            continue
+        v = arch[k]
         if types[k] is float and not (_is_num(v) and value_problem(f, v) is None):
             return f"architecture.{k} must be a number {interval(f)}"
         if types[k] is str and not isinstance(v, str):
