@@ -21,7 +21,13 @@ from typing import Any
 
 import yaml
 
-from dtzoo.architecture import Architecture, field_types, setting, value_problem
+from dtzoo.architecture import (
+    ARCHITECTURE_KEYS,
+    Architecture,
+    field_types,
+    setting,
+    value_problem,
+)
 from dtzoo.errors import RegistryError, UsageError, closest
 
 # always `fullmatch`: `$` also matches before a final newline, and "x-1L-seed0\n" would be a
@@ -72,6 +78,16 @@ class Recipe(Architecture):
     precision: str = setting("fp32", choices=PRECISIONS)
     # episodes held out (chosen by the seed) for the validation loss
     val_fraction: float = setting(0.05, ge=0, le=0.5)
+
+    def record(self) -> dict[str, Any]:
+        """config.json's `recipe` block: every field in order, except an architecture setting
+        beyond ARCHITECTURE_KEYS left at its default (so a config.json that does not use a
+        setting added later keeps its bytes): `Recipe().record()["lr"]` -> 0.0001."""
+        out = dataclasses.asdict(self)
+        for f in dataclasses.fields(Architecture):
+            if f.name not in ARCHITECTURE_KEYS and out[f.name] == f.default:
+                del out[f.name]
+        return out
 
 
 @dataclass

@@ -109,7 +109,7 @@ def make_config(
                 len(data.lengths), getattr(r, "val_fraction", 0.0), spec.seed
             ).tolist(),
         },
-        recipe={**dataclasses.asdict(r), "steps": steps},
+        recipe={**r.record(), "steps": steps},
         seed=spec.seed,
         step=step,
         total_steps=steps,

@@ -3,7 +3,6 @@ them (DTConfig, Recipe, the registry's checks, config.json's architecture block)
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import typing
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ def test_choices_and_defaults_have_one_source():
 
 def test_config_json_layout_is_unchanged():
     """The recipe and architecture blocks keep their key order (config.json bytes, hashes)."""
-    recipe = list(dataclasses.asdict(Recipe()))
+    recipe = list(Recipe().record())
     assert recipe[:6] == ["context_len", "d_model", "n_heads", "d_mlp", "activation", "dropout"]
     assert recipe[6:] == [
         "lr",
