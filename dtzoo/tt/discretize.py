@@ -24,7 +24,7 @@ from dtzoo.errors import DatasetError
 KINDS = ("quantile", "uniform")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare with np.array_equal
 class Discretizer:
     """Fitted bin edges: `edges[:, d]` are the N + 1 ascending edges of dimension d."""
 
