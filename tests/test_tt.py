@@ -24,6 +24,7 @@ from dtzoo.tt import (
     beam_plan,
     discounted_values,
     greedy_decode,
+    rollout,
     tokenize,
     train_tt,
 )
@@ -129,6 +130,10 @@ def test_token_position_round_trip():
     with pytest.raises(ValueError):
         cfg.position(0, "action", 2)
     assert TTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    arch = json.loads(json.dumps(cfg.architecture()))  # config.json keeps the dims apart
+    assert "observation_dim" not in arch and TTConfig.from_architecture(arch, 3, 2) == cfg
+    settings = PlanSettings(horizon=6, beam_width=32, k_act=None)
+    assert PlanSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
 
 
 def hook_shapes(cfg: TTConfig, B: int, L: int) -> dict[str, tuple[int, ...]]:
@@ -260,21 +265,13 @@ def test_training_beats_the_untrained_model_in_pendulum():
     torch.manual_seed(0)  # train_tt's step-0 weights
     untrained = TrajectoryTransformer(cfg).eval()
     settings = PlanSettings(horizon=2, beam_width=2, context_transitions=3)
-    env = gym.make("Pendulum-v1")
 
     def mean_return(model: TrajectoryTransformer) -> float:
-        agent = TTAgent(model, cfg, tt.discretizer, settings, data.action_space)
-        total = 0.0
-        for seed in (1000, 1001, 1002):
-            agent.reset()
-            obs, _ = env.reset(seed=seed)
-            done = False
-            while not done:
-                obs, reward, terminated, truncated, _ = env.step(agent.act(obs))
-                agent.observe(reward)
-                total += reward
-                done = terminated or truncated
-        return total / 3
+        returns, lengths = rollout(
+            model, tt.discretizer, "Pendulum-v1", [1000, 1001, 1002], settings, data.action_space
+        )
+        assert lengths.tolist() == [200, 200, 200]
+        return float(returns.mean())
 
     # measured: trained about -850, untrained about -1130 (the data's mean is about -360)
     assert mean_return(trained.model) > mean_return(untrained) + 150

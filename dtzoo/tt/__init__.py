@@ -9,7 +9,7 @@
 from dtzoo.tt.data import TTData, WindowSampler, discounted_values, tokenize, transitions
 from dtzoo.tt.discretize import Discretizer
 from dtzoo.tt.model import FAMILY, TOKEN_KINDS, TrajectoryTransformer, TTConfig
-from dtzoo.tt.plan import PlanSettings, TTAgent, beam_plan, greedy_decode
+from dtzoo.tt.plan import PlanSettings, TTAgent, beam_plan, greedy_decode, rollout
 from dtzoo.tt.train import TTRecipe, TTTrainResult, train_tt
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "beam_plan",
     "discounted_values",
     "greedy_decode",
+    "rollout",
     "tokenize",
     "train_tt",
     "transitions",

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtzoo.model import Block, DecisionTransformer, HookPoint
+from dtzoo.model import ACTIVATIONS, Block, DecisionTransformer, HookPoint
 
 TOKEN_KINDS = ("observation", "action", "reward", "value")
-FAMILY = "trajectory-transformer"
+FAMILY = "trajectory-transformer"  # config.json's "family" (the DT's configs have none)
+_DIMS = ("observation_dim", "action_dim")
 
 
 @dataclass
@@ -62,6 +63,10 @@ class TTConfig:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if min(self.observation_dim, self.action_dim, self.n_bins, self.context_len) < 1:
             raise ValueError("observation_dim, action_dim, n_bins and context_len must be >= 1")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}: use one of {', '.join(ACTIVATIONS)}"
+            )
 
     @property
     def transition_dim(self) -> int:
@@ -77,13 +82,25 @@ class TTConfig:
         return self.n_bins
 
     def to_dict(self) -> dict[str, Any]:
-        """config.json's `architecture` block: `TTConfig(3, 1).to_dict()["n_bins"]` -> 100."""
+        """Every field: `TTConfig(3, 1).to_dict()["n_bins"]` -> 100."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TTConfig":
         """Inverse of to_dict (unknown keys are an error, so a typo is not silently ignored)."""
         return cls(**d)
+
+    def architecture(self) -> dict[str, Any]:
+        """config.json's `architecture` block: every field but the dimensions, which
+        config.json keeps as `state_dim` / `act_dim` (as for the DT)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _DIMS}
+
+    @classmethod
+    def from_architecture(
+        cls, arch: dict[str, Any], observation_dim: int, action_dim: int
+    ) -> "TTConfig":
+        """Inverse of architecture(): `TTConfig.from_architecture(arch, cfg.state_dim, ...)`."""
+        return cls(observation_dim=observation_dim, action_dim=action_dim, **arch)
 
     def token_position(self, pos: int) -> tuple[int, str, int]:
         """What flat position `pos` holds: (transition step, kind, dimension within the kind).

@@ -21,6 +21,7 @@ episode ended"); its probability still counts zero reward and value in the score
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,14 @@ class PlanSettings:
         if self.plan_freq > self.horizon:
             raise UsageError(f"plan_freq {self.plan_freq} exceeds the horizon {self.horizon}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """config.json's `planning` block: `PlanSettings().to_dict()["beam_width"]` -> 4."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PlanSettings":
+        return cls(**d)
+
 
 def _max_block(model: TrajectoryTransformer, max_context_transitions: int | None) -> int:
     cfg = model.cfg
@@ -93,16 +102,23 @@ class Decoder:
         self.fast = fast and not hooks_attached(model)
         self.start = 0  # where the cached window starts in x
         self.cache: KVCache | None = None
+        self.last: tuple[int, torch.Tensor] | None = None  # (length, logits) computed last
 
     def logits(self) -> torch.Tensor:
-        """(B, n_bins + 1) logits of the token after each row."""
+        """(B, n_bins + 1) logits of the token after each row (kept until the rows change)."""
+        if self.last is not None and self.last[0] == self.x.shape[1]:
+            return self.last[1]
         D, over = self.model.cfg.transition_dim, self.x.shape[1] - self.max_block
         start = -(-over // D) * D if over > 0 else 0
         if not self.fast:
-            return self.model(self.x[:, start:])[:, -1]
-        if self.cache is None or start != self.start:  # a new window: rebuild
-            self.start, self.cache = start, KVCache(self.model, len(self.x), self.max_block)
-        return cached_logits(self.model, self.x[:, start + self.cache.n :], self.cache)[:, -1]
+            logits = self.model(self.x[:, start:])[:, -1]
+        else:
+            if self.cache is None or start != self.start:  # a new window: rebuild
+                self.start, self.cache = start, KVCache(self.model, len(self.x), self.max_block)
+            new = self.x[:, start + self.cache.n :]
+            logits = cached_logits(self.model, new, self.cache)[:, -1]
+        self.last = (self.x.shape[1], logits)
+        return logits
 
     def append(self, tokens: torch.Tensor) -> None:
         """Add (B, n) tokens to the rows."""
@@ -113,6 +129,8 @@ class Decoder:
         self.x = self.x[rows]
         if self.cache is not None:
             self.cache.kv = self.cache.kv[:, :, rows]
+        if self.last is not None:
+            self.last = (self.last[0], self.last[1][rows])
 
 
 class KVCache:
@@ -221,6 +239,7 @@ def beam_plan(
     centres = torch.as_tensor(discretizer.centres[:, -2:].T, dtype=torch.float32, device=dev)
     discounts = cfg.discount ** torch.arange(H + 1, dtype=torch.float32, device=dev)
     dec = Decoder(model, prefix[None], _max_block(model, s.max_context_transitions), fast)
+    dec.logits()  # the prefix once, then its copies
     dec.select(torch.zeros(s.beam_width, dtype=torch.long, device=dev))
     rewards = torch.zeros(s.beam_width, H + 1, device=dev)
     for t in range(H):
@@ -311,3 +330,40 @@ class TTAgent:
         self.context = (self.context + [row])[-keep:] if keep else []
         self.pending = None
         self.t += 1
+
+
+def rollout(
+    model: TrajectoryTransformer,
+    discretizer: Discretizer,
+    gym_id: str,
+    seeds: list[int],
+    settings: PlanSettings | None = None,
+    action_space: ActionSpace | dict[str, Any] | None = None,
+    max_episode_steps: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One planned episode per seed (one after another: planning batches the beams, not the
+    episodes); returns (returns, lengths) as dtzoo.evaluate.rollout does.
+
+    >>> returns, lengths = rollout(model, disc, "Pendulum-v1", [0, 1], action_space=space)
+    """
+    from dtzoo.observations import make_env
+
+    env = make_env(gym_id, "vector", max_episode_steps)
+    if action_space is None:
+        action_space = ActionSpace.from_gym(env.action_space)
+    agent = TTAgent(model, model.cfg, discretizer, settings, action_space)
+    returns, lengths = np.zeros(len(seeds)), np.zeros(len(seeds), np.int64)
+    try:
+        for i, seed in enumerate(seeds):
+            agent.reset()
+            obs, _ = env.reset(seed=seed)
+            done = False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(agent.act(obs))
+                agent.observe(float(reward))
+                returns[i] += reward
+                lengths[i] += 1
+                done = terminated or truncated
+    finally:
+        env.close()
+    return returns, lengths
