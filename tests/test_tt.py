@@ -230,8 +230,14 @@ def test_loss_falls_on_a_tiny_dataset(pendulum):
     result = train_tt(tt, recipe, cfg, seed=0)
     first, last = np.mean(result.history[:5]), np.mean(result.history[-5:])
     assert len(result.history) == 60 and last < 0.75 * first
-    again = train_tt(tt, TTRecipe(steps=3, batch_size=8), cfg, seed=0)
-    assert again.history == train_tt(tt, TTRecipe(steps=3, batch_size=8), cfg, seed=0).history
+    seen = []
+    again = train_tt(
+        tt, TTRecipe(steps=3, batch_size=8), cfg, seed=0, on_step=lambda n, m: seen.append(n)
+    )
+    assert seen == [0, 1, 2, 3]
+    assert (
+        again.history == train_tt(tt, TTRecipe(steps=3, batch_size=8), cfg, seed=0).history
+    )  # seeded
 
 
 def test_agent_acts_in_pendulum(pendulum, tiny_model):

@@ -40,9 +40,10 @@ from dtzoo.tt.model import TrajectoryTransformer, TTConfig
 class PlanSettings:
     """Beam-search settings. The paper's gym defaults are horizon 15, beam_width 128,
     n_expand 2, k_obs 1, k_act None (with a 0.6 cdf filter), 5 context transitions and a
-    5-transition window (hours per episode on a CPU). These defaults fit the context and the
-    plan in the model's window (5 + 4 <= 10 transitions), so keys and values are computed once
-    per token of a plan (see `Decoder`)."""
+    5-transition window: 256 rows x 89 tokens of decoding per env step. These defaults (8 rows
+    x 21 tokens) plan one Pendulum-v1 episode in seconds on one CPU core, and fit the context
+    and the plan in the model's window (5 + 4 <= 10 transitions), so keys and values are
+    computed once per token of a plan (see `Decoder`)."""
 
     horizon: int = 4
     beam_width: int = 4
@@ -226,7 +227,7 @@ def beam_plan(
     (L,) int64): (horizon, transition_dim) tokens, the first row the current transition.
 
     >>> plan = beam_plan(model, prefix, discretizer, PlanSettings(horizon=4, beam_width=8))
-    >>> discretizer.decode(plan[0, obs_dim : obs_dim + act_dim].numpy(), dims=...)  # a_t
+    >>> a_t = discretizer.decode(plan[0, obs_dim:-2].numpy(), dims=slice(obs_dim, -2))
     """
     s = settings or PlanSettings()
     model.eval()

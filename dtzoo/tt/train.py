@@ -22,6 +22,7 @@ from dtzoo.tt.data import TTData, WindowSampler
 from dtzoo.tt.model import TrajectoryTransformer, TTConfig
 
 ProgressFn = Callable[[int, int, float], None]  # (step, total, loss)
+StepFn = Callable[[int, "TrajectoryTransformer"], None]  # (steps done, model): checkpoints
 
 
 @dataclass
@@ -80,10 +81,12 @@ def train_tt(
     max_path_length: int | None = None,
     device: str | torch.device = "cpu",
     progress: ProgressFn | None = None,
+    on_step: StepFn | None = None,
 ) -> TTTrainResult:
     """Train a TT on `data` (dtzoo.tt.data.tokenize); `config` defaults to the paper's
     architecture for the data's dimensions and bins. The seed fixes the initialisation, the
-    windows drawn and dropout.
+    windows drawn and dropout. `on_step(n, model)` runs before the first step (n = 0) and after
+    every step (n = 1..steps), e.g. to save `step<n>` checkpoints on a schedule.
 
     >>> result = train_tt(tt_data, TTRecipe(steps=200, batch_size=32), seed=0)
     """
@@ -107,6 +110,8 @@ def train_tt(
     optim = make_optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, recipe))
     history: list[float] = []
+    if on_step:
+        on_step(0, model)
     model.train()
     for step in range(recipe.steps):
         batch = {
@@ -123,5 +128,7 @@ def train_tt(
         history.append(loss.item())
         if progress:
             progress(step + 1, recipe.steps, history[-1])
+        if on_step:
+            on_step(step + 1, model)
     model.eval()
     return TTTrainResult(model=model, history=history)
