@@ -218,9 +218,15 @@ def test_cached_decoding_matches_the_forward_and_width_one_is_greedy(tiny_model)
         plan = beam_plan(tiny_model, prefix, disc, settings)
         assert plan.shape == (H, D)
         assert torch.equal(plan.reshape(-1), greedy[-H * D :])
-    # a wider beam searches: sampled actions, a plan of valid tokens (never the stop token)
-    plan = beam_plan(tiny_model, prefix, disc, PlanSettings(horizon=H, beam_width=3, k_act=5))
+    # a wider beam samples actions; a plan of valid tokens (never the stop token), the same
+    # with a hook attached (then every token runs the reference forward, which hooks see)
+    settings = PlanSettings(horizon=H, beam_width=3, k_act=5)
+    plan = beam_plan(tiny_model, prefix, disc, settings, torch.Generator().manual_seed(0))
     assert plan.shape == (H, D) and plan.max() < cfg.n_bins
+    seen = []
+    with tiny_model.hooks([("hook_final", lambda act, name: seen.append(act.shape[1]))]):
+        hooked = beam_plan(tiny_model, prefix, disc, settings, torch.Generator().manual_seed(0))
+    assert torch.equal(hooked, plan) and max(seen) == len(prefix) + H * D - 3 - 1
 
 
 def test_loss_falls_on_a_tiny_dataset(pendulum):
