@@ -2,6 +2,7 @@
 
     >>> card = build_card(config, eval_report, org="dtzoo", license="mit")
     >>> card.save(run / "README.md")
+    >>> write_card(run, registry)       # a model directory's card from its files, then sealed
 
 The YAML metadata carries numeric results in `model-index` (mean return and normalised score
 per target return), so the Hub and `dtzoo list --remote` can sort and compare them.
@@ -12,10 +13,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dtzoo.architecture import ARCHITECTURE_KEYS, Architecture
 from dtzoo.checkpoint import ModelConfig
+from dtzoo.modeldir import CARD, EVAL, PLOTS, SWEEP, VIDEO
+
+if TYPE_CHECKING:
+    from dtzoo.registry import Registry
 
 TAGS = ["decision-transformer", "reinforcement-learning", "offline-rl", "interpretability", "dtzoo"]
 # Minari's remote datasets are Hub dataset repos: `mujoco/hopper/medium-v0` lives in the repo
@@ -279,3 +284,46 @@ def _number(value: Any) -> float | None:
         return float(str(value))
     except (TypeError, ValueError):
         return None
+
+
+# ----------------------------------------------------------------------------- a directory's card
+
+
+def _optional_json(model_dir: Path, name: str) -> dict | None:
+    """A report beside the model, None where it is missing or unreadable."""
+    from dtzoo.evals import read_report
+
+    return read_report(model_dir / name) if (model_dir / name).is_file() else None
+
+
+def build_model_card(
+    model_dir: Path, registry: "Registry", org: str | None = None, transformers: bool = False
+):
+    """The card of a model directory, from config.json, eval.json, rtg_sweep.json and the
+    plots and video beside them."""
+    from dtzoo.checkpoint import read_config
+    from dtzoo.locate import org_for
+    from dtzoo.video import renderer_note
+
+    config = read_config(model_dir)
+    video = VIDEO if (model_dir / VIDEO).is_file() else None
+    return build_card(
+        config,
+        _optional_json(model_dir, EVAL),
+        org=org_for(registry, org),
+        license=registry.license,
+        plots=[p for p in PLOTS if (model_dir / p).is_file()],
+        sweep=_optional_json(model_dir, SWEEP),
+        video=video,
+        video_note=None if video else renderer_note(config),
+        transformers=transformers,
+    )
+
+
+def write_card(model_dir: Path, registry: "Registry", org: str | None = None) -> None:
+    """(Re)write README.md of a model directory, then seal it (with the evaluations just added)."""
+    from dtzoo.fsutil import atomic_write_text
+    from dtzoo.modeldir import ModelDir
+
+    atomic_write_text(model_dir / CARD, str(build_model_card(model_dir, registry, org)))
+    ModelDir(model_dir).seal()

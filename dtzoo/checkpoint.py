@@ -1,8 +1,6 @@
-"""The model directory format (docs/format.md): save, load, verify.
-
-One format everywhere (runs, hubs, caches): `model.safetensors` (weights only), `config.json`
-(everything inference needs), `manifest.json` (sha256 of every other file), and optional
-extras (README.md, eval.json, training_log.csv, plots).
+"""What a model directory holds: config.json (`ModelConfig`, checked), the weights
+(safetensors, strict key layout), and saving and loading a whole model. The layout, file names
+and manifest belong to `dtzoo.modeldir` (docs/format.md).
 
     >>> save_model(model, config, path)              # atomic: a reader never sees half of it
     >>> model, config = load_model(path)             # verifies sha256 sums, strict weights
@@ -27,11 +25,17 @@ from dtzoo.architecture import (
     value_problem,
 )
 from dtzoo.errors import CheckpointError
-from dtzoo.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, read_json, sha256_file
-
-FORMAT_VERSION = 1
-WEIGHTS, CONFIG, MANIFEST = "model.safetensors", "config.json", "manifest.json"
-REQUIRED_FILES = (WEIGHTS, CONFIG)
+from dtzoo.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from dtzoo.modeldir import (  # noqa: F401 (the format's names, re-exported for callers)
+    CONFIG,
+    FORMAT_VERSION,
+    MANIFEST,
+    REQUIRED_FILES,
+    WEIGHTS,
+    ModelDir,
+    verify,
+    write_manifest,
+)
 
 
 @dataclass
@@ -251,18 +255,6 @@ def _config_problem(d: dict[str, Any]) -> str | None:
 # ----------------------------------------------------------------------------- writing
 
 
-def write_manifest(path: Path) -> dict[str, Any]:
-    """Record size and sha256 of every file in the directory (but the manifest itself)."""
-    files = {
-        p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
-        for p in sorted(Path(path).iterdir())
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
-    }
-    manifest = {"format_version": FORMAT_VERSION, "files": files}
-    atomic_write_json(Path(path) / MANIFEST, manifest)
-    return manifest
-
-
 def safetensors_bytes(tensors: dict, metadata: dict[str, str]) -> bytes:
     """safetensors bytes that depend only on the tensors and metadata.
 
@@ -293,65 +285,15 @@ def save_model(
     model, config: ModelConfig, path: Path, extra_files: dict[str, bytes] | None = None
 ) -> Path:
     """Write a complete model directory atomically (replacing any previous one)."""
-    with atomic_dir(Path(path)) as tmp:
-        write_weights(model, tmp / WEIGHTS)
-        atomic_write_json(tmp / CONFIG, config.to_dict())
+    with ModelDir.build(Path(path)) as d:
+        write_weights(model, d.file(WEIGHTS))
+        atomic_write_json(d.file(CONFIG), config.to_dict())
         for name, data in (extra_files or {}).items():
-            (tmp / name).write_bytes(data)
-        write_manifest(tmp)
+            d.file(name).write_bytes(data)
     return Path(path)
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def verify(path: Path, only: tuple[str, ...] | None = None) -> None:
-    """Check every file the manifest lists (or just those in `only`): present, right size,
-    right sha256."""
-    path = Path(path)
-    for name in REQUIRED_FILES:
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path}: missing {name}")
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise CheckpointError(f"{path}: missing {MANIFEST} (cannot verify the files)")
-    try:
-        files = read_json(mpath)["files"]
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{mpath}: unreadable manifest") from None
-    if not isinstance(files, dict):
-        raise CheckpointError(f"{mpath}: unreadable manifest")
-    for name, meta in files.items():
-        if not _plain_name(name):  # "../x", "/etc/passwd", "a/b": never looked at
-            raise CheckpointError(
-                f"{path}: {name!r} listed in the manifest is not a file name inside the directory"
-            )
-        if only is not None and name not in only:  # (a malformed name is refused all the same)
-            continue
-        if not (
-            isinstance(meta, dict)
-            and isinstance(meta.get("size"), int)
-            and isinstance(meta.get("sha256"), str)
-        ):
-            raise CheckpointError(f"{mpath}: unreadable manifest entry for {name}")
-        p = path / name
-        if not p.is_file():
-            raise CheckpointError(f"{path}: {name} listed in the manifest is missing")
-        if p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
-            raise CheckpointError(f"{p}: sha256 mismatch (file is corrupt or was modified)")
-    for name in REQUIRED_FILES:
-        if name not in files:
-            raise CheckpointError(f"{path}: {name} is not covered by the manifest")
-
-
-def _plain_name(name: object) -> bool:
-    """A file name that stays inside the model directory: no separators, not hidden, not empty."""
-    return (
-        isinstance(name, str)
-        and bool(name)
-        and not name.startswith(".")
-        and not any(c in name for c in "/\\\0")
-    )
 
 
 MAX_CONFIG_BYTES = 16 * 2**20
@@ -444,4 +386,4 @@ def load_model(path: Path, verify_files: bool = True, device: str = "cpu"):
 
 
 def is_model_dir(path: Path) -> bool:
-    return (Path(path) / CONFIG).is_file() and (Path(path) / WEIGHTS).is_file()
+    return ModelDir(path).is_model_dir()

@@ -159,11 +159,11 @@ def list_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The registry's model ids and their state (prepared / trained / evaluated / published)."""
-    from dtzoo import zoo
+    from dtzoo import status, zoo
 
     reg = registry()
     if remote:
-        return _print_remote(zoo.remote_status(reg, grid=grid, hub=hub, org=org), as_json)
+        return _print_remote(status.remote_status(reg, grid=grid, hub=hub, org=org), as_json)
     if show_revisions:
         if not model_id:
             raise typer.BadParameter("--revisions needs a MODEL_ID", param_hint="--revisions")
@@ -175,10 +175,10 @@ def list_cmd(
         if grid
         else reg.all_model_ids()
     )
-    published, why = zoo.published_ids_or_none(reg, hub, org)
+    published, why = status.published_ids_or_none(reg, hub, org)
     if published is None:
         print(f"note: published state unknown ({why})", file=sys.stderr)
-    states = [zoo.model_state(reg.resolve(m), published) for m in ids]
+    states = [status.model_state(reg.resolve(m), published) for m in ids]
     if as_json:
         out.print_json(json.dumps([{**s.__dict__, "state": s.label} for s in states]))
         return
@@ -366,47 +366,27 @@ def train(
     """Train what is not trained yet; unfinished runs resume from their last checkpoint, and
     `--steps N` above a finished run's length extends it (the same weights as N steps at once)."""
     from dtzoo import grid as executor
-    from dtzoo import zoo
-    from dtzoo.registry import CheckpointSchedule, with_checkpoints
+    from dtzoo.registry import CheckpointSchedule
 
     if device == "cuda":  # once, up front, rather than once per cell
         from dtzoo.train import pick_device
 
         pick_device(device)
+    if checkpoints:  # checked here, applied over the registry's schedule in every cell
+        CheckpointSchedule.parse_override(checkpoints)
     reg = registry()
     specs = reg.select(grid, ids or [])
     ex = executor.make_executor(
         executor_name, workers, address, cpus_per_cell, gpus_per_cell, partition, time_limit
     )
-    if checkpoints:  # over the registry's schedule (global and per env)
-        if not _in_process(ex):
-            raise typer.BadParameter(
-                "set the schedule in the registry for --executor/--workers",
-                param_hint="--checkpoints",
-            )
-        specs = with_checkpoints(specs, CheckpointSchedule.parse_override(checkpoints))
-    if not _in_process(ex):
-        options = {
-            "registry": str(reg.path.resolve()),
-            "steps": steps,
-            "device": device,
-            "precision": precision,
-        }
-        return _report(_run_remote(ex, "train", specs, options), "trained")
-    with progress_bar() as bar:
-
-        def cell(spec):
-            task = bar.add_task(spec.model_id, total=steps or spec.recipe.steps, info="")
-
-            def tick(step: int, total: int, loss: float) -> None:
-                bar.update(task, completed=step, info=f"loss {loss:.4f}")
-
-            return zoo.train_cell(
-                spec, reg, steps=steps, device=device, progress=tick, precision=precision
-            )
-
-        results = executor.run_cells(specs, cell, skip=executor.already_trained(steps), lock=True)
-    _report(results, "trained")
+    options = {
+        "registry": str(reg.path.resolve()),
+        "steps": steps,
+        "device": device,
+        "precision": precision,
+        "checkpoints": checkpoints,
+    }
+    _report(_run_cells(ex, "train", [s.model_id for s in specs], options), "trained")
 
 
 ModelsArg = Annotated[
@@ -456,7 +436,6 @@ def eval_cmd(
     """Roll models out at their target returns and print their leaderboard: models trained here,
     pulled from the hub (any org), or directories. Up-to-date results are reused."""
     from dtzoo import grid as executor
-    from dtzoo import zoo
     from dtzoo.leaderboard import leaderboard_rows
 
     reg = registry()
@@ -466,35 +445,16 @@ def eval_cmd(
     )
     if revisions:
         return _eval_revisions(names, reg, episodes, hub, org, as_json)
+    options = {
+        "registry": str(reg.path.resolve()),
+        "revision": revision,
+        "episodes": episodes,
+        "hub": hub,
+        "org": org,
+    }
     if rtg_sweep or targets:
-        if not _in_process(ex):
-            raise typer.BadParameter(
-                "--rtg-sweep runs in this process: drop --executor/--workers",
-                param_hint="--rtg-sweep",
-            )
-        return _sweep(names, reg, targets, episodes, revision, hub, org, as_json)
-    if _in_process(ex):
-        with progress_bar() as bar:
-            task = bar.add_task("evaluating", total=len(names), info="")
-
-            def cell(name: str):
-                bar.update(task, info=name)
-                outcome = zoo.eval_model(
-                    name, reg, revision=revision, episodes=episodes, hub=hub, org=org
-                )
-                bar.advance(task)
-                return outcome
-
-            results = executor.run_cells(names, cell)
-    else:  # workers re-resolve ids from the registry: models trained here
-        if revision != "main" or any("/" in n for n in names):
-            raise typer.BadParameter(
-                "--executor/--workers evaluate registry models at main: "
-                "drop them for ORG/ID, directories or --revision",
-                param_hint="--executor",
-            )
-        options = {"registry": str(reg.path.resolve()), "episodes": episodes}
-        results = _run_remote(ex, "eval", [reg.resolve(n) for n in names], options)
+        return _sweep(ex, names, {**options, "targets": targets}, as_json)
+    results = _run_cells(ex, "eval", names, options)
     reports = [r.value for r in results if r.ok and r.value]
     if as_json:
         out.print_json(json.dumps({"models": reports, "leaderboard": leaderboard_rows(reports)}))
@@ -552,37 +512,12 @@ def _eval_revisions(
         out.print(rep["files"]["png"])
 
 
-def _sweep(
-    names: list[str],
-    reg,
-    targets: str | None,
-    episodes: int | None,
-    revision: str,
-    hub: str | None,
-    org: str | None,
-    as_json: bool,
-) -> None:
-    from dtzoo import grid as executor
-    from dtzoo import zoo
+def _sweep(ex, names: list[str], options: dict, as_json: bool) -> None:
     from dtzoo.evaluate import parse_targets, sweep_summary
 
-    target_list = parse_targets(targets) if targets else None
-    with progress_bar() as bar:
-
-        def cell(name: str):
-            task = bar.add_task(f"{name} rtg sweep", total=None, info="")
-            return zoo.sweep_model(
-                name,
-                reg,
-                target_list,
-                episodes,
-                revision=revision,
-                hub=hub,
-                org=org,
-                progress=lambda i, n: bar.update(task, completed=i, total=n),
-            )
-
-        results = executor.run_cells(names, cell)
+    if options["targets"]:  # LO:HI:N checked here, once: one line for a bad range
+        options["targets"] = parse_targets(options["targets"])
+    results = _run_cells(ex, "sweep", names, options)
     reports = [r.value for r in results if r.ok]
     if as_json:
         out.print_json(json.dumps(reports))
@@ -685,22 +620,17 @@ def publish(
     """Publish trained models: weights, config, card, plots, replay video and a transformers/
     folder, as `main` and one `step<N>` revision per training-time checkpoint."""
     from dtzoo import grid as executor
-    from dtzoo import zoo
     from dtzoo.hub import get_hub, repo_id
+    from dtzoo.locate import org_for
 
     reg = registry()
     specs = reg.select(grid, ids or [])
-    get_hub(hub), repo_id(zoo.org_for(reg, org), specs[0].model_id)  # bad hub / org: fail up front
-    with progress_bar() as bar:
-        task = bar.add_task("publishing", total=len(specs), info="")
-
-        def cell(spec):
-            bar.update(task, info=spec.model_id)
-            res = zoo.publish_cell(spec, reg, hub=hub, org=org, checkpoints=checkpoints)
-            bar.advance(task)
-            return res
-
-        results = executor.run_cells(specs, cell)
+    get_hub(hub), repo_id(org_for(reg, org), specs[0].model_id)  # bad hub / org: fail up front
+    options = {"registry": str(reg.path.resolve()), "hub": hub, "org": org}
+    options["checkpoints"] = checkpoints
+    results = _run_cells(
+        executor.make_executor("local"), "publish", [s.model_id for s in specs], options
+    )
     table = Table("repo", "revision", "commit", "url", "status")
     for r in results:
         for p in r.value or []:
@@ -786,13 +716,13 @@ def status_cmd(
 ) -> None:
     """Every cell's state from the files in DTZOO_HOME: pending, running, trained, evaluated,
     published."""
-    from dtzoo import zoo
+    from dtzoo import status
 
     reg = registry()
     model_ids = (
         [s.model_id for s in reg.select(grid, ids or [])] if grid or ids else reg.all_model_ids()
     )
-    rows = zoo.grid_status(reg, model_ids, hub=hub, org=org)
+    rows = status.grid_status(reg, model_ids, hub=hub, org=org)
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -819,24 +749,30 @@ def status_cmd(
 # ----------------------------------------------------------------------------- shared
 
 
-def _in_process(ex) -> bool:
-    return ex.name == "local" and getattr(ex, "workers", 1) <= 1
-
-
-def _run_remote(ex, kind: str, specs, options: dict):
-    """Hand the cells to the executor; a bar counts finished cells."""
+def _run_cells(ex, kind: str, names: list[str], options: dict):
+    """Hand the cells to the executor (grid.py holds the rules); a bar counts finished cells,
+    and cells trained in this process get a bar of their own."""
     if ex.name == "slurm" and ex.cluster_name() != "slurm":  # plain print: one line
         print(
             "note: no SLURM here (sbatch not found): submitit runs the cells as local subprocesses",
             file=sys.stderr,
         )
     with progress_bar() as bar:
-        task = bar.add_task(f"{kind} ({ex.name})", total=len(specs), info="")
+        task = bar.add_task(f"{kind} ({ex.name})", total=len(names), info="")
 
         def done(result) -> None:
             bar.update(task, advance=1, info=f"{result.model_id}: {result.status}")
 
-        return ex.run(kind, [s.model_id for s in specs], options, on_done=done)
+        def cell_bar(name: str):
+            cell = bar.add_task(name, total=None, info="")
+
+            def tick(done: int, total: int, loss: float | None = None) -> None:
+                info = "" if loss is None else f"loss {loss:.4f}"
+                bar.update(cell, completed=done, total=total, info=info)
+
+            return tick
+
+        return ex.run(kind, names, options, on_done=done, progress=cell_bar)
 
 
 def _report(results, verb: str, quiet: bool = False) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dtzoo.errors import UsageError
+from dtzoo.modeldir import RunDir, revision_name, revision_step
 
 MAX_VAL_SEGMENTS = 256  # validation segments per log row: a fixed set, a few forwards
 PROBE_KINDS = {"R": 0, "s": 1, "a": 2}  # token read by a probe (TOKEN_KINDS order)
@@ -81,11 +82,7 @@ def revision_dirs(
     ):
         path = paths.run_dir(str(model))
     if path.is_dir():
-        found = {
-            int(p.name[4:]): p
-            for p in (path / "checkpoints").glob("step*")
-            if p.name[4:].isdigit() and (p / "config.json").is_file()
-        }
+        found = {step: d.path for step, d in RunDir(path).checkpoints()}
         if (path / "config.json").is_file():
             found.setdefault(read_config(path).step, path)
         if not found:
@@ -96,10 +93,10 @@ def revision_dirs(
 
     rid = hub_repo_id(str(model), _registry(registry), org)
     revs = get_hub(hub).revisions(rid)
-    steps = sorted(int(r[4:]) for r in revs if r.startswith("step") and r[4:].isdigit())
+    steps = sorted(s for s in map(revision_step, revs) if s is not None)
     if not steps and "main" not in revs:
         raise UsageError(f"{rid} has no revisions on the {hub or 'default'} hub")
-    return [(s, f"step{s}") for s in steps] or [(-1, "main")]
+    return [(s, revision_name(s)) for s in steps] or [(-1, "main")]
 
 
 def _registry(registry):

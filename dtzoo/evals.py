@@ -18,8 +18,7 @@ from pathlib import Path
 from dtzoo import paths
 from dtzoo.fsutil import read_json
 from dtzoo.locate import ModelRef
-
-EVAL, SWEEP = "eval.json", "rtg_sweep.json"
+from dtzoo.modeldir import EVAL
 
 
 def evals_root() -> Path:

@@ -1,13 +1,15 @@
-"""Executors: run the cells of a grid in this process, in local worker processes, on Ray or
-through submitit (SLURM job arrays).
+"""Running the cells of a grid: in this process, in local worker processes, on Ray or through
+submitit (SLURM job arrays), with one set of rules for all of them.
 
-`run_cells` is the in-process path: one function over the cells, one after another. A failing
-cell is recorded and the others go on. With `lock=True` each cell holds its run's lock while it
-works; a cell locked by another process is deferred to the end and then waited for, so two
-`dtzoo train --grid tiny` started together train every cell exactly once.
+`cell_job(kind, options)` says what a cell is: how a name becomes a cell, the work, the skip rule
+and whether the run's lock is held (train: the run lock, skip finished runs; eval: `eval_model`
+takes the lock and skips up-to-date reports itself). `run_cells` runs it over cells in this
+process: a failing cell is recorded and the others go on; a cell locked by another process is
+deferred to the end and then waited for, so two `dtzoo train --grid tiny` started together train
+every cell exactly once. Every executor's worker runs `run_cell`, which is `run_cells` on one cell.
 
-`LocalExecutor(workers>1)`, `RayExecutor` and `SlurmExecutor` hand each cell to a worker
-that runs `run_cell` (see below); `make_executor` builds one from the CLI's flags.
+    >>> ex = make_executor("local", workers=4)
+    >>> results = ex.run("train", ["pendulum-1L-seed0"], {"steps": 600})
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ SkipFn = Callable[[ModelSpec], "str | None"]  # a reason to skip, or None
 def already_trained(steps: int | None = None) -> SkipFn:
     """Skip a finished run, unless `steps` asks for a different length (then train_model
     extends it, or says in one line why it cannot)."""
-    from dtzoo.train import trained_steps
+    from dtzoo.modeldir import RunDir
 
     def skip(spec: ModelSpec) -> str | None:
-        if not paths.is_trained(spec.model_id):
+        run = RunDir.of(spec.model_id)
+        if not run.is_trained():
             return None
-        done = trained_steps(spec.model_id)
+        done = run.trained_steps()
         if done is None:
             return "already trained"
         return None if steps is not None and steps != done else f"already trained ({done} steps)"
@@ -75,27 +78,36 @@ def _run_one(spec: ModelSpec | str, fn: Callable[[Any], Any], skip: SkipFn | Non
     return CellResult(name, "resumed", f"from step {resumed}", value)
 
 
+OnDone = Callable[[CellResult], None]
+
+
 def run_cells(
     specs: list[ModelSpec] | list[str],
     fn: Callable[[Any], Any],
     skip: SkipFn | None = None,
     lock: bool = False,
+    on_done: OnDone | None = None,
 ) -> list[CellResult]:
     """Run `fn` over the cells (ModelSpecs, or plain names such as `ORG/ID` without `lock`)."""
     results: dict[str, CellResult] = {}
     deferred: list[ModelSpec] = []
+
+    def record(spec) -> None:
+        results[getattr(spec, "model_id", spec)] = result = _run_one(spec, fn, skip)
+        on_done and on_done(result)
+
     for spec in specs:
         if not lock:
-            results[getattr(spec, "model_id", spec)] = _run_one(spec, fn, skip)
+            record(spec)
             continue
         try:
             with file_lock(paths.run_dir(spec.model_id) / ".lock", blocking=False):
-                results[spec.model_id] = _run_one(spec, fn, skip)
+                record(spec)
         except LockBusy:
             deferred.append(spec)
     for spec in deferred:  # another process is on these: wait, then usually find them done
         with file_lock(paths.run_dir(spec.model_id) / ".lock", blocking=True):
-            results[spec.model_id] = _run_one(spec, fn, skip)
+            record(spec)
     return [results[getattr(s, "model_id", s)] for s in specs]
 
 
@@ -108,9 +120,18 @@ def run_cells(
 # cell does not stop the others. Results land in DTZOO_HOME, which every worker must see
 # (on a cluster: a shared filesystem).
 
-KINDS = ("train", "eval")
+KINDS = ("train", "eval", "sweep", "publish")
 # what a worker needs to find the runs, the registry and the datasets (no tokens)
-FORWARDED_ENV = ("DTZOO_HUB", "DTZOO_ORG", "MINARI_REMOTE", "OMP_NUM_THREADS")
+FORWARDED_ENV = (
+    "DTZOO_HUB",
+    "DTZOO_ORG",
+    "MINARI_REMOTE",
+    "OMP_NUM_THREADS",
+    "HF_ENDPOINT",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "HF_HUB_DISABLE_XET",
+)
 
 
 def last_line(text: str) -> str:
@@ -132,24 +153,89 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def _cell_fn(kind: str, options: dict[str, Any]):
+@dataclass
+class CellJob:
+    """What a cell of one kind is, the same in this process and in every worker."""
+
+    resolve: Callable[[str], Any]  # a name -> the cell `work` takes (a ModelSpec, or the name)
+    work: Callable[[Any], Any]
+    skip: SkipFn | None
+    lock: bool  # hold the run's lock around skip + work
+
+
+StepProgress = Callable[[str], Callable[..., None]]  # model id -> progress(done, total, *info)
+
+
+def cell_job(kind: str, options: dict[str, Any], progress: StepProgress | None = None) -> CellJob:
+    """What `kind` ("train", "eval", "sweep", "publish") does to a cell, with `options`:
+    registry (path) for all; steps, device, precision, checkpoints (train: a schedule override
+    such as "log=16"); revision, episodes, hub, org (eval and sweep: any model `dtzoo.locate`
+    finds), targets (sweep); hub, org, checkpoints (publish: the step<N> revisions too).
+    `progress(name)` gives a cell's progress callback (in this process only)."""
     from dtzoo import zoo
-    from dtzoo.registry import load_registry
+    from dtzoo.registry import CheckpointSchedule, load_registry, with_checkpoints
 
     reg = load_registry(options.get("registry"))
+    tick = progress or (lambda name: None)
+    get = options.get
+    where = {"hub": get("hub"), "org": get("org")}
     if kind == "train":
-        fn = lambda spec: zoo.train_cell(
-            spec,
-            reg,
-            steps=options.get("steps"),
-            device=options.get("device", "auto"),
-            precision=options.get("precision"),
-        )
-        return reg, fn, already_trained(options.get("steps"))
-    if kind == "eval":  # eval_model skips up-to-date reports and takes the run's lock itself
-        fn = lambda spec: zoo.eval_model(spec.model_id, reg, episodes=options.get("episodes"))
-        return reg, fn, None
+        override = get("checkpoints")
+        schedule = CheckpointSchedule.parse_override(override) if override else None
+
+        def resolve(name: str) -> ModelSpec:
+            spec = reg.resolve(name)
+            return with_checkpoints([spec], schedule)[0] if schedule else spec
+
+        def train(spec: ModelSpec):
+            return zoo.train_cell(
+                spec,
+                reg,
+                steps=get("steps"),
+                device=get("device", "auto"),
+                progress=tick(spec.model_id),
+                precision=get("precision"),
+            )
+
+        return CellJob(resolve, train, already_trained(get("steps")), lock=True)
+    # eval and sweep take the run's lock themselves (eval skips up-to-date reports)
+    if kind == "eval":
+
+        def evaluate(name: str):
+            revision, episodes = get("revision", "main"), get("episodes")
+            return zoo.eval_model(name, reg, revision, episodes, progress=tick(name), **where)
+
+        return CellJob(lambda name: name, evaluate, None, lock=False)
+    if kind == "sweep":
+
+        def sweep(name: str):
+            targets, episodes, revision = get("targets"), get("episodes"), get("revision", "main")
+            return zoo.sweep_model(
+                name, reg, targets, episodes, revision, progress=tick(name), **where
+            )
+
+        return CellJob(lambda name: name, sweep, None, lock=False)
+    if kind == "publish":
+
+        def publish(spec: ModelSpec):
+            return zoo.publish_cell(spec, reg, checkpoints=get("checkpoints", True), **where)
+
+        return CellJob(reg.resolve, publish, None, lock=False)
     raise ValueError(f"unknown cell kind {kind!r}: use one of {KINDS}")
+
+
+def run_job(job: CellJob, names: list[str], on_done: OnDone | None = None) -> list[CellResult]:
+    """`run_cells` over names: a name that does not resolve is one failed cell."""
+    cells, failed = [], {}
+    for name in names:
+        try:
+            cells.append(job.resolve(name))
+        except Exception as e:  # an unknown id: still one failed cell, not a crash
+            failed[name] = CellResult(name, "failed", _describe(e))
+            on_done and on_done(failed[name])
+    done = run_cells(cells, job.work, job.skip, job.lock, on_done)
+    results = {r.model_id: r for r in done} | failed
+    return [results[n] for n in names]
 
 
 def run_cell(
@@ -158,22 +244,17 @@ def run_cell(
     options: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
 ) -> CellResult:
-    """Train or evaluate one cell, idempotently; the function every executor runs.
+    """Train or evaluate one cell, idempotently; the function every executor's worker runs.
 
-    `options`: registry (path), steps, device, precision (train), episodes (eval).
-    `env`: variables to set first (DTZOO_HOME, MINARI_DATASETS_PATH, ...), for workers that do
-    not inherit the submitting process's environment."""
+    `options`: see `cell_job`. `env`: variables to set first (DTZOO_HOME,
+    MINARI_DATASETS_PATH, ...), for workers that do not inherit the submitting process's
+    environment."""
     options = dict(options or {})
     if env:
         os.environ.update(env)
         options["registry"] = options.get("registry") or env.get("DTZOO_REGISTRY")
     try:
-        reg, fn, skip = _cell_fn(kind, options)
-        spec = reg.resolve(model_id)
-        if kind == "eval":
-            return _run_one(spec, fn, skip)
-        with file_lock(paths.run_dir(model_id) / ".lock", blocking=True):
-            return _run_one(spec, fn, skip)
+        return run_job(cell_job(kind, options), [model_id])[0]
     except Exception as e:  # the registry, the lock: still one failed cell, not a crash
         return CellResult(model_id, "failed", _describe(e))
 
@@ -183,13 +264,12 @@ def _describe(e: BaseException) -> str:
     return last_line(text) or type(e).__name__
 
 
-OnDone = Callable[[CellResult], None]
-
-
 class Executor(Protocol):
-    """Runs `run_cell(kind, id, options)` for every id; results in the order of `model_ids`."""
+    """Runs `run_cell(kind, id, options)` for every id; results in the order of `model_ids`.
+    `progress` (per-cell progress callbacks) is used where cells run in this process."""
 
     name: str
+    in_process: bool  # cells run in this process (one after another)
 
     def run(
         self,
@@ -197,6 +277,7 @@ class Executor(Protocol):
         model_ids: list[str],
         options: dict[str, Any],
         on_done: OnDone | None = None,
+        progress: StepProgress | None = None,
     ) -> list[CellResult]: ...
 
 
@@ -233,13 +314,14 @@ class LocalExecutor:
     workers: int = 1
     name: str = "local"
 
-    def run(self, kind, model_ids, options, on_done=None):
+    @property
+    def in_process(self) -> bool:
+        return self.workers <= 1
+
+    def run(self, kind, model_ids, options, on_done=None, progress=None):
+        if self.in_process:  # the same job as a worker's, with deferral of locked cells
+            return run_job(cell_job(kind, options, progress), model_ids, on_done)
         results: dict[str, CellResult] = {}
-        if self.workers <= 1:
-            for m in model_ids:
-                results[m] = run_cell(kind, m, options)
-                on_done and on_done(results[m])
-            return _ordered(model_ids, results)
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -269,8 +351,9 @@ class RayExecutor:
     cpus_per_cell: float = 1
     gpus_per_cell: float = 0
     name: str = "ray"
+    in_process = False  # cells run in workers: no per-cell progress here
 
-    def run(self, kind, model_ids, options, on_done=None):
+    def run(self, kind, model_ids, options, on_done=None, progress=None):
         ray = _require("ray", "ray")
         env = worker_env()
         started = False
@@ -335,6 +418,7 @@ class SlurmExecutor:
     folder: str | None = None
     cluster: str | None = None
     name: str = "slurm"
+    in_process = False  # cells run in workers: no per-cell progress here
 
     def cluster_name(self) -> str:
         """ "slurm" where sbatch is available, else "local" (or what `cluster` forces)."""
@@ -364,7 +448,7 @@ class SlurmExecutor:
         ex.update_parameters(**params)
         return ex
 
-    def run(self, kind, model_ids, options, on_done=None):
+    def run(self, kind, model_ids, options, on_done=None, progress=None):
         ex = self.executor()
         env = worker_env()
         if ex.cluster == "slurm":  # one job array; SLURM runs at most `parallel` at once

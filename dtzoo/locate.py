@@ -15,23 +15,13 @@ everything (state statistics, action space, gym id, reference scores).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from dtzoo import paths
-from dtzoo.checkpoint import (
-    CONFIG,
-    MANIFEST,
-    REQUIRED_FILES,
-    WEIGHTS,
-    is_model_dir,
-    read_config,
-    verify,
-)
-from dtzoo.errors import CheckpointError, HubError, UsageError
-from dtzoo.fsutil import read_json
+from dtzoo.checkpoint import read_config
+from dtzoo.errors import HubError, UsageError
 from dtzoo.hub import check_revision, get_hub, repo_id
+from dtzoo.modeldir import REQUIRED_FILES, ModelDir, RunDir, revision_step
 from dtzoo.registry import MODEL_ID_RE, Registry
 
 
@@ -79,23 +69,17 @@ def hub_repo_id(model: str, registry: Registry, org: str | None = None) -> str:
 
 def content_hash(model_dir: Path) -> str:
     """A 40-hex id of a model directory's weights and config (its manifest's sha256 sums)."""
-    try:
-        files = read_json(Path(model_dir) / MANIFEST)["files"]
-        key = f"{files[WEIGHTS]['sha256']}\n{files[CONFIG]['sha256']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{model_dir}: missing or unreadable {MANIFEST}") from None
-    return hashlib.sha1(key.encode()).hexdigest()
+    return ModelDir(model_dir).content_hash()
 
 
 def revision_dir(run: Path, revision: str) -> Path:
     """A run directory's model for `revision`: the run itself for main, else its
     checkpoints/<revision>; a UsageError if that checkpoint does not exist."""
     check_revision(revision)
-    if revision == "main":
-        return run
-    ckpt = run / "checkpoints" / revision
+    d = RunDir(run)
+    ckpt = d.revision(revision).path
     if not ckpt.is_dir():
-        raise UsageError(f"{run} has no checkpoint {revision!r} (looked in {run / 'checkpoints'})")
+        raise UsageError(f"{run} has no checkpoint {revision!r} (looked in {d.checkpoints_dir})")
     return ckpt
 
 
@@ -111,11 +95,11 @@ def local_run(model_id: str, revision: str = "main") -> Path | None:
     """The directory of `model_id` at `revision` if it was trained here, else None."""
     if not MODEL_ID_RE.fullmatch(model_id):  # (never a path: "../x" is not a run)
         return None
-    run = paths.run_dir(model_id)
+    run = RunDir.of(model_id)
     if revision == "main":
-        return run if paths.is_trained(model_id) else None
-    ckpt = run / "checkpoints" / revision
-    return ckpt if revision.startswith("step") and is_model_dir(ckpt) else None
+        return run.path if run.is_trained() else None
+    ckpt = run.revision(revision)
+    return ckpt.path if revision_step(revision) is not None and ckpt.is_model_dir() else None
 
 
 def locate(
@@ -130,7 +114,7 @@ def locate(
     path = Path(model).expanduser()
     if _is_dir(path):
         d = revision_dir(path, revision)
-        verify(d, only=REQUIRED_FILES)  # a damaged file says so, before its contents are read
+        ModelDir(d).verify(only=REQUIRED_FILES)  # a damaged file says so before it is read
         return ModelRef(d, read_config(d).model_id, "dir", revision, commit=content_hash(d))
     if "/" not in model:
         run = local_run(model, revision)

@@ -32,12 +32,12 @@ def rollout_window(model, target_return: float, seed: int = 0, at: int | None = 
     """The context window the model acted on at episode step `at` (default: its first full
     window) of a real rollout at `target_return`, as model inputs (batch of one)."""
     from dtzoo.agent import Agent
-    from dtzoo.observations import make_env
+    from dtzoo.observations import kind_of, make_env
 
     config = model.config
     K = config.architecture["context_len"]
     at = K - 1 if at is None else at
-    kind = config.env.get("observation", {}).get("kind", "vector")
+    kind = kind_of(config)
     env = make_env(config.env["gym_id"], kind, config.env.get("max_episode_steps"))
     try:
         agent = Agent(model, config, target_return=target_return)

@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dtzoo import paths
-from dtzoo.checkpoint import ModelConfig, save_model, write_manifest, write_weights
+from dtzoo.checkpoint import ModelConfig, save_model, write_weights
 from dtzoo.data import SegmentSampler, Trajectories, check_matches_env, load_trajectories
 from dtzoo.dynamics import episode_segments, held_out_episodes
 from dtzoo.errors import TrainingError
 from dtzoo.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from dtzoo.model import DecisionTransformer, DTConfig
+from dtzoo.modeldir import CONFIG, CURVE, WEIGHTS, RunDir
 from dtzoo.registry import MAX_STEPS, PRECISIONS, CheckpointSchedule, ModelSpec
 
 LOG_FIELDS = ["step", "loss", "lr", "elapsed_s", "val_loss"]  # val_loss: empty if none held out
@@ -128,7 +127,8 @@ class Trainer:
         device: torch.device,
     ):
         self.spec, self.data, self.steps, self.device = spec, data, steps, device
-        self.run = paths.run_dir(spec.model_id)
+        self.dir = RunDir.of(spec.model_id)
+        self.run = self.dir.path
         r = spec.recipe
         self.mean, self.std = data.state_stats()
         self.config = make_config(spec, data, self.mean, self.std, steps, step=0)
@@ -250,7 +250,7 @@ class Trainer:
 
     def write_log(self) -> None:
         """training_log.csv, rewritten atomically (a reader never sees a half-written row)."""
-        atomic_write_text(self.run / "training_log.csv", log_csv(self.log))
+        atomic_write_text(self.dir.log, log_csv(self.log))
         self.flushed = len(self.log)
 
     # -------------------------------------------------------------- state
@@ -265,7 +265,7 @@ class Trainer:
             )
         self.model.eval()
         config = dataclasses.replace(self.config, step=self.step)
-        save_model(self.model, config, paths.checkpoint_dir(self.spec.model_id, self.step))
+        save_model(self.model, config, self.dir.checkpoint(self.step).path)
         self.write_log()
         self.save_resume_state()
         self.model.train()
@@ -296,15 +296,14 @@ class Trainer:
         data = save_tensors(
             tensors, metadata={"resume": meta_json, "sha256": resume_digest(meta_json, tensors)}
         )
-        resume = self.run / "resume"
-        atomic_write_bytes(resume / f"state-{self.step}.safetensors", data)
-        for old in resume.glob("state-*.safetensors"):
-            if old.name != f"state-{self.step}.safetensors":
+        atomic_write_bytes(self.dir.resume_state(self.step), data)
+        for step, old in self.dir.resume_states():
+            if step != self.step:
                 old.unlink(missing_ok=True)
 
     def restore(self) -> int | None:
         """Load the newest resume state, if any; returns the step resumed from."""
-        state = newest_resume_state(self.run)
+        state = self.dir.newest_resume_state()
         if state is None:
             return None
         meta, tensors = read_resume_state(state)
@@ -331,7 +330,7 @@ class Trainer:
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.step = meta["step"]
         self.pending = list(meta.get("pending_losses", []))
-        log_path = self.run / "training_log.csv"
+        log_path = self.dir.log
         if "log" in meta:  # (states written before the log was part of them read the CSV)
             self.log = [dict(row) for row in meta["log"]]
             self.flushed = 0  # rewrite the CSV with the next row: it may be damaged
@@ -351,40 +350,18 @@ class Trainer:
 
         self.model.eval()
         config = dataclasses.replace(self.config, step=self.step)
-        write_weights(self.model, self.run / "model.safetensors")
-        atomic_write_text(self.run / "training_log.csv", log_csv(self.log))
-        learning_curve(self.log, self.run / "learning_curve.png", title=self.spec.model_id)
-        atomic_write_json(self.run / "config.json", config.to_dict())
-        write_manifest(self.run)
-
-
-def remove_stale_temps(run: Path) -> None:
-    """Temp files and directories a killed run left behind: `.<name>.<random>.tmp` (atomic
-    writes) and `.<name>.old-<pid>` (a checkpoint directory being replaced). None is ever read.
-    A linked `checkpoints/` or `resume/` is refused (fsutil.remove_stale), not cleaned through."""
-    from dtzoo.fsutil import remove_stale
-
-    for d in (run, run / "checkpoints", run / "resume"):
-        remove_stale(
-            d, lambda p: p.name.startswith(".") and (p.name.endswith(".tmp") or ".old-" in p.name)
-        )
-
-
-def trained_steps(model_id: str) -> int | None:
-    """The step count of a finished run (its final config.json), or None if not trained."""
-    if not paths.is_trained(model_id):
-        return None
-    try:
-        return int(json.loads((paths.run_dir(model_id) / "config.json").read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        write_weights(self.model, self.dir.file(WEIGHTS))
+        atomic_write_text(self.dir.log, log_csv(self.log))
+        learning_curve(self.log, self.dir.file(CURVE), title=self.spec.model_id)
+        atomic_write_json(self.dir.file(CONFIG), config.to_dict())
+        self.dir.seal(new_weights=True)
 
 
 def check_extendable(model_id: str, trained: int, steps: int, state: Path | None) -> None:
     """`train --steps N` on a finished run continues it from its final resume state when
     N is larger (the same weights as training N steps at once: the learning-rate schedule does
     not depend on the run's length); anything else is refused in one line."""
-    run = paths.run_dir(model_id)
+    run = RunDir.of(model_id).path
     if steps < trained:
         raise TrainingError(
             f"{model_id} is already trained for {trained} steps, more than --steps {steps}: "
@@ -397,19 +374,6 @@ def check_extendable(model_id: str, trained: int, steps: int, state: Path | None
             f"{model_id} is trained for {trained} steps but its resume state is gone, so it "
             f"cannot be extended to {steps}: delete {run} to train it again with --steps {steps}"
         )
-
-
-RESUME_RE = re.compile(r"state-(0|[1-9][0-9]{0,17})\.safetensors")
-
-
-def newest_resume_state(run: Path) -> Path | None:
-    """The newest `resume/state-<step>.safetensors` (a stray `state-foo.safetensors` is not one)."""
-    states = sorted(
-        (p for p in (run / "resume").glob("state-*.safetensors") if RESUME_RE.fullmatch(p.name)),
-        key=lambda p: int(p.stem.split("-")[1]),
-        reverse=True,
-    )
-    return states[0] if states else None
 
 
 def resume_digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
@@ -486,12 +450,12 @@ def train_model(
         spec = dataclasses.replace(
             spec, recipe=dataclasses.replace(spec.recipe, precision=precision)
         )
-    run = paths.run_dir(spec.model_id)
+    run = RunDir.of(spec.model_id)
     t0 = time.time()
-    trained = trained_steps(spec.model_id)
+    trained = run.trained_steps()
     if trained is None:  # (nothing else writes to an unfinished run)
-        remove_stale_temps(run)
-    state = newest_resume_state(run)
+        run.remove_stale_temps()
+    state = run.newest_resume_state()
     started = read_resume_state(state, tensors=False)[0]["total_steps"] if state else None
     if trained is not None and steps and steps != trained:
         check_extendable(spec.model_id, trained, steps, state)
@@ -499,7 +463,7 @@ def train_model(
         if steps and steps != started:
             raise TrainingError(
                 f"{spec.model_id}: this run was started with {started} steps; "
-                f"resume it with --steps {started}, or delete {run} to start over"
+                f"resume it with --steps {started}, or delete {run.path} to start over"
             )
         steps = started
     steps = steps or spec.recipe.steps
@@ -509,4 +473,4 @@ def train_model(
     resumed = trainer.restore()
     final_loss = trainer.run_steps(progress)
     trainer.finish()
-    return TrainResult(spec.model_id, run, steps, resumed, final_loss, time.time() - t0)
+    return TrainResult(spec.model_id, run.path, steps, resumed, final_loss, time.time() - t0)

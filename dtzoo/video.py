@@ -31,7 +31,7 @@ def record_replay(
         from gymnasium.wrappers import RecordVideo
 
         from dtzoo.agent import Agent
-        from dtzoo.observations import make_env
+        from dtzoo.observations import kind_of, make_env
     except ImportError as e:
         return _fail(config, f"missing package: {e.name}")
     target = config.target_returns[0] if target_return is None else target_return
@@ -39,7 +39,7 @@ def record_replay(
     try:
         env = make_env(
             config.env["gym_id"],
-            config.env.get("observation", {}).get("kind", "vector"),
+            kind_of(config),
             max_episode_steps=config.env.get("max_episode_steps"),
             render_mode="rgb_array",
         )

@@ -11,22 +11,27 @@ The CLI calls these and prints; tests and scripts can call them directly.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from dtzoo import paths
-from dtzoo.checkpoint import load_model, read_config, write_manifest
+from dtzoo.card import write_card
+from dtzoo.checkpoint import load_model, read_config
 from dtzoo.data import dataset_dir, dataset_exists, datasets_root
 from dtzoo.errors import DatasetError, DtzooError, UsageError
-from dtzoo.evals import EVAL, SWEEP, report_dir
-from dtzoo.fsutil import atomic_write_json, atomic_write_text, file_lock, make_temp_dir, read_json
+from dtzoo.evals import report_dir
+from dtzoo.fsutil import atomic_write_json, file_lock, read_json
 from dtzoo.hub import PublishResult, get_hub, repo_id
 from dtzoo.locate import ModelRef, content_hash, hub_repo_id, locate, org_for  # noqa: F401
+from dtzoo.modeldir import (
+    EVAL,
+    SWEEP,
+    VIDEO,
+    RunDir,
+    revision_order,
+)
 from dtzoo.registry import EnvSpec, ModelSpec, Registry
-
-PLOTS = ("learning_curve.png", "rtg_sweep.png")
-VIDEO = "replay.mp4"
+from dtzoo.staging import staged_model_dir, write_transformers_dir
 
 
 def prepare_env(env: EnvSpec, overwrite: bool = False) -> Path:
@@ -91,99 +96,6 @@ def download_dataset(dataset_id: str) -> Path:
 # ----------------------------------------------------------------------------- state
 
 
-@dataclass
-class ModelState:
-    model_id: str
-    prepared: bool
-    trained: bool
-    evaluated: bool
-    published: bool | None  # None: the hub could not be asked
-    step: int | None = None
-
-    @property
-    def label(self) -> str:
-        for name in ("published", "evaluated", "trained", "prepared"):
-            if getattr(self, name):
-                return name
-        return "pending"
-
-
-def model_state(spec: ModelSpec, published: set[str] | None = None) -> ModelState:
-    run = paths.run_dir(spec.model_id)
-    trained = paths.is_trained(spec.model_id)
-    step = read_json(run / "config.json")["step"] if trained else None
-    return ModelState(
-        model_id=spec.model_id,
-        prepared=dataset_exists(spec.env.dataset),
-        trained=trained,
-        evaluated=trained and (run / "eval.json").is_file(),
-        published=None if published is None else spec.model_id in published,
-        step=step,
-    )
-
-
-def grid_status(
-    registry: Registry, model_ids: list[str], hub: str | None = None, org: str | None = None
-) -> list[dict]:
-    """Every cell's state from the files in DTZOO_HOME (and the hub's model list):
-    `running` (another process holds the run's lock, or a resume state exists without a final
-    model: an unfinished run, live or interrupted), else `published` / `evaluated` / `trained`,
-    else `pending`. Rows: model_id, state, step (the final model's, or the newest resume
-    state's), locked, detail."""
-    from dtzoo.grid import lock_held
-    from dtzoo.train import newest_resume_state
-
-    published, _ = published_ids_or_none(registry, hub, org)  # offline: published unknown
-    rows = []
-    for mid in model_ids:
-        spec = registry.resolve(mid)
-        st = model_state(spec, published)
-        locked = lock_held(mid)
-        run = paths.run_dir(mid)
-        resume = None if st.trained else newest_resume_state(run) if run.is_dir() else None
-        step, detail = st.step, ""
-        if resume is not None:
-            step = int(resume.stem.split("-")[1])  # state-<step>.safetensors
-        if locked:
-            state, detail = "running", "run lock held"
-        elif resume is not None:
-            state, detail = "running", f"unfinished: resume state at step {step}, lock free"
-        else:
-            state = st.label if st.label != "prepared" else "pending"
-        rows.append(
-            {
-                "model_id": mid,
-                "state": state,
-                "step": step,
-                "locked": locked,
-                "prepared": st.prepared,
-                "trained": st.trained,
-                "evaluated": st.evaluated,
-                "published": st.published,
-                "detail": detail,
-            }
-        )
-    return rows
-
-
-def published_ids(registry: Registry, hub: str | None = None, org: str | None = None) -> set[str]:
-    h = get_hub(hub)
-    return {r.split("/", 1)[1] for r in h.list_models(org_for(registry, org))}
-
-
-def published_ids_or_none(
-    registry: Registry, hub: str | None = None, org: str | None = None
-) -> tuple[set[str] | None, str]:
-    """`published_ids`, or (None, why) when the hub cannot be asked (offline): `dtzoo list` and
-    `dtzoo status` still show everything they know from this machine."""
-    from dtzoo.errors import HubError
-
-    try:
-        return published_ids(registry, hub, org), ""
-    except HubError as e:
-        return None, str(e)
-
-
 # ----------------------------------------------------------------------------- train / eval
 
 
@@ -209,10 +121,10 @@ def train_cell(
 
 
 def require_trained(model_id: str) -> Path:
-    run = paths.run_dir(model_id)
-    if not paths.is_trained(model_id):
+    run = RunDir.of(model_id)
+    if not run.is_trained():
         raise UsageError(f"{model_id} is not trained yet: run `dtzoo train {model_id}`")
-    return run
+    return run.path
 
 
 @dataclass
@@ -358,41 +270,6 @@ def sweep_cell(
     return sweep_model(spec.model_id, registry, targets, episodes, progress=progress)
 
 
-def _optional_json(model_dir: Path, name: str) -> dict | None:
-    from dtzoo.evals import read_report
-
-    return read_report(model_dir / name) if (model_dir / name).is_file() else None
-
-
-def build_model_card(
-    model_dir: Path, registry: Registry, org: str | None = None, transformers: bool = False
-):
-    """The card of a model directory, from config.json, eval.json, rtg_sweep.json and the
-    plots and video beside them."""
-    from dtzoo.card import build_card
-    from dtzoo.video import renderer_note
-
-    config = read_config(model_dir)
-    video = VIDEO if (model_dir / VIDEO).is_file() else None
-    return build_card(
-        config,
-        _optional_json(model_dir, EVAL),
-        org=org_for(registry, org),
-        license=registry.license,
-        plots=[p for p in PLOTS if (model_dir / p).is_file()],
-        sweep=_optional_json(model_dir, SWEEP),
-        video=video,
-        video_note=None if video else renderer_note(config),
-        transformers=transformers,
-    )
-
-
-def write_card(model_dir: Path, registry: Registry, org: str | None = None) -> None:
-    """(Re)write README.md of a model directory, then refresh the manifest."""
-    atomic_write_text(model_dir / "README.md", str(build_model_card(model_dir, registry, org)))
-    write_manifest(model_dir)
-
-
 def eval_reports(model_ids: list[str] | None = None) -> list[dict]:
     """Every final model evaluated on this machine (`dtzoo.evals.local_reports`)."""
     from dtzoo.evals import local_reports
@@ -468,129 +345,12 @@ def publish_cell(
     org = org_for(registry, org)
     rid = repo_id(org, spec.model_id)
     h.check_reachable(rid)  # fail in one request, before staging anything
-    sources = []
-    if checkpoints:
-        ckpts = [p for p in (run / "checkpoints").glob("step*") if p.name[4:].isdigit()]
-        sources = [(p, p.name) for p in sorted(ckpts, key=lambda p: int(p.name[4:]))]
+    revisions = RunDir(run).checkpoints() if checkpoints else []
     results = []
-    for src, revision in sources + [(run, "main")]:
+    for src, revision in [(d.path, d.name) for _, d in revisions] + [(run, "main")]:
         with staged_model_dir(src, registry, org) as stage:
             results.append(h.publish(stage, rid, revision=revision))
     return results
-
-
-@contextmanager
-def staged_model_dir(src: Path, registry: Registry, org: str):
-    """A temporary copy of model directory `src` as it is published: its files, a card naming
-    `org`, and `transformers/` (the same model as a transformers DecisionTransformerModel)."""
-    import shutil
-
-    from dtzoo.checkpoint import MANIFEST, verify
-    from dtzoo.hub.common import check_required_files, model_files
-
-    check_required_files(src)  # corrupt weights are never published under a fresh hash
-    (paths.home() / "staging").mkdir(parents=True, exist_ok=True)
-    stage = make_temp_dir(paths.home() / "staging" / src.name)
-    try:
-        for f in model_files(src):
-            if f.parent == src and f.name not in ("README.md", MANIFEST):
-                shutil.copy2(f, stage / f.name)
-        has_transformers = write_transformers_dir(src, stage / "transformers")
-        card = build_model_card(stage, registry, org, transformers=has_transformers)
-        atomic_write_text(stage / "README.md", str(card))
-        write_manifest(stage)
-        verify(stage)
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def write_transformers_dir(model_dir: Path, out: Path) -> bool:
-    """Write `model_dir` as a transformers DecisionTransformerModel directory (config.json with
-    `model_type: decision_transformer` and our config under "dtzoo", model.safetensors).
-    False, with nothing written, where transformers cannot hold the model (image encoders) or
-    is not installed."""
-    from dtzoo.convert import MissingDependencyError, export_transformers
-    from dtzoo.errors import CheckpointError
-
-    net, config = load_model(model_dir)
-    try:
-        export_transformers(net, out)
-    except (CheckpointError, MissingDependencyError):
-        import shutil
-
-        shutil.rmtree(out, ignore_errors=True)
-        return False
-    hf_config = read_json(out / "config.json")
-    hf_config["dtzoo"] = config.to_dict()  # state stats etc., so the round trip is lossless
-    atomic_write_json(out / "config.json", hf_config)
-    return True
-
-
-def remote_status(
-    registry: Registry, grid: str | None = None, hub: str | None = None, org: str | None = None
-) -> list[dict]:
-    """The org's published zoo next to the registry's grid, one row per model id:
-    `{"model_id", "repo_id", "status", "sha", "last_modified", "results"}`, `results` being the
-    card's numeric eval results (`[{"target_return", "mean_reward", "normalized_score",
-    "episodes"}]`). Status: `missing` (in the grid, not on the hub), `stale` (the local run's
-    eval.json differs from the published card), `published` (the card matches, or there is no
-    local eval to compare with), `not in registry` (on the hub, not in this registry)."""
-    h = get_hub(hub)
-    org = org_for(registry, org)
-    remote = {r["model_id"]: r for r in h.list_remote(org)}
-    ids = registry.grid(grid) if grid else registry.all_model_ids()
-    extra = [] if grid else sorted(m for m in remote if m not in ids)
-    rows = []
-    for mid in ids + extra:
-        r = remote.get(mid)
-        if r is None:
-            rows.append(
-                {
-                    "model_id": mid,
-                    "repo_id": f"{org}/{mid}",
-                    "status": "missing",
-                    "sha": None,
-                    "last_modified": None,
-                    "results": [],
-                }
-            )
-            continue
-        status = "published" if mid in ids else "not in registry"
-        local = paths.run_dir(mid) / "eval.json"
-        if (
-            mid in ids
-            and local.is_file()
-            and _local_results(read_json(local)) != _card_key(r["results"])
-        ):
-            status = "stale"
-        rows.append(
-            {
-                "model_id": mid,
-                "repo_id": r["repo_id"],
-                "status": status,
-                "sha": r["sha"],
-                "last_modified": r["last_modified"],
-                "results": r["results"],
-            }
-        )
-    return rows
-
-
-def _local_results(report: dict) -> list[tuple]:
-    """eval.json as the card rounds it (card.eval_results: 2 decimals)."""
-    return sorted(
-        (float(x["target_return"]), round(x["return_mean"], 2), round(x["normalized_mean"], 2))
-        for x in report.get("results", [])
-    )
-
-
-def _card_key(results: list[dict]) -> list[tuple]:
-    return sorted(
-        (r["target_return"], r.get("mean_reward"), r.get("normalized_score"))
-        for r in results
-        if r.get("target_return") is not None
-    )
 
 
 def pull(
@@ -619,22 +379,14 @@ def revisions(
 
     out: dict[str, dict] = {}
     if local_run(model) is not None or local_run(model, "step0") is not None:
-        for ckpt in (paths.run_dir(model) / "checkpoints").glob("step*"):
-            if ckpt.name[4:].isdigit():
-                out[ckpt.name] = {"local": str(ckpt), "hub_commit": None}
-        if local_run(model) is not None:
-            out["main"] = {"local": str(paths.run_dir(model)), "hub_commit": None}
+        run = RunDir.of(model)
+        for _, ckpt in run.checkpoints():
+            out[ckpt.name] = {"local": str(ckpt.path), "hub_commit": None}
+        if run.is_trained():
+            out["main"] = {"local": str(run.path), "hub_commit": None}
     for rev, commit in get_hub(hub).revisions(hub_repo_id(model, registry, org)).items():
         out.setdefault(rev, {"local": None})["hub_commit"] = commit
-    return dict(
-        sorted(
-            out.items(),
-            key=lambda kv: (
-                kv[0] != "main",
-                int(kv[0][4:] or 0) if kv[0].startswith("step") else 0,
-            ),
-        )
-    )
+    return dict(sorted(out.items(), key=lambda kv: revision_order(kv[0])))
 
 
 # ----------------------------------------------------------------------------- interop

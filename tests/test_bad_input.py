@@ -1099,7 +1099,7 @@ SITECUSTOMIZE = textwrap.dedent("""
     ids=["checkpoint", "final-model"],
 )
 def test_disk_full_while_saving_keeps_the_last_checkpoint(zoo_env, tmp_path, where, resumes_from):
-    from dtzoo.train import newest_resume_state
+    from dtzoo.modeldir import RunDir
 
     mid = "pendulum-1L-seed0"
     hook = tmp_path / "hook"
@@ -1116,7 +1116,7 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(zoo_env, tmp_path, whe
     for ckpt in (run / "checkpoints").iterdir():  # what is there is whole; nothing half-written
         assert not ckpt.name.startswith("."), ckpt
         verify(ckpt)
-    assert newest_resume_state(run).name == f"state-{resumes_from}.safetensors"
+    assert RunDir(run).newest_resume_state().name == f"state-{resumes_from}.safetensors"
     assert not [p for p in run.rglob(".*") if p.name != ".lock"]
     done = run_cli("train", mid, env=zoo_env)  # space again: the same command finishes
     assert f"{mid}: resumed (from step {resumes_from})" in done.stderr
@@ -1141,11 +1141,13 @@ def enospc_on(n: int):
 
 def test_disk_full_while_publishing_keeps_the_hub_as_it_was(zoo_env, tmp_path, monkeypatch):
     from dtzoo.hub.local import LocalHub, verify_commit
+    from dtzoo.modeldir import ModelDir
 
     hub = LocalHub()
     src = a_model_dir(tmp_path / "model")
     first = hub.publish(src, REPO)
     (src / "README.md").write_text("# a new card\n")
+    ModelDir(src).seal()
     with pytest.MonkeyPatch.context() as mp, pytest.raises(OSError) as e:
         mp.setattr(shutil, "copy2", enospc_on(2))
         hub.publish(src, REPO)

@@ -125,12 +125,13 @@ def test_trained_pendulum_beats_untrained(zoo_env, registry):
     from dtzoo import paths, zoo
     from dtzoo.checkpoint import load_model
     from dtzoo.evaluate import evaluate
+    from dtzoo.modeldir import RunDir
 
     spec = registry.resolve("pendulum-1L-seed0")
     zoo.train_cell(spec, registry, steps=300)
     trained = evaluate(*load_model(paths.run_dir(spec.model_id)), episodes=4, targets=[-150])
     untrained = evaluate(
-        *load_model(paths.checkpoint_dir(spec.model_id, 0)), episodes=4, targets=[-150]
+        *load_model(RunDir.of(spec.model_id).checkpoint(0).path), episodes=4, targets=[-150]
     )
     t, u = trained["results"][0]["return_mean"], untrained["results"][0]["return_mean"]
     assert t > u + 300, (t, u)

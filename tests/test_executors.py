@@ -13,6 +13,7 @@ import pytest
 
 from dtzoo import grid, paths, zoo
 from dtzoo.errors import UsageError
+from dtzoo.modeldir import RunDir
 from tests.conftest import run_cli
 
 STEPS = 6  # a handful: the cells only have to finish, not learn
@@ -217,7 +218,7 @@ def test_ray_trains_the_cells_a_failing_one_does_not_stop_them(
     }
     assert "dtzoo/ghost/missing-v0" in results[0].detail and "\n" not in results[0].detail
     assert sorted(done) == sorted(ids)
-    assert all(paths.is_trained(m) for m in ids[1:])
+    assert all(RunDir.of(m).is_trained() for m in ids[1:])
     assert ray_runtime.is_initialized()  # ours: the executor does not shut it down
 
     # the CLI joins the same runtime: finished cells are skipped, the failed one fails again

@@ -115,12 +115,13 @@ def hidden_bytes(root: Path) -> int:
 
 def assert_run_consistent(run: Path) -> None:
     """What a killed run may leave: complete checkpoints only, a readable resume state."""
-    from dtzoo.train import newest_resume_state, read_resume_state
+    from dtzoo.modeldir import RunDir
+    from dtzoo.train import read_resume_state
 
     for ckpt in (run / "checkpoints").glob("step*"):
         verify(ckpt)  # a visible checkpoint is whole
         assert all(torch.isfinite(t).all() for t in model_weights(ckpt).values())
-    state = newest_resume_state(run)
+    state = RunDir(run).newest_resume_state()
     if state is not None:
         meta, _ = read_resume_state(state)
         assert (run / "checkpoints" / f"step{meta['step']}").is_dir()
@@ -184,7 +185,7 @@ def cli_env(zoo_env):
 def test_sigkill_in_warmup_and_later_resumes_bitwise(zoo_env, cli_env, reference, tmp_path):
     """Kill when checkpoints/step4 appears (warm-up: 10 steps), then when step60 appears."""
     run = Path(zoo_env["DTZOO_HOME"]) / "runs" / MID
-    from dtzoo.train import newest_resume_state
+    from dtzoo.modeldir import RunDir
 
     resumed = []
     for trigger in ("step4", "step60"):
@@ -193,7 +194,7 @@ def test_sigkill_in_warmup_and_later_resumes_bitwise(zoo_env, cli_env, reference
         assert kill(proc), "the run finished before it could be killed"
         assert not (run / MANIFEST).exists()
         assert_run_consistent(run)
-        resumed.append(int(newest_resume_state(run).stem.split("-")[1]))
+        resumed.append(int(RunDir(run).newest_resume_state().stem.split("-")[1]))
     assert resumed[0] <= 4 and 20 <= resumed[1] <= 60
     done = run_cli("train", MID, "--steps", str(STEPS), env=zoo_env)
     assert f"{MID}: resumed (from step {resumed[1]})" in done.stderr
@@ -207,7 +208,7 @@ def test_sigkill_at_random_moments_resumes_bitwise(zoo_env, cli_env, reference, 
     """Kill at random moments after each new resume state (training, checkpointing, the final
     write-out) until the run is done or 8 kills; then the same command finishes it."""
     run = Path(zoo_env["DTZOO_HOME"]) / "runs" / MID
-    from dtzoo.train import newest_resume_state
+    from dtzoo.modeldir import RunDir
 
     rng = random.Random(int(os.environ.get("DTZOO_FAULT_SEED", "0")))
     kills = landed = 0
@@ -215,8 +216,8 @@ def test_sigkill_at_random_moments_resumes_bitwise(zoo_env, cli_env, reference, 
         proc = start(cli("train", MID, "--steps", str(STEPS)), cli_env, tmp_path / "train.log")
         # past start-up (a new resume state: progress), then a random moment in the next
         # checkpoints, their saving, or the final write-out
-        last = newest_resume_state(run)
-        wait_until(lambda last=last: newest_resume_state(run) != last, proc)
+        last = RunDir(run).newest_resume_state()
+        wait_until(lambda last=last: RunDir(run).newest_resume_state() != last, proc)
         time.sleep(rng.uniform(0.0, 0.4))
         kills += 1
         landed += kill(proc)
@@ -586,7 +587,8 @@ def test_a_nan_gradient_at_a_checkpoint_step_writes_no_nan_checkpoint(zoo_env, r
     """A finite loss with a NaN gradient (injected at step 8, a checkpoint step): the step is
     refused, so no checkpoint or resume state ever holds NaN weights."""
     from dtzoo import paths
-    from dtzoo.train import newest_resume_state, train_model
+    from dtzoo.modeldir import RunDir
+    from dtzoo.train import train_model
 
     real_clip = torch.nn.utils.clip_grad_norm_
     calls = {"n": 0}
@@ -608,7 +610,7 @@ def test_a_nan_gradient_at_a_checkpoint_step_writes_no_nan_checkpoint(zoo_env, r
     assert sorted(int(p.name[4:]) for p in (run / "checkpoints").iterdir()) == [0, 1, 2, 4]
     for ckpt in (run / "checkpoints").iterdir():
         assert all(torch.isfinite(t).all() for t in model_weights(ckpt).values())
-    assert newest_resume_state(run).name == "state-4.safetensors"
+    assert RunDir(run).newest_resume_state().name == "state-4.safetensors"
     # the fault is gone: the run resumes from step 4 and finishes
     result = train_model(registry.resolve(MID), registry.checkpoints, steps=40, device="cpu")
     assert result.resumed_from == 4 and (run / MANIFEST).is_file()
@@ -786,6 +788,7 @@ def test_links_inside_dtzoo_home_are_never_written_locked_or_cleaned_through(
     (LinkRefused), and the folder the link points to is not changed by a byte."""
     from dtzoo.fsutil import LinkRefused
     from dtzoo.hub.local import LocalHub
+    from dtzoo.modeldir import ModelDir
     from dtzoo.train import train_model
 
     home = Path(zoo_env["DTZOO_HOME"])
@@ -793,6 +796,7 @@ def test_links_inside_dtzoo_home_are_never_written_locked_or_cleaned_through(
     repo, cache = home / "hub" / REPO, home / "cache" / REPO
     hub.pull(REPO)
     (run / "README.md").write_text("# a new card: a new commit to publish\n")
+    ModelDir(run).seal()
     other = registry.resolve("pendulum-1L-seed1")  # not trained: train cleans its run first
     cases = {
         "hub snapshots": (repo / "snapshots", lambda: hub.publish(run, REPO)),
@@ -936,9 +940,9 @@ def unfinished_copy(reference_run: Path, run: Path) -> Path:
     shutil.copytree(reference_run, run, ignore=shutil.ignore_patterns(".lock"))
     for name in (CONFIG, MANIFEST, WEIGHTS):
         (run / name).unlink()
-    from dtzoo.train import newest_resume_state
+    from dtzoo.modeldir import RunDir
 
-    return newest_resume_state(run)
+    return RunDir(run).newest_resume_state()
 
 
 def test_a_flipped_bit_in_the_resume_state_is_refused(zoo_env, registry, reference):

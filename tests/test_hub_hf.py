@@ -23,10 +23,12 @@ import torch
 import yaml
 
 from dtzoo import paths, zoo
+from dtzoo.card import write_card
 from dtzoo.checkpoint import MANIFEST, WEIGHTS, load_model, verify
 from dtzoo.errors import HubError, UsageError
 from dtzoo.hub import get_hub
 from dtzoo.hub.hf import HFHub, card_results, check_repo_id
+from dtzoo.modeldir import ModelDir
 from tests.conftest import run_cli, trained_home
 from tests.hub_fixtures import (
     HUB_TOKENS,
@@ -224,7 +226,7 @@ def test_republish_unchanged_is_skipped_and_a_change_is_one_commit(hub_server, h
     report = json.loads((run / "eval.json").read_text())
     report["results"][0]["return_mean"] += 12.5
     (run / "eval.json").write_text(json.dumps(report))
-    zoo.write_card(run, registry)
+    write_card(run, registry)
     hub_server.reset_request_log()
     third = zoo.publish_cell(spec, registry, hub="hf", checkpoints=True)
     assert [r.skipped for r in third] == [True] * len(STEPS) + [False]
@@ -244,6 +246,7 @@ def test_a_removed_file_is_deleted_in_the_same_commit(hub_server, home):
     hub = HFHub()
     hub.publish(run, RID)
     (run / "learning_curve.png").unlink()
+    ModelDir(run).seal()  # the directory without it is the model now
     res = hub.publish(run, RID)
     assert not res.skipped
     assert "learning_curve.png" not in hub_server.files(RID)

@@ -13,6 +13,7 @@ from dtzoo.checkpoint import MANIFEST, WEIGHTS, load_model, save_model, verify
 from dtzoo.errors import CheckpointError, HubError, UsageError
 from dtzoo.hub import check_revision, get_hub, repo_id
 from dtzoo.hub.local import LocalHub
+from dtzoo.modeldir import ModelDir
 from tests.test_checkpoint import flip_byte, make_config, make_model
 
 REPO = "dtzoo/pendulum-2L-seed3"
@@ -82,6 +83,11 @@ def test_a_change_makes_a_new_commit_and_keeps_the_old_one(tmp_path, hub):
     src = model_dir(tmp_path)
     first = hub.publish(src, REPO)
     (src / "README.md").write_text("# a better card\n")  # an optional file edited by hand
+    manifest = (src / MANIFEST).read_bytes()
+    with pytest.raises(CheckpointError, match="README.md: sha256 mismatch"):
+        hub.publish(src, REPO)  # a hub publishes what was sealed, and never writes into src
+    assert (src / MANIFEST).read_bytes() == manifest
+    ModelDir(src).seal()  # the edit is now part of the model directory
     second = hub.publish(src, REPO)
     assert not second.skipped and second.commit != first.commit
     assert hub.revisions(REPO) == {"main": second.commit}
@@ -224,10 +230,18 @@ def test_publish_refuses_corrupt_weights_instead_of_re_signing_them(tmp_path, hu
     )
 
 
-def test_publish_writes_a_manifest_for_hand_made_directories(tmp_path, hub):
+def test_hand_made_directories_are_sealed_before_publishing(tmp_path, hub):
     src = model_dir(tmp_path)
     (src / MANIFEST).unlink()
     (src / "eval.json").write_text("{}\n")
+    with pytest.raises(CheckpointError, match=r"not sealed .*ModelDir\(path\).seal\(\)"):
+        hub.publish(src, REPO)
+    assert not (src / MANIFEST).exists()  # the hub wrote nothing into it
+    ModelDir(src).seal()
+    (src / "notes.txt").write_text("added after sealing\n")
+    with pytest.raises(CheckpointError, match="notes.txt: not covered by manifest.json"):
+        hub.publish(src, REPO)
+    (src / "notes.txt").unlink()
     commit = hub.publish(src, REPO).commit
     assert (hub.pull(REPO) / "eval.json").read_text() == "{}\n"
     verify(hub.repo(REPO) / "snapshots" / commit)

@@ -1,14 +1,11 @@
-"""What both hub backends share: repo ids, the files a model directory publishes, the
-order of revisions. (Kept apart so that neither backend imports the other.)"""
+"""What both hub backends share: repo ids. (Kept apart so that neither backend imports the
+other; the files a model directory publishes and the order of revisions are dtzoo.modeldir's.)"""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from dtzoo.checkpoint import MANIFEST, REQUIRED_FILES
-from dtzoo.errors import CheckpointError, UsageError
-from dtzoo.fsutil import read_json, sha256_file
+from dtzoo.errors import UsageError
 
 # an ORG or NAME as the Hugging Face Hub accepts it; always `fullmatch` (`$` would let a final
 # newline through: a second repo folder), and "../x" or "a/b/c" never becomes a path
@@ -42,51 +39,3 @@ def check_repo_id(repo_id: str) -> str:
             part = part if len(part) < 60 else part[:55] + "..."
             raise UsageError(f"invalid repo id {shown}: the Hub rejects {part!r} ({why})")
     return repo_id
-
-
-SUBFOLDERS = ("transformers",)  # published beside the model: the transformers export
-
-
-def model_files(src: Path) -> list[Path]:
-    """The files of a model directory, and of its `transformers/` folder where it has one
-    (other sub-directories, such as a run's checkpoints/, are not part of it)."""
-    src = Path(src)
-    dirs = [src] + [
-        src / d for d in SUBFOLDERS if (src / d).is_dir() and not (src / d).is_symlink()
-    ]
-    return sorted(
-        p
-        for d in dirs
-        for p in d.iterdir()
-        if p.is_file() and not p.is_symlink() and not p.name.startswith(".")
-    )
-
-
-def check_required_files(src: Path) -> None:
-    """Before re-writing a manifest: the weights and config must still match the old one.
-
-    Extras (README.md, eval.json, plots) may be edited by hand and are re-hashed on publish,
-    but model.safetensors and config.json are only ever written together with the manifest,
-    so a mismatch there means corruption, which must not be published under a fresh hash.
-    """
-    mpath = Path(src) / MANIFEST
-    if not mpath.is_file():
-        return
-    try:
-        files = read_json(mpath)["files"]
-        metas = {
-            name: (files[name]["size"], files[name]["sha256"])
-            for name in REQUIRED_FILES
-            if name in files
-        }
-    except (ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{mpath}: unreadable manifest") from None
-    for name, (size, sha) in metas.items():
-        p = Path(src) / name
-        if p.is_file() and (p.stat().st_size != size or sha256_file(p) != sha):
-            raise CheckpointError(f"{p}: sha256 mismatch (file is corrupt or was modified)")
-
-
-def revision_order(rev: str) -> tuple[int, int]:
-    """Sort key: `main` first, then `step<N>` by N."""
-    return (0, 0) if rev == "main" else (1, int(rev[4:]) if rev[4:].isdigit() else 0)

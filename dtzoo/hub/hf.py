@@ -36,11 +36,11 @@ from typing import Any
 
 from dtzoo import __version__
 from dtzoo.card import MAX_CARD_ENTRIES, card_results  # noqa: F401 (re-exported)
-from dtzoo.checkpoint import verify, write_manifest
 from dtzoo.errors import CheckpointError, DtzooError, HubError, UsageError
 from dtzoo.fsutil import sha256_file
 from dtzoo.hub import ORG_RE, PublishResult, check_revision
-from dtzoo.hub.common import check_repo_id, check_required_files, model_files, revision_order
+from dtzoo.hub.common import check_repo_id
+from dtzoo.modeldir import ModelDir, revision_order, verify
 
 LOG = logging.getLogger(__name__)
 KEEP = frozenset({".gitattributes"})  # the Hub's own file: kept on every branch, never compared
@@ -105,12 +105,10 @@ class HFHub:
         if _COMMIT_RE.fullmatch(revision) or len(revision) == 64:
             raise UsageError(f"cannot publish to a commit ({revision[:12]}): use main or step<N>")
         check_repo_id(repo_id)
-        src = Path(src)
-        check_required_files(src)
-        write_manifest(src)
-        verify(src)
-        local = {p.relative_to(src).as_posix(): p for p in model_files(src)}
-        step = _config_step(src)
+        model = ModelDir(src)
+        model.verify_sealed()  # published as it is, never written
+        local = {p.relative_to(model.path).as_posix(): p for p in model.files()}
+        step = model.step()
         with self._errors("publish", repo_id, revision):
             self._connect()
             branches = self._branches(repo_id, create=True)
@@ -442,15 +440,6 @@ def _check_org(org: str) -> None:
         raise UsageError(
             f"invalid org {org!r}: letters, digits, '-', '_' and '.', at most 96 characters"
         )
-
-
-def _config_step(src: Path) -> int | None:
-    import json
-
-    try:
-        return int(json.loads((Path(src) / "config.json").read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _first_line(e: Any) -> str:

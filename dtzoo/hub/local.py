@@ -17,13 +17,7 @@ import shutil
 from pathlib import Path
 
 from dtzoo import paths
-from dtzoo.checkpoint import (
-    MANIFEST,
-    WEIGHTS,
-    check_safetensors,
-    verify,
-    write_manifest,
-)
+from dtzoo.checkpoint import check_safetensors
 from dtzoo.errors import CheckpointError, HubError
 from dtzoo.fsutil import (
     atomic_write_text,
@@ -35,14 +29,8 @@ from dtzoo.fsutil import (
     remove_stale,
 )
 from dtzoo.hub import PublishResult, check_revision
-from dtzoo.hub.common import (  # noqa: F401 (check_repo_id, SUBFOLDERS: re-exported)
-    NAME_RE,
-    SUBFOLDERS,
-    check_repo_id,
-    check_required_files,
-    model_files,
-    revision_order,
-)
+from dtzoo.hub.common import NAME_RE, check_repo_id
+from dtzoo.modeldir import MANIFEST, WEIGHTS, ModelDir, revision_order, verify
 
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")  # a local-hub commit: sha1 of the manifest
 
@@ -51,7 +39,7 @@ def _copy_verified(src: Path, dest: Path) -> None:
     """Copy a model directory's files into `dest` via a temp dir, verify, then rename."""
     tmp = make_temp_dir(dest)
     try:
-        for p in model_files(src):
+        for p in ModelDir(src).files():
             dest_file = tmp / p.relative_to(src)
             dest_file.parent.mkdir(exist_ok=True)
             shutil.copy2(p, dest_file)
@@ -128,12 +116,9 @@ class LocalHub:
     def publish(self, src: Path, repo_id: str, revision: str = "main") -> PublishResult:
         """Publish the files of model directory `src` as `revision` of `repo_id`."""
         check_revision(revision)
-        check_required_files(src)
         if (Path(src) / WEIGHTS).is_file():  # (a missing one is reported by verify below)
             check_safetensors(Path(src) / WEIGHTS)  # a hub never holds a pickle as weights
-        manifest = write_manifest(src)
-        verify(src)
-        commit = commit_of(manifest)
+        commit = commit_of(ModelDir(src).verify_sealed())  # published as it is, never written
         repo = self.repo(repo_id)
         check_owned(repo / "snapshots")
         (repo / "snapshots").mkdir(parents=True, exist_ok=True)

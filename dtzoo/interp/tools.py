@@ -79,7 +79,7 @@ def rollout_window(
     >>> model(*w.inputs())[:, -1]        # the action the agent took at step 20
     """
     from dtzoo.agent import Agent
-    from dtzoo.observations import make_env
+    from dtzoo.observations import kind_of, make_env
 
     config = model.config
     K = model.cfg.context_len
@@ -87,7 +87,7 @@ def rollout_window(
     at = K if at is None else int(at)
     if at < 0:
         raise UsageError(f"--at {at}: an episode step is >= 0")
-    kind = config.env.get("observation", {}).get("kind", "vector")
+    kind = kind_of(config)
     env = make_env(config.env["gym_id"], kind, config.env.get("max_episode_steps"))
     agent = Agent(model, config, target_return=target, num_envs=1, fast=False)
     best, best_score = None, -math.inf
