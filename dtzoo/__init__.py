@@ -4,6 +4,8 @@
     >>> model = dtzoo.load("pendulum-1L-seed0")       # from the Hugging Face Hub (default)
     >>> agent = dtzoo.Agent(model, target_return=-150)      # config: model.config
     >>> action = agent.act(obs)
+    >>> tt = dtzoo.load("hopper-tt-4L-seed0")           # a Trajectory Transformer
+    >>> planner = dtzoo.make_agent(tt)                   # beam search; any family
 
 Heavy imports (torch, gymnasium) happen on first use, so `dtzoo --help` stays fast.
 """
@@ -12,7 +14,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load", "revisions", "Agent", "DecisionTransformer", "DTConfig"]
+__all__ = [
+    "__version__",
+    "load",
+    "revisions",
+    "Agent",
+    "make_agent",
+    "DecisionTransformer",
+    "DTConfig",
+]
 
 
 def __getattr__(name: str):
@@ -24,10 +34,10 @@ def __getattr__(name: str):
         from dtzoo.dynamics import revisions
 
         return revisions
-    if name == "Agent":
-        from dtzoo.agent import Agent
+    if name in ("Agent", "make_agent"):
+        from dtzoo import agent
 
-        return Agent
+        return getattr(agent, name)
     if name in ("DecisionTransformer", "DTConfig"):
         from dtzoo import model
 

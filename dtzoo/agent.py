@@ -29,6 +29,7 @@ import torch
 
 from dtzoo.checkpoint import ModelConfig
 from dtzoo.data import ActionSpace
+from dtzoo.families import TT
 from dtzoo.model import InferenceCache, fast_path_ok
 
 WINDOW_FIELDS = ("states", "actions", "rtg", "timesteps")
@@ -215,3 +216,19 @@ class AgentPolicy:
 
     def observe(self, rewards: np.ndarray, done: np.ndarray) -> None:
         self.agent.observe(rewards)
+
+
+def make_agent(model, config: ModelConfig | None = None, target_return: float | None = None):
+    """A one-env policy for any family: a DT's `Agent` at `target_return` (default: the
+    config's first), a Trajectory Transformer's planner (dtzoo.tt.cell.tt_agent). Both have
+    `.act(obs)` and `.observe(reward)`. `config` defaults to `model.config` (dtzoo.load).
+
+    >>> agent = make_agent(dtzoo.load("pendulum-tt-1L-seed0"))
+    """
+    config = config or model.config
+    if config.family == TT:
+        from dtzoo.tt.cell import tt_agent
+
+        return tt_agent(model, config)
+    target = config.target_returns[0] if target_return is None else target_return
+    return Agent(model, config, target_return=target)

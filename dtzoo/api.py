@@ -18,7 +18,8 @@ def load(
     """Load a zoo model: `[ORG/]ID` from the hub (cached, verified), a model id trained on
     this machine (its run directory), or a model directory on disk.
 
-    Returns the DecisionTransformer in eval mode; its ModelConfig is `model.config`.
+    Returns the model in eval mode (a DecisionTransformer, or a TrajectoryTransformer for a
+    `<env>-tt-<N>L-seed<K>` id); its ModelConfig is `model.config`.
 
     >>> model = dtzoo.load("hopper-1L-seed0")                        # Hugging Face Hub, main
     >>> model = dtzoo.load("someone/hopper-1L-seed0", revision="step1000")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from dtzoo.architecture import ARCHITECTURE_KEYS, Architecture
 from dtzoo.checkpoint import ModelConfig
+from dtzoo.families import TT
 from dtzoo.modeldir import CARD, EVAL, PLOTS, SWEEP, VIDEO
 
 if TYPE_CHECKING:
@@ -43,19 +44,21 @@ def eval_results(config: ModelConfig, report: dict | None) -> list:
         return []
     out = []
     for r in report["results"]:
+        target = r["target_return"]  # None: a Trajectory Transformer's planned episodes
+        how = "beam search" if target is None else f"target {target:g}"
         common = dict(
             task_type="reinforcement-learning",
             task_name="Offline reinforcement learning",
             dataset_type=config.dataset["id"],
             dataset_name=f"{config.env['gym_id']} ({config.dataset['id']})",
-            dataset_config=f"target_return={r['target_return']:g}",
-            metric_args={"episodes": report["episodes"], "target_return": r["target_return"]},
+            dataset_config="planning" if target is None else f"target_return={target:g}",
+            metric_args={"episodes": report["episodes"], "target_return": target},
         )
         out.append(
             EvalResult(
                 metric_type="mean_reward",
                 metric_value=round(r["return_mean"], 2),
-                metric_name=f"mean return (target {r['target_return']:g})",
+                metric_name=f"mean return ({how})",
                 **common,
             )
         )
@@ -63,7 +66,7 @@ def eval_results(config: ModelConfig, report: dict | None) -> list:
             EvalResult(
                 metric_type="normalized_score",
                 metric_value=round(r["normalized_mean"], 2),
-                metric_name=f"normalised score (target {r['target_return']:g})",
+                metric_name=f"normalised score ({how})",
                 **common,
             )
         )
@@ -88,11 +91,65 @@ def results_table(report: dict) -> str:
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
+        target = "planned" if r["target_return"] is None else f"{r['target_return']:g}"
         rows.append(
-            f"| {r['target_return']:g} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
+            f"| {target} | {r['return_mean']:.1f} | {r['return_std']:.1f} | "
             f"{r['normalized_mean']:.1f} | {r['length_mean']:.0f} | {report['episodes']} |"
         )
     return "\n".join(rows)
+
+
+def tags(config: ModelConfig) -> list[str]:
+    """The card's tags: the family's name in place of the DT's, the env key and gym id."""
+    family = ["trajectory-transformer"] if config.family == TT else []
+    base = [t for t in TAGS if not (family and t == "decision-transformer")]
+    return family + base + [config.env["key"], config.env["gym_id"]]
+
+
+def _first_target(config: ModelConfig) -> str:
+    return f"{config.target_returns[0]:g}" if config.target_returns else "-"
+
+
+def _agent_line(config: ModelConfig) -> str:
+    if config.family == TT:
+        return (
+            "agent = dtzoo.make_agent(model)   # beam search with config.json's planning settings"
+        )
+    return (
+        f"agent = dtzoo.Agent(model, target_return={_first_target(config)})"
+        "   # model.config has the rest"
+    )
+
+
+def _needs(config: ModelConfig) -> str:
+    if config.family == TT:
+        return "the discretizer's bin edges, the planning settings"
+    return "state mean/std, reward scale"
+
+
+def _dt_rows(config: ModelConfig) -> str:
+    """The DT's rows of the training table (a setting beyond them gets a row of its own:
+    config.json has it only where it differs from its default)."""
+    a = config.architecture
+    settings = {f.name for f in dataclasses.fields(Architecture)} - set(ARCHITECTURE_KEYS)
+    more = "".join(f"\n| {k} | {v} |" for k, v in a.items() if k in settings)
+    return (
+        f"\n| context length / max episode length | {a['context_len']} / {a['max_ep_len']} |"
+        f"{more}\n| reward scale | {config.reward_scale:g} |"
+    )
+
+
+def _tt_rows(config: ModelConfig) -> str:
+    a, plan = config.architecture, config.extra["planning"]
+    disc = config.extra["discretizer"]
+    return (
+        f"\n| context (transitions) / bins | {a['context_len']} / {a['n_bins']} ({disc['kind']}) |"
+        f"\n| loss weights action / reward / value | {a['action_weight']:g} / "
+        f"{a['reward_weight']:g} / {a['value_weight']:g} |"
+        f"\n| discount | {a['discount']:g} |"
+        f"\n| planning: horizon / beam width / expand | {plan['horizon']} / "
+        f"{plan['beam_width']} / {plan['n_expand']} |"
+    )
 
 
 def build_card(
@@ -116,7 +173,7 @@ def build_card(
     data = ModelCardData(
         library_name="dtzoo",
         license=license,
-        tags=TAGS + [config.env["key"], config.env["gym_id"]],
+        tags=tags(config),
         datasets=[hub_dataset(config.dataset["id"])] if hub_dataset(config.dataset["id"]) else None,
         model_name=config.model_id,
         eval_results=eval_results(config, report) or None,
@@ -138,9 +195,12 @@ each). Where the achieved return stops following the target is where return cond
 {sweep_table(sweep)}
 """
     )
+    tt = config.family == TT
+    episode = (
+        "One planned episode" if tt else f"One episode at target return {_first_target(config)}"
+    )
     replay = (
-        f"One episode at target return {config.target_returns[0]:g}:\n\n"
-        f'<video src="{video}" controls width="360"></video>\n\n[{video}]({video})'
+        f'{episode}:\n\n<video src="{video}" controls width="360"></video>\n\n[{video}]({video})'
         if video
         else f"_{video_note or 'No replay video.'}_"
     )
@@ -158,41 +218,44 @@ hf = DecisionTransformerModel.from_pretrained("{repo}", subfolder="transformers"
 """
     )
     sizes = f"{a['n_layers']} / {a['d_model']} / {a['n_heads']} / {a['d_mlp']}"
-    # a setting beyond the rows below gets a row of its own (config.json has it only where it
-    # differs from its default)
-    settings = {f.name for f in dataclasses.fields(Architecture)} - set(ARCHITECTURE_KEYS)
-    more = "".join(f"\n| {k} | {v} |" for k, v in a.items() if k in settings)
     optimiser = (
         f"AdamW, lr {rec['lr']:g}, weight decay {rec['weight_decay']:g}, warm-up "
         f"{rec['warmup_steps']} steps, grad clip {rec['grad_clip']}"
     )
+    rows = _tt_rows(config) if tt else _dt_rows(config)
+    eval_how = "plan with beam search" if tt else "roll it out at its target returns"
     d = config.dataset
     dataset = (
         f"`{d['id']}` ({d['episodes']} episodes, {d['steps']} steps, minari {d['minari_version']})"
     )
+    what = (
+        "A Trajectory Transformer (Janner et al. 2021)"
+        if tt
+        else "A Decision Transformer (Chen et al. 2021)"
+    )
     body = f"""
 # {config.model_id}
 
-A Decision Transformer (Chen et al. 2021) with {a["n_layers"]} layer(s) trained on
+{what} with {a["n_layers"]} layer(s) trained on
 `{config.dataset["id"]}` for `{config.env["gym_id"]}` ({kind} actions), seed {config.seed},
-step {config.step} of {config.total_steps}. Part of the dtzoo grid of small, comparable DTs with
-training-time checkpoints (revisions `step<N>`) and TransformerLens-style hooks.
+step {config.step} of {config.total_steps}. Part of the dtzoo grids of small, comparable models
+with training-time checkpoints (revisions `step<N>`) and TransformerLens-style hooks.
 
 ## Use it
 
 ```bash
 pip install dtzoo
 dtzoo pull {repo}                      # cached, verified; prints the local directory
-dtzoo eval {repo}                      # roll it out at its target returns
+dtzoo eval {repo}                      # {eval_how}
 ```
 
 ```python
 import dtzoo
 model = dtzoo.load("{repo}")            # or revision="step<N>" for a training-time checkpoint
-agent = dtzoo.Agent(model, target_return={config.target_returns[0]:g})   # model.config has the rest
+{_agent_line(config)}
 ```
 {hf_snippet}
-`config.json` holds everything needed to act: state mean/std, reward scale, action bounds,
+`config.json` holds everything needed to act: {_needs(config)}, action bounds,
 the gym id with its version. The weights are `model.safetensors`.
 
 ## Replay
@@ -210,12 +273,10 @@ random = {config.env["ref_scores"]["random"]:g} and expert = {config.env["ref_sc
 
 | setting | value |
 |---|---|
-| layers / d_model / heads / d_mlp | {sizes} |
-| context length / max episode length | {a["context_len"]} / {a["max_ep_len"]} |
-| activation / dropout | {a["activation"]} / {a["dropout"]} |{more}
+| layers / d_model / heads / d_mlp | {sizes} |{rows}
+| activation / dropout | {a["activation"]} / {a["dropout"]} |
 | optimiser | {optimiser} |
 | batch / steps | {rec["batch_size"]} / {rec["steps"]} |
-| reward scale | {config.reward_scale:g} |
 | dataset | {dataset} |
 | dataset fingerprint | `{config.dataset["fingerprint"]}` |
 | dtzoo version | {config.dtzoo_version} |

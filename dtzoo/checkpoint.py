@@ -24,7 +24,8 @@ from dtzoo.architecture import (
     interval,
     value_problem,
 )
-from dtzoo.errors import CheckpointError
+from dtzoo.errors import CheckpointError, DtzooError
+from dtzoo.families import DT, TT
 from dtzoo.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from dtzoo.modeldir import (  # noqa: F401 (the format's names, re-exported for callers)
     CONFIG,
@@ -59,7 +60,8 @@ class ModelConfig:
     total_steps: int
     dtzoo_version: str = __version__
     format_version: int = FORMAT_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # a TT's discretizer and planning
+    family: str = DT  # written only for other families (a DT's config.json keeps its bytes)
 
     def dt_config(self):
         """The DTConfig the architecture block describes: `config.dt_config().n_layers`."""
@@ -79,8 +81,32 @@ class ModelConfig:
                 f"config.json of {self.model_id}: invalid architecture: {e}"
             ) from None
 
+    def build_model(self):
+        """An untrained network of this config's family and architecture (weights: load them)."""
+        if self.family == TT:
+            from dtzoo.tt import TrajectoryTransformer
+
+            return TrajectoryTransformer(self.tt_config())
+        from dtzoo.model import DecisionTransformer
+
+        return DecisionTransformer(self.dt_config())
+
+    def tt_config(self):
+        """The TTConfig of a Trajectory Transformer's architecture block."""
+        from dtzoo.tt import TTConfig
+
+        try:
+            return TTConfig.from_architecture(self.architecture, self.state_dim, self.act_dim)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"config.json of {self.model_id}: invalid architecture: {e}"
+            ) from None
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.family == DT:
+            del d["family"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> "ModelConfig":
@@ -205,7 +231,10 @@ def _config_problem(d: dict[str, Any]) -> str | None:
         if not _is_int(d[k]):
             return f"{k} must be a non-negative integer, got {str(d[k])[:40]!r}"
     arch = d["architecture"]
-    problem = _architecture_problem(arch)
+    family = d.get("family", DT)
+    if family not in (DT, TT):
+        return f"family must be {DT!r} or {TT!r}, got {str(family)[:40]!r}"
+    problem = _tt_problem(d) if family == TT else _architecture_problem(arch)
     if problem:
         return problem
     shape = arch.get("obs_shape")
@@ -245,10 +274,54 @@ def _config_problem(d: dict[str, Any]) -> str | None:
         return "dataset.id must be a string"
     if not isinstance(d.get("extra", {}), dict) or not isinstance(d.get("dtzoo_version", ""), str):
         return "extra must be an object and dtzoo_version a string"
+    if family == TT:
+        return None  # (its size was checked by _tt_problem)
     try:
         check_model_size(arch, "model", d["state_dim"], d["act_dim"], error=ValueError)
     except ValueError as e:
         return str(e)
+    return None
+
+
+def tt_size_problem(arch: dict[str, Any], state_dim: Any, act_dim: Any) -> str | None:
+    """What makes a Trajectory Transformer's architecture block too large (or malformed) to
+    build, or None: checked before anything is allocated from it."""
+    from dtzoo.registry import TT_LIMITS
+
+    for k in ("n_layers", "n_bins", "n_heads", "d_model", "d_mlp", "context_len"):
+        top = ARCH_LIMITS["n_layers"] if k == "n_layers" else TT_LIMITS[k]
+        if not _is_int(arch.get(k), 1, top):
+            return f"architecture.{k} must be an integer from 1 to {top}"
+    if not _is_int(state_dim, 1, 10**4) or not _is_int(act_dim, 1, 10**4):
+        return "state_dim and act_dim must be integers from 1 to 10**4"
+    dims = state_dim + act_dim + 2
+    width, vocab = arch["d_model"], dims * arch["n_bins"] + 1
+    params = 2 * vocab * width + arch["context_len"] * dims * width
+    params += arch["n_layers"] * (4 * width * width + 2 * width * arch["d_mlp"])
+    if params > MAX_PARAMS:
+        return f"the model would have about {params:.3g} parameters (at most {MAX_PARAMS:.0e})"
+    return None
+
+
+def _tt_problem(d: dict[str, Any]) -> str | None:
+    """A Trajectory Transformer's architecture, discretizer and planning blocks, checked
+    (sizes first: nothing is built from a config that asks for too much)."""
+    arch, extra = d["architecture"], d.get("extra")
+    problem = tt_size_problem(arch, d["state_dim"], d["act_dim"])
+    if problem:
+        return problem
+    if not (isinstance(extra, dict) and {"discretizer", "planning"} <= set(extra)):
+        return "extra must hold the 'discretizer' and 'planning' blocks"
+    try:
+        from dtzoo.tt import Discretizer, PlanSettings, TTConfig
+
+        cfg = TTConfig.from_architecture(arch, d["state_dim"], d["act_dim"])
+        disc = Discretizer.from_dict(extra["discretizer"])
+        PlanSettings.from_dict(extra["planning"])
+    except (DtzooError, TypeError, ValueError, KeyError) as e:
+        return f"invalid Trajectory Transformer block: {str(e)[:120]}"
+    if disc.edges.shape != (cfg.n_bins + 1, cfg.transition_dim):
+        return "extra.discretizer.edges must be (n_bins + 1) rows of transition_dim numbers"
     return None
 
 
@@ -373,13 +446,12 @@ def load_model(path: Path, verify_files: bool = True, device: str = "cpu"):
     Verifies the files inference reads (weights and config) against the manifest. The extras
     (card, eval.json, plots) do not change what the model does: one left half-rewritten by a
     killed `dtzoo eval` must not make the model unusable (the next eval or publish re-hashes it)."""
-    from dtzoo.model import DecisionTransformer
 
     path = Path(path)
     if verify_files:
         verify(path, only=REQUIRED_FILES)
     config = read_config(path)
-    model = DecisionTransformer(config.dt_config())
+    model = config.build_model()
     load_state_strict(model, read_weights(path / WEIGHTS), str(path / WEIGHTS))
     model.config = config  # as transformers / TransformerLens users expect: model.config
     return model.to(device).eval(), config

@@ -15,6 +15,7 @@ import numpy as np
 from dtzoo import __version__
 from dtzoo.agent import Agent
 from dtzoo.checkpoint import ModelConfig
+from dtzoo.families import TT
 from dtzoo.observations import kind_of, make_vec_env
 
 ProgressFn = Callable[[int, int], None]  # (episodes done, episodes)
@@ -184,11 +185,13 @@ def _worker(conn, envs: list) -> None:
             conn.send(("error", traceback.format_exc()))
 
 
-def summarize(config: ModelConfig, target: float, returns: np.ndarray, lengths: np.ndarray) -> dict:
+def summarize(
+    config: ModelConfig, target: float | None, returns: np.ndarray, lengths: np.ndarray
+) -> dict:
     refs = config.env["ref_scores"]
     norm = 100.0 * (returns - refs["random"]) / (refs["expert"] - refs["random"])
     return {
-        "target_return": float(target),
+        "target_return": None if target is None else float(target),
         "return_mean": float(returns.mean()),
         "return_std": float(returns.std()),
         "normalized_mean": float(norm.mean()),
@@ -207,17 +210,26 @@ def evaluate(
     seed_base: int = 0,
     progress: ProgressFn | None = None,
 ) -> dict:
-    """Roll out at every target return; the dict is what eval.json holds."""
+    """Roll out at every target return; the dict is what eval.json holds. A Trajectory
+    Transformer plans for the highest value instead: one row, `target_return` None."""
     t0 = time.time()
     targets = list(config.target_returns if targets is None else targets)
     seeds = episode_seeds(config.seed, episodes, seed_base)
+    roll, batch = rollout, MAX_ENVS
+    if config.family == TT:
+        from dtzoo.tt.cell import tt_rollout
+
+        def roll(model, config, _targets, seeds):  # no target to condition on
+            return tt_rollout(model, config, seeds)
+
+        targets, batch = [None], 1  # (a planner runs one episode at a time)
     # every (target, episode) pair is one row; rows run in batches of up to MAX_ENVS envs, so
     # a sweep over 8 targets costs about as many forwards as one target
     rows = [(t, s) for t in targets for s in seeds]
     returns, lengths = np.zeros(len(rows)), np.zeros(len(rows), np.int64)
-    for start in range(0, len(rows), MAX_ENVS):
-        chunk = rows[start : start + MAX_ENVS]
-        r, n = rollout(model, config, [t for t, _ in chunk], [s for _, s in chunk])
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        r, n = roll(model, config, [t for t, _ in chunk], [s for _, s in chunk])
         returns[start : start + len(chunk)], lengths[start : start + len(chunk)] = r, n
         if progress:
             progress(start + len(chunk), len(rows))

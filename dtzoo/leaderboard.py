@@ -1,4 +1,5 @@
-"""Leaderboards: mean ± std over seeds per env x layers x target return, never a single run.
+"""Leaderboards: mean ± std over seeds per env x family x layers x target return, never a
+single run (a Trajectory Transformer's row has no target: it plans).
 
 >>> rows = leaderboard_rows(reports)              # eval.json dicts (or built from cards)
 >>> print(render(rows, "markdown"))
@@ -14,10 +15,12 @@ from collections import defaultdict
 import numpy as np
 
 from dtzoo.errors import UsageError
-from dtzoo.registry import parse_model_id
+from dtzoo.families import FAMILIES
+from dtzoo.registry import family_of, parse_model_id
 
 COLUMNS = [
     "env",
+    "family",
     "layers",
     "target_return",
     "return_mean",
@@ -30,6 +33,7 @@ COLUMNS = [
 ]
 HEADERS = {
     "env": "env",
+    "family": "family",
     "layers": "layers",
     "target_return": "target",
     "return_mean": "return",
@@ -43,33 +47,39 @@ HEADERS = {
 EXTRA_COLUMNS = ["seeds_expected", "missing"]  # in csv and json: what a grid lacks
 
 
-def _env_layers(report: dict) -> tuple[str, int] | None:
-    """(env, layers) of a report: its own fields, else parsed from the model id."""
+TAG = {name: tag for tag, name in FAMILIES.items()}  # "trajectory-transformer" -> "tt"
+
+
+def _cell(report: dict) -> tuple[str, str, int] | None:
+    """(env, family tag, layers) of a report: its own fields, else parsed from the model id."""
+    mid = str(report.get("model_id"))
+    family = TAG.get(report.get("family") or family_of(mid), "?")
     if report.get("env") and report.get("layers"):
-        return str(report["env"]), int(report["layers"])
+        return str(report["env"]), family, int(report["layers"])
     try:
-        env, layers, _ = parse_model_id(str(report.get("model_id")))
+        env, layers, _ = parse_model_id(mid)
     except UsageError:
         return None
-    return env, layers
+    return env, family, layers
 
 
 def leaderboard_rows(
-    reports: list[dict], expected: dict[tuple[str, int], list[str]] | None = None
+    reports: list[dict], expected: dict[tuple[str, str, int], list[str]] | None = None
 ) -> list[dict]:
-    """Aggregate eval reports: one row per (env, layers, target return), mean and std over
-    seeds. `expected` maps (env, layers) to the model ids a grid holds: rows then say how many
+    """Aggregate eval reports: one row per (env, family, layers, target return), mean and std
+    over seeds. `expected` maps (env, family, layers) to the model ids a grid holds: rows then
+    say how many
     of them were found (`seeds` of `seeds_expected`) and which are `missing`; a group with none
     gets one empty row. One seed has no spread: its std is None, never 0."""
     groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
     for rep in reports:
-        key = _env_layers(rep)
+        key = _cell(rep)
         if key is None:
             continue
         for r in rep["results"]:
             groups[(*key, r["target_return"])].append((rep, r))
     rows = []
-    for (env, layers, target), items in groups.items():
+    for (env, family, layers, target), items in groups.items():
         rets = np.array([r["return_mean"] for _, r in items], dtype=float)
         scores = np.array([r["normalized_mean"] for _, r in items], dtype=float)
         spread = len(items) > 1
@@ -77,6 +87,7 @@ def leaderboard_rows(
         rows.append(
             {
                 "env": env,
+                "family": family,
                 "layers": layers,
                 "target_return": target,
                 "return_mean": float(rets.mean()),
@@ -86,25 +97,27 @@ def leaderboard_rows(
                 "seeds": len(items),
                 "episodes": min(episodes) if episodes else None,
                 "data": ", ".join(sorted({str(rep.get("dataset")) for rep, _ in items})),
-                **_coverage(expected, env, layers, {rep["model_id"] for rep, _ in items}),
+                **_coverage(expected, (env, family, layers), {rep["model_id"] for rep, _ in items}),
             }
         )
-    for env, layers in expected or {}:
-        if not any(r["env"] == env and r["layers"] == layers for r in rows):
+    for env, family, layers in expected or {}:
+        if not any((r["env"], r["family"], r["layers"]) == (env, family, layers) for r in rows):
             rows.append(
                 {
                     **dict.fromkeys(COLUMNS),
                     "env": env,
+                    "family": family,
                     "layers": layers,
                     "seeds": 0,
                     "data": "",
-                    **_coverage(expected, env, layers, set()),
+                    **_coverage(expected, (env, family, layers), set()),
                 }
             )
     return sorted(
         rows,
         key=lambda r: (
             r["env"],
+            r["family"],
             r["layers"],
             r["target_return"] is None,
             -(r["target_return"] or 0),
@@ -112,19 +125,19 @@ def leaderboard_rows(
     )
 
 
-def _coverage(expected, env: str, layers: int, found: set[str]) -> dict:
+def _coverage(expected, cell: tuple[str, str, int], found: set[str]) -> dict:
     if expected is None:
         return {}
-    ids = expected.get((env, layers), [])
+    ids = expected.get(cell, [])
     return {"seeds_expected": len(ids), "missing": sorted(set(ids) - found)}
 
 
-def expected_cells(model_ids: list[str]) -> dict[tuple[str, int], list[str]]:
-    """A grid's model ids grouped by (env, layers)."""
-    out: dict[tuple[str, int], list[str]] = defaultdict(list)
+def expected_cells(model_ids: list[str]) -> dict[tuple[str, str, int], list[str]]:
+    """A grid's model ids grouped by (env, family tag, layers)."""
+    out: dict[tuple[str, str, int], list[str]] = defaultdict(list)
     for mid in model_ids:
         env, layers, _ = parse_model_id(mid)
-        out[(env, layers)].append(mid)
+        out[(env, TAG[family_of(mid)], layers)].append(mid)
     return dict(out)
 
 
@@ -155,7 +168,9 @@ def render(rows: list[dict], fmt: str = "markdown") -> str:
     if fmt == "markdown":
         lines = [
             "| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |",
-            "|" + "|".join("---" if c in ("env", "data") else "---:" for c in COLUMNS) + "|",
+            "|"
+            + "|".join("---" if c in ("env", "family", "data") else "---:" for c in COLUMNS)
+            + "|",
         ]
         lines += ["| " + " | ".join(format_cell(r, c) for c in COLUMNS) + " |" for r in rows]
         return "\n".join(lines)

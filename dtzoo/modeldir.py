@@ -254,7 +254,7 @@ class ModelDir:
         with atomic_dir(Path(path)) as tmp:
             d = cls(tmp)
             yield d
-            write_manifest(tmp)  # a fresh directory: nothing to check against
+            d.seal(new_weights=True)  # a fresh directory: no earlier manifest to check
 
 
 class RunDir(ModelDir):

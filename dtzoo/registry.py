@@ -29,14 +29,17 @@ from dtzoo.architecture import (
     value_problem,
 )
 from dtzoo.errors import RegistryError, UsageError, closest
+from dtzoo.families import DT, FAMILIES, FAMILY_TAGS, TT
 
 # always `fullmatch`: `$` also matches before a final newline, and "x-1L-seed0\n" would be a
 # second name (and run, and hub folder) for x-1L-seed0
 ENV_KEY_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 # no leading zeros: "hopper-01L-seed0" would be a second name (and run, and repo) for
 # hopper-1L-seed0
+# a family other than the DT shows in the id before the layers: hopper-tt-4L-seed0
 MODEL_ID_RE = re.compile(
-    r"(?P<env>[a-z0-9][a-z0-9-]*)-(?P<layers>0|[1-9][0-9]*)L-seed(?P<seed>0|[1-9][0-9]*)"
+    r"(?P<env>[a-z0-9][a-z0-9-]*?)(?:-(?P<family>tt))?"
+    r"-(?P<layers>0|[1-9][0-9]*)L-seed(?P<seed>0|[1-9][0-9]*)"
 )
 
 # Bounds that keep a typo from exhausting the machine before the first step (each is far above
@@ -55,6 +58,25 @@ LIMITS = {
     "log": 10**4,
     "evenly": 10**4,
     "noise": 256,
+}
+# the Trajectory Transformer's sizes (its dims come from the data; dtzoo.tt.cell bounds the
+# whole model's size once they are known)
+TT_LIMITS = {
+    "n_bins": 1000,
+    "n_heads": 64,
+    "d_model": 4096,
+    "d_mlp": 16384,
+    "context_len": 1000,
+    "batch_size": 65536,
+    "horizon": 1000,
+    "beam_width": 4096,
+    "n_expand": 64,
+    "k_obs": 1000,
+    "k_act": 1000,
+    "k_rew": 1000,
+    "context_transitions": 1000,
+    "max_context_transitions": 1000,
+    "plan_freq": 1000,
 }
 PREPARE_KEYS = ("policy", "episodes", "noise", "seed", "ref_episodes")  # zoo.prepare_env's
 MAX_YAML_NODES = 100_000  # a registry expanded (aliases followed) beyond this is refused
@@ -248,6 +270,8 @@ class ModelSpec:
     n_layers: int
     seed: int
     recipe: Recipe
+    family: str = DT
+    tt: dict[str, Any] = field(default_factory=dict)  # the registry's `tt:` block
 
 
 @dataclass
@@ -257,14 +281,28 @@ class Grid:
     layers: list[int]
     seeds: list[int]
     description: str = ""
+    family: str = DT
 
     def model_ids(self) -> list[str]:
-        return [model_id(env, n, s) for env in self.envs for n in self.layers for s in self.seeds]
+        return [
+            model_id(env, n, s, self.family)
+            for env in self.envs
+            for n in self.layers
+            for s in self.seeds
+        ]
 
 
-def model_id(env: str, n_layers: int, seed: int) -> str:
-    """`model_id("hopper", 1, 0)` -> "hopper-1L-seed0"."""
-    return f"{env}-{n_layers}L-seed{seed}"
+def model_id(env: str, n_layers: int, seed: int, family: str = DT) -> str:
+    """`model_id("hopper", 1, 0)` -> "hopper-1L-seed0";
+    `model_id("hopper", 4, 0, TT)` -> "hopper-tt-4L-seed0"."""
+    tag = FAMILY_TAGS[family]
+    return f"{env}-{tag}-{n_layers}L-seed{seed}" if tag else f"{env}-{n_layers}L-seed{seed}"
+
+
+def family_of(mid: str) -> str:
+    """The model family a model id names: `family_of("hopper-tt-4L-seed0")` -> TT."""
+    m = MODEL_ID_RE.fullmatch(mid) if isinstance(mid, str) else None
+    return FAMILIES[m["family"]] if m and m["family"] else DT
 
 
 def parse_model_id(mid: str) -> tuple[str, int, int]:
@@ -272,7 +310,8 @@ def parse_model_id(mid: str) -> tuple[str, int, int]:
     m = MODEL_ID_RE.fullmatch(mid) if isinstance(mid, str) else None
     if not m:
         raise UsageError(
-            f"malformed model id {shown(mid)}: expected <env>-<N>L-seed<K>, e.g. pendulum-1L-seed0"
+            f"malformed model id {shown(mid)}: expected <env>-<N>L-seed<K>, e.g. pendulum-1L-seed0 "
+            "(a Trajectory Transformer: <env>-tt-<N>L-seed<K>)"
         )
     # digits are counted before int(): a 5000-digit number would raise ValueError in int()
     if len(m["layers"]) > 4 or int(m["layers"]) > MAX_LAYERS:
@@ -302,6 +341,9 @@ class Registry:
         True  # record replay.mp4 (one episode) when a model trained here is evaluated
     )
     default_eval_episodes: int = 10  # for models whose env is not in this registry
+    # Trajectory Transformer settings over dtzoo.tt's paper defaults: {"model": {...},
+    # "train": {...}, "plan": {...}, "discretization": "quantile"} (docs/registry.md)
+    tt: dict[str, Any] = field(default_factory=dict)
 
     def env(self, key: str) -> EnvSpec:
         if key not in self.envs:
@@ -337,6 +379,8 @@ class Registry:
         if n_layers < 1:
             raise UsageError(f"model id {mid!r}: layers must be >= 1")
         env = self.envs[env_key]
+        if family_of(mid) == TT:
+            return ModelSpec(mid, env, n_layers, seed, self.recipe, family=TT, tt=self.tt)
         recipe = dataclasses.replace(self.recipe, **env.recipe)
         problem = recipe.arch_problem()
         if problem:
@@ -585,7 +629,7 @@ class _Parser:
     def registry(self, raw: Any) -> Registry:
         root = self.mapping(raw, "the registry")
         for k in root:
-            if k not in {"hub", "recipe", "checkpoints", "eval", "envs", "grids"}:
+            if k not in {"hub", "recipe", "checkpoints", "eval", "envs", "grids", "tt"}:
                 raise self.fail(root, k, f"unknown top-level key {k!r}")
         hub = self.mapping(root.get("hub"), "hub", root, "hub")
         self.check_keys(hub, ["org", "license"], "hub")
@@ -609,6 +653,7 @@ class _Parser:
         envs = {k: self.env(k, v, envs_node, default_episodes) for k, v in envs_node.items()}
         grids_node = self.mapping(root.get("grids"), "grids", root, "grids")
         grids = {k: self.grid(k, v, grids_node, envs) for k, v in grids_node.items()}
+        tt = self.tt_settings(root) if "tt" in root else {}
         return Registry(
             path=self.path,
             org=str(hub.get("org", "dtzoo")),
@@ -620,11 +665,48 @@ class _Parser:
             grids=grids,
             eval_video=eval_video,
             default_eval_episodes=default_episodes,
+            tt=tt,
         )
+
+    def tt_settings(self, root: _Map) -> dict[str, Any]:
+        """The `tt:` block: `model` (TTConfig), `train` (TTRecipe), `plan` (PlanSettings) keys
+        and `discretization` (quantile | uniform) over the paper's defaults, each
+        checked against its dataclass field (imported only when the block is there: dtzoo.tt
+        needs torch) and bounded before anything is sized by it."""
+        from dtzoo.tt import PlanSettings, TTConfig, TTRecipe
+        from dtzoo.tt.discretize import KINDS as DISCRETIZATIONS
+
+        node = self.mapping(root.get("tt"), "tt", root, "tt")
+        blocks = {"model": TTConfig, "train": TTRecipe, "plan": PlanSettings}
+        self.check_keys(node, [*blocks, "discretization"], "tt")
+        out = {}
+        if "discretization" in node:
+            if node["discretization"] not in DISCRETIZATIONS:
+                raise self.fail(
+                    node,
+                    "discretization",
+                    f"tt.discretization must be one of {', '.join(DISCRETIZATIONS)}, "
+                    f"got {shown(node['discretization'])}",
+                )
+            out["discretization"] = node["discretization"]
+        for name, cls in blocks.items():
+            sub = self.mapping(node.get(name), f"tt.{name}", node, name)
+            fixed = {"observation_dim", "action_dim", "n_layers", "betas"}  # from the data and id
+            for k in sub:
+                if k in fixed:
+                    raise self.fail(sub, k, f"tt.{name}.{k} cannot be set in the registry")
+            out[name] = self.dataclass_fields(sub, cls, f"tt.{name}")
+            for k, v in out[name].items():
+                top = TT_LIMITS.get(k)
+                if top is not None and isinstance(v, (int, float)) and not 0 <= v <= top:
+                    raise self.fail(sub, k, f"tt.{name}.{k} must be from 0 to {top}, got {v}")
+        return out
 
     def env(self, key: str, node: Any, parent: _Map, default_episodes: int) -> EnvSpec:
         if not isinstance(key, str) or not ENV_KEY_RE.fullmatch(key):
             raise self.fail(parent, key, f"env key {shown(key)} must match [a-z0-9-]")
+        if any(key.endswith(f"-{tag}") for tag in FAMILIES):  # hopper-tt-1L-seed0 is a TT's id
+            raise self.fail(parent, key, f"env key {shown(key)} cannot end with a family tag (-tt)")
         node = self.mapping(node, f"envs.{key}", parent, key)
         required = [
             "gym_id",
@@ -757,7 +839,14 @@ class _Parser:
         if not isinstance(name, str):
             raise self.fail(parent, name, f"grid name {shown(name)} must be a string")
         node = self.mapping(node, f"grids.{name}", parent, name)
-        self.check_keys(node, ["envs", "layers", "seeds", "description"], f"grids.{name}")
+        self.check_keys(node, ["envs", "layers", "seeds", "description", "family"], f"grids.{name}")
+        family = node.get("family", "dt")
+        if family not in FAMILIES:
+            raise self.fail(
+                node,
+                "family",
+                f"grids.{name}.family must be one of {', '.join(FAMILIES)}, got {shown(family)}",
+            )
         for r in ("envs", "layers", "seeds"):
             if not isinstance(node.get(r), list) or not node[r]:
                 raise self.fail(
@@ -792,4 +881,5 @@ class _Parser:
             list(node["layers"]),
             list(node["seeds"]),
             self.string(node, "description", f"grids.{name}", ""),
+            FAMILIES[family],
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 from dtzoo import paths
 from dtzoo.card import build_model_card
 from dtzoo.checkpoint import load_model
+from dtzoo.families import DT
 from dtzoo.fsutil import atomic_write_json, atomic_write_text, make_temp_dir, read_json
 from dtzoo.modeldir import CARD, MANIFEST, ModelDir
 from dtzoo.registry import Registry
@@ -45,12 +46,14 @@ def staged_model_dir(src: Path, registry: Registry, org: str):
 def write_transformers_dir(model_dir: Path, out: Path) -> bool:
     """Write `model_dir` as a transformers DecisionTransformerModel directory (config.json with
     `model_type: decision_transformer` and our config under "dtzoo", model.safetensors).
-    False, with nothing written, where transformers cannot hold the model (image encoders) or
-    is not installed."""
+    False, with nothing written, where transformers cannot hold the model (image encoders,
+    other families) or is not installed."""
     from dtzoo.convert import MissingDependencyError, export_transformers
     from dtzoo.errors import CheckpointError
 
     net, config = load_model(model_dir)
+    if config.family != DT:  # transformers has no Trajectory Transformer
+        return False
     try:
         export_transformers(net, out)
     except (CheckpointError, MissingDependencyError):

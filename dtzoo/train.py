@@ -55,23 +55,15 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def make_config(
-    spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.ndarray, steps: int, step: int
-) -> ModelConfig:
-    r = spec.recipe
+def env_block(spec: ModelSpec, data: Trajectories) -> dict:
+    """config.json's `env`: what an evaluation needs to rebuild and score the env (every
+    family writes the same block)."""
     refs = spec.env.ref_scores or data.ref_scores
     if not refs:
         raise TrainingError(
             f"env {spec.env.key!r} takes its reference scores from dataset "
             f"{data.dataset_id!r}, which has none: set ref_scores in the registry"
         )
-    arch = DTConfig(
-        state_dim=data.state_dim,
-        act_dim=data.action_space.dim,
-        n_layers=spec.n_layers,
-        max_ep_len=spec.env.max_ep_len,
-        **r.arch_settings(),
-    ).architecture()
     env = {
         "key": spec.env.key,
         "gym_id": spec.env.gym_id,
@@ -83,7 +75,39 @@ def make_config(
         env["observation"] = observation
     if spec.env.max_episode_steps is not None:
         env["max_episode_steps"] = spec.env.max_episode_steps
+    return env
+
+
+def dataset_block(data: Trajectories, val_episodes: np.ndarray | None = None) -> dict:
+    """config.json's `dataset`: which data, its fingerprint and returns (and held-out episodes)."""
+    block = {
+        "id": data.dataset_id,
+        "minari_version": data.minari_version,
+        "fingerprint": data.fingerprint,
+        "episodes": int(len(data.lengths)),
+        "steps": int(data.lengths.sum()),
+        "return_min": float(data.returns.min()),
+        "return_mean": float(data.returns.mean()),
+        "return_max": float(data.returns.max()),
+    }
+    if val_episodes is not None:
+        block["val_episodes"] = val_episodes.tolist()
+    return block
+
+
+def make_config(
+    spec: ModelSpec, data: Trajectories, mean: np.ndarray, std: np.ndarray, steps: int, step: int
+) -> ModelConfig:
+    r = spec.recipe
+    arch = DTConfig(
+        state_dim=data.state_dim,
+        act_dim=data.action_space.dim,
+        n_layers=spec.n_layers,
+        max_ep_len=spec.env.max_ep_len,
+        **r.arch_settings(),
+    ).architecture()
     arch.update(data.kind.state_encoder(spec.env.frame_stack))
+    held_out = held_out_episodes(len(data.lengths), getattr(r, "val_fraction", 0.0), spec.seed)
     return ModelConfig(
         model_id=spec.model_id,
         architecture=arch,
@@ -94,20 +118,8 @@ def make_config(
         state_std=std.tolist(),
         reward_scale=spec.env.reward_scale,
         target_returns=list(spec.env.target_returns),
-        env=env,
-        dataset={
-            "id": data.dataset_id,
-            "minari_version": data.minari_version,
-            "fingerprint": data.fingerprint,
-            "episodes": int(len(data.lengths)),
-            "steps": int(data.lengths.sum()),
-            "return_min": float(data.returns.min()),
-            "return_mean": float(data.returns.mean()),
-            "return_max": float(data.returns.max()),
-            "val_episodes": held_out_episodes(
-                len(data.lengths), getattr(r, "val_fraction", 0.0), spec.seed
-            ).tolist(),
-        },
+        env=env_block(spec, data),
+        dataset=dataset_block(data, held_out),
         recipe={**r.record(), "steps": steps},
         seed=spec.seed,
         step=step,

@@ -30,11 +30,10 @@ def record_replay(
     try:
         from gymnasium.wrappers import RecordVideo
 
-        from dtzoo.agent import Agent
+        from dtzoo.agent import make_agent
         from dtzoo.observations import kind_of, make_env
     except ImportError as e:
         return _fail(config, f"missing package: {e.name}")
-    target = config.target_returns[0] if target_return is None else target_return
     tmp = make_temp_dir(Path(path))  # beside the target (a dot folder): never outside DTZOO_HOME
     try:
         env = make_env(
@@ -50,7 +49,7 @@ def record_replay(
             name_prefix="replay",
             disable_logger=True,
         )
-        agent = Agent(model, config, target_return=target)
+        agent = make_agent(model, config, target_return)
         obs, _ = env.reset(seed=seed)
         done = False
         while not done:

@@ -20,6 +20,7 @@ from dtzoo.checkpoint import load_model, read_config
 from dtzoo.data import dataset_dir, dataset_exists, datasets_root
 from dtzoo.errors import DatasetError, DtzooError, UsageError
 from dtzoo.evals import report_dir
+from dtzoo.families import TT
 from dtzoo.fsutil import atomic_write_json, file_lock, read_json
 from dtzoo.hub import PublishResult, get_hub, repo_id
 from dtzoo.locate import ModelRef, content_hash, hub_repo_id, locate, org_for  # noqa: F401
@@ -30,7 +31,7 @@ from dtzoo.modeldir import (
     RunDir,
     revision_order,
 )
-from dtzoo.registry import EnvSpec, ModelSpec, Registry
+from dtzoo.registry import EnvSpec, ModelSpec, Registry, family_of
 from dtzoo.staging import staged_model_dir, write_transformers_dir
 
 
@@ -110,6 +111,10 @@ def train_cell(
     from dtzoo.train import train_model
 
     prepare_env(spec.env)
+    if spec.family == TT:
+        from dtzoo.tt.cell import train_tt_cell
+
+        return train_tt_cell(spec, registry.checkpoints, steps, device, progress)
     return train_model(
         spec,
         registry.checkpoints,
@@ -209,6 +214,7 @@ def _provenance(ref: ModelRef, config, model_hash: str, seed_base: int) -> dict:
     return {
         "total_steps": config.total_steps,
         "env": config.env.get("key"),
+        "family": config.family,
         "layers": config.architecture["n_layers"],
         "model_hash": model_hash,
         "eval_seed": seed_base,
@@ -309,7 +315,8 @@ def card_reports(
                 "normalized_mean": x.get("normalized_score"),
             }
             for x in r["results"]
-            if x.get("target_return") is not None
+            # (a Trajectory Transformer plans: its one row has no target)
+            if (x.get("target_return") is not None or family_of(r["model_id"]) == TT)
             and x.get("mean_reward") is not None
             and x.get("normalized_score") is not None
         ]

@@ -37,6 +37,11 @@ def make_test_registry(path: Path, steps: int = TEST_STEPS, episodes: int = 20) 
         env["prepare"]["episodes"] = episodes
         env["recipe"].update(steps=steps, warmup_steps=10, d_model=32, d_mlp=64, batch_size=32)
         env["eval"] = {"episodes": 2}
+    reg["tt"] = {  # a Trajectory Transformer small enough to train and plan in seconds
+        "model": {"n_bins": 20, "n_heads": 2, "d_model": 32, "d_mlp": 64, "context_len": 4},
+        "train": {"steps": steps, "batch_size": 16, "warmup_steps": 10},
+        "plan": {"horizon": 2, "beam_width": 2, "n_expand": 1, "k_act": 4, "context_transitions": 2},
+    }
     path.write_text(yaml.safe_dump(reg, sort_keys=False))
     return path
 
