@@ -136,7 +136,7 @@ def test_consumer_pulls_evaluates_and_ranks_a_model_whose_env_is_unknown(publish
     assert rows[0]["return_mean"] == pytest.approx(report["results"][0]["return_mean"])
     assert rows[0]["return_std"] is None  # one seed has no spread, not ± 0.0
     board = run_cli("leaderboard", "--format", "markdown").stdout
-    assert "| pendulum | 1 |" in board and "| - |" in board
+    assert "| pendulum | dt | 1 |" in board and "| - |" in board
 
 
 def test_load_gives_the_published_weights_and_transformers_agrees(published, publisher_home):

@@ -111,7 +111,12 @@ def test_bundled_registry_expands_the_named_grids_in_order():
     assert small[-1] == "walker2d-3L-seed2"
     assert [m.split("-")[0] for m in small[::9]] == ["hopper", "halfcheetah", "walker2d"]
     assert reg.all_model_ids() == (
-        reg.grid("tiny") + reg.grid("small") + reg.grid("atari") + reg.grid("minigrid")
+        reg.grid("tiny")
+        + reg.grid("small")
+        + reg.grid("atari")
+        + reg.grid("minigrid")
+        + reg.grid("tt")
+        + reg.grid("tt-tiny")
     )
     assert len(reg.grid("atari")) == 4 * 4 * 3 and reg.grid("atari")[-1] == "qbert-6L-seed2"
     assert reg.org == "dtzoo" and reg.license == "mit"
