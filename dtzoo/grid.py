@@ -24,6 +24,7 @@ from typing import Any, Callable, Protocol
 from dtzoo import paths
 from dtzoo.errors import DtzooError, UsageError
 from dtzoo.fsutil import LockBusy, file_lock, is_locked
+from dtzoo.modeldir import RunDir
 from dtzoo.registry import ModelSpec
 
 
@@ -45,7 +46,6 @@ SkipFn = Callable[[ModelSpec], "str | None"]  # a reason to skip, or None
 def already_trained(steps: int | None = None) -> SkipFn:
     """Skip a finished run, unless `steps` asks for a different length (then train_model
     extends it, or says in one line why it cannot)."""
-    from dtzoo.modeldir import RunDir
 
     def skip(spec: ModelSpec) -> str | None:
         run = RunDir.of(spec.model_id)
@@ -101,12 +101,12 @@ def run_cells(
             record(spec)
             continue
         try:
-            with file_lock(paths.run_dir(spec.model_id) / ".lock", blocking=False):
+            with file_lock(RunDir.of(spec.model_id).lock, blocking=False):
                 record(spec)
         except LockBusy:
             deferred.append(spec)
     for spec in deferred:  # another process is on these: wait, then usually find them done
-        with file_lock(paths.run_dir(spec.model_id) / ".lock", blocking=True):
+        with file_lock(RunDir.of(spec.model_id).lock, blocking=True):
             record(spec)
     return [results[getattr(s, "model_id", s)] for s in specs]
 
@@ -541,4 +541,4 @@ def lock_held(model_id: str) -> bool:
     >>> lock_held("pendulum-1L-seed0")
     False
     """
-    return is_locked(paths.run_dir(model_id) / ".lock")
+    return is_locked(RunDir.of(model_id).lock)

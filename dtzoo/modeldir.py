@@ -269,6 +269,11 @@ class RunDir(ModelDir):
         return self.path / LOG
 
     @property
+    def lock(self) -> Path:
+        """The run lock: held while the run trains (and while its final model is evaluated)."""
+        return self.path / ".lock"
+
+    @property
     def resume_dir(self) -> Path:
         return self.path / "resume"
 

@@ -149,7 +149,7 @@ def default_episodes(registry: Registry, config) -> int:
 
 def _eval_lock(ref: ModelRef) -> Path:
     # a run trained here: the lock its training holds, so eval never reads a half-written run
-    return ref.path / ".lock" if ref.trained_here else report_dir(ref) / ".lock"
+    return RunDir(ref.path).lock if ref.trained_here else report_dir(ref) / ".lock"
 
 
 def _up_to_date(path: Path, model_hash: str, episodes: int, seed_base: int) -> dict | None:
