@@ -318,6 +318,7 @@ def test_a_concurrent_commit_makes_the_publish_fail_whole(hub_server, home, monk
     report = json.loads((run / "eval.json").read_text())
     report["note"] = "edited"
     (run / "eval.json").write_text(json.dumps(report))
+    ModelDir(run).seal()
     real_tree = HFHub._tree
 
     def racing_tree(self, repo_id, commit):
