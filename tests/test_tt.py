@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dtzoo.architecture import Architecture, field_of
 from dtzoo.collect import collect_episodes
 from dtzoo.data import ActionSpace, Trajectories
 from dtzoo.errors import UsageError
@@ -134,6 +135,27 @@ def test_token_position_round_trip():
     assert "observation_dim" not in arch and TTConfig.from_architecture(arch, 3, 2) == cfg
     settings = PlanSettings(horizon=6, beam_width=32, k_act=None)
     assert PlanSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
+
+
+def test_config_shares_the_architecture_settings_with_the_tt_paper_defaults():
+    cfg = TTConfig(3, 1)
+    assert isinstance(cfg, Architecture)  # the registry checks its fields like a Recipe's
+    assert cfg.arch_settings() == dict(
+        context_len=10, d_model=128, n_heads=4, d_mlp=512, activation="gelu_exact", dropout=0.1
+    )
+    assert (cfg.n_bins, cfg.n_layers, cfg.action_weight) == (100, 4, 5.0)
+    assert field_of(TTConfig, "dropout").metadata == field_of(Architecture, "dropout").metadata
+    for bad, message in (
+        (dict(activation="swish"), "activation must be one of"),
+        (dict(dropout=1.0), "dropout must be below 1"),
+        (dict(context_len=0), "context_len must be positive"),
+        (dict(d_model=30), "not divisible by n_heads 4"),
+        (dict(n_bins=0), "n_bins must be >= 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TTConfig(3, 1, **bad)
+    with pytest.raises(TypeError):
+        TTConfig(3, 1, 50)  # only the dims are positional
 
 
 def hook_shapes(cfg: TTConfig, B: int, L: int) -> dict[str, tuple[int, ...]]:

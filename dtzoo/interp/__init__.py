@@ -3,8 +3,11 @@
 `HookedDecisionTransformer` (dtzoo.interp.hooked) is the DT on TransformerLens's
 `HookedRootModule`: TL's `run_with_cache`, `ActivationCache` analysis (`accumulated_resid`,
 `decompose_resid`, `stack_head_results`, `get_full_resid_decomposition`, `logit_attrs`, ...)
-and `transformer_lens.patching` run on it. The helpers (dtzoo.interp.tools) answer a DT's
-own questions in one call each, returning a dict and writing JSON + PNG:
+and `transformer_lens.patching` run on it. `to_transformer_lens(model)` takes either family:
+a Trajectory Transformer becomes a `HookedTrajectoryTransformer` (dtzoo.tt.hooked, the same
+parts; its docstring says which TL utilities apply to its per-dimension heads). The helpers
+(dtzoo.interp.tools) answer a DT's own questions in one call each, returning a dict and
+writing JSON + PNG:
 `patch` (activation patching between two returns-to-go), `rtg_scan`, `attribute` (direct
 action attribution) and `attention` (attention by token kind R/s/a).
 

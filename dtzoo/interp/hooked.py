@@ -21,6 +21,10 @@ TL's utilities read from a model:
   `.shape == (batch, 3 * T)`, which TL's `patching` functions pass back to `run_with_hooks`;
   `accumulated_bias`, `tokens_to_residual_directions` (for `cache.logit_attrs`).
 
+The parts are shared with dtzoo.tt.hooked's `HookedTrajectoryTransformer`: `HookedBlocks`
+(the blocks' TL hooks and weight stacks, `run_with_cache`), `TLConfigFields` (TL's config
+fields), `hooked_copy`; `to_transformer_lens` picks the class by the model's family.
+
 Exactness: the extra hooks never change a plain run. A LayerNorm's output is always
 `F.layer_norm`'s; its scale is computed only when `hook_scale` has hooks, and the output is
 recomputed from the hooked scale only when a hook replaced or edited it (`_version`). The
@@ -33,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +45,10 @@ from torch import nn
 
 from dtzoo.model import MLP, TOKENS_PER_STEP, Attention, DecisionTransformer, DTConfig
 from dtzoo.model import HookPoint as DtzooHookPoint
+from dtzoo.tt.model import TrajectoryTransformer
+
+if TYPE_CHECKING:
+    from dtzoo.tt.hooked import HookedTrajectoryTransformer
 
 try:
     from transformer_lens import ActivationCache, HookedRootModule
@@ -56,18 +64,15 @@ _TL_ACT_FN = {"relu": "relu", "gelu": "gelu_new", "gelu_exact": "gelu", "tanh": 
 
 
 @dataclass
-class HookedDTConfig(DTConfig):
-    """A DTConfig that also carries the fields TransformerLens's utilities read.
-
-    >>> cfg = HookedDTConfig.from_dt(DTConfig(state_dim=3, act_dim=1, n_layers=2))
-    >>> cfg.n_ctx, cfg.d_head, cfg.d_vocab_out, cfg.normalization_type
-    (60, 128, 1, 'LN')
-    """
+class TLConfigFields:
+    """The config fields TransformerLens's utilities read, beside a family's own config:
+    `HookedDTConfig` = DTConfig + these, `HookedTTConfig` (dtzoo.tt.hooked) = TTConfig + these.
+    A subclass's __post_init__ derives them with `_derive_tl`."""
 
     d_head: int = 0  # set from d_model / n_heads
-    n_ctx: int = 0  # 3 tokens per step: 3 * context_len
-    d_vocab: int = -1  # no token vocabulary: the DT embeds continuous R, s, a
-    d_vocab_out: int = 0  # the action head is the unembedding: act_dim outputs
+    n_ctx: int = 0  # the most tokens one forward sees
+    d_vocab: int = -1  # rows of the token embedding (-1: none, e.g. the DT's continuous inputs)
+    d_vocab_out: int = 0  # outputs per position of the unembedding
     act_fn: str = "relu"
     normalization_type: str = "LN"  # LayerNorms with their own weights (not folded)
     attn_only: bool = False
@@ -79,21 +84,39 @@ class HookedDTConfig(DTConfig):
     use_attn_in: bool = False
     use_hook_mlp_in: bool = False
     n_key_value_heads: int | None = None
-    positional_embedding_type: str = "standard"  # absolute timestep embeddings, added
+    positional_embedding_type: str = "standard"  # absolute position embeddings, added
     gated_mlp: bool = False
     uses_rms_norm: bool = False
     final_rms: bool = False
     layer_norm_folding: bool = False
     default_prepend_bos: bool = False
+    model_name: str = ""
+    original_architecture: str = ""
+
+    def _derive_tl(self, n_ctx: int, d_vocab_out: int, d_vocab: int = -1) -> None:
+        """Set TL's derived fields from the family's own: `self._derive_tl(60, act_dim)`."""
+        self.d_head = self.d_model // self.n_heads
+        self.n_ctx, self.d_vocab_out, self.d_vocab = n_ctx, d_vocab_out, d_vocab
+        self.act_fn = _TL_ACT_FN.get(self.activation, self.activation)
+
+
+@dataclass
+class HookedDTConfig(TLConfigFields, DTConfig):
+    """A DTConfig that also carries the fields TransformerLens's utilities read.
+
+    >>> cfg = HookedDTConfig.from_dt(DTConfig(state_dim=3, act_dim=1, n_layers=2))
+    >>> cfg.n_ctx, cfg.d_head, cfg.d_vocab_out, cfg.normalization_type
+    (60, 128, 1, 'LN')
+    """
+
     model_name: str = "decision-transformer"
     original_architecture: str = "DecisionTransformer"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.d_head = self.d_model // self.n_heads
-        self.n_ctx = TOKENS_PER_STEP * self.context_len
-        self.d_vocab_out = self.act_dim
-        self.act_fn = _TL_ACT_FN.get(self.activation, self.activation)
+        # 3 tokens per step; no token vocabulary (the DT embeds continuous R, s, a); the action
+        # head is the unembedding
+        self._derive_tl(n_ctx=TOKENS_PER_STEP * self.context_len, d_vocab_out=self.act_dim)
 
     @classmethod
     def from_dt(cls, cfg: DTConfig, **overrides: Any) -> "HookedDTConfig":
@@ -262,29 +285,29 @@ def _insert_after(parent: nn.Module, after: str, name: str, module: nn.Module) -
     parent._modules = dict(items[:i] + [(name, module)] + items[i:])
 
 
-class HookedDecisionTransformer(HookedRootModule, DecisionTransformer):
-    """The dtzoo Decision Transformer as a TransformerLens `HookedRootModule`.
+class HookedBlocks:
+    """What a zoo model on TransformerLens's `HookedRootModule` shares across families (the DT,
+    dtzoo.tt's TT): TL's hook points and weight views on GPT-2 blocks (dtzoo.model.Block) and
+    LayerNorms, `run_with_cache` returning an `ActivationCache`, the per-layer weight stacks
+    (`W_Q` ... `b_out`, `QK`, `OV`) and `accumulated_bias`. Put it first in the bases:
 
-    Same parameters (state_dict keys) and forward as `DecisionTransformer`, its hook names plus
-    TL's `hook_embed`, `*.hook_scale`, `*.hook_normalized` and `attn.hook_result`. Hook
-    functions are called as `fn(activation, hook=HookPoint)`; `run_with_cache` returns an
-    `ActivationCache` (`cache["resid_pre", 0]`, `cache["scale"]`, `cache.decompose_resid()`),
-    or a plain dict with `return_cache_object=False`.
+    >>> class HookedFoo(HookedBlocks, HookedRootModule, Foo): ...
+
+    and call `_add_tl_hooks(cfg)` after Foo's __init__, then the family's own additions, then
+    `self.setup()`. `cfg` carries `TLConfigFields`.
     """
 
-    cfg: HookedDTConfig
+    cfg: TLConfigFields
+    blocks: nn.ModuleList
 
-    def __init__(self, cfg: DTConfig):
-        cfg = HookedDTConfig.from_dt(cfg) if not isinstance(cfg, HookedDTConfig) else cfg
-        DecisionTransformer.__init__(self, cfg)  # nn.Module.__init__ runs once, in there
-        self.is_caching = False
-        self.context_level = 0
+    def _add_tl_hooks(self, cfg: TLConfigFields) -> None:
+        """TL's HookPoints in place of ours; `hook_scale` / `hook_normalized` on every
+        LayerNorm; per-head weight views and `hook_result` on each block's attention."""
+        self.is_caching = False  # HookedRootModule.__init__'s state (it is not called:
+        self.context_level = 0  # nn.Module.__init__ ran in the family's __init__)
         _swap_hook_points(self)
         for ln in [m for m in self.modules() if type(m) is nn.LayerNorm]:
             _upgrade(ln, LayerNorm, hook_scale=HookPoint(), hook_normalized=HookPoint())
-        del self.embed_ln.hook_normalized  # its output is the root's hook_embed
-        _insert_after(self, "embed_ln", "hook_embed", HookPoint())
-        self.embed_ln._out_hook = (self.hook_embed,)
         for block in self.blocks:
             _upgrade(block.attn, HookedAttention, hook_result=HookPoint())
             block.attn.cfg = cfg
@@ -292,17 +315,10 @@ class HookedDecisionTransformer(HookedRootModule, DecisionTransformer):
             block.attn.out._attn = (block.attn,)
             _upgrade(block.mlp, HookedMLP)
             block.hook_out_is_single_residual_stream = True  # TL's logit-lens check
-        self.setup()  # TransformerLens: names every module, builds mod_dict and hook_dict
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        """As DecisionTransformer's; the first argument may also be a `DTInput`."""
-        if args and isinstance(args[0], DTInput):
-            args = args[0].tensors + args[1:]
-        return DecisionTransformer.forward(self, *args, **kwargs)
 
     # TransformerLens's HookedRootModule.hook_points() returns hook_dict.values(); ours a dict
     def hook_names(self) -> list[str]:
-        """Every hook point, in forward order (DecisionTransformer's plus TL's extras)."""
+        """Every hook point, in forward order (the family's plus TL's extras)."""
         return list(self.hook_dict)
 
     def run_with_cache(
@@ -326,11 +342,80 @@ class HookedDecisionTransformer(HookedRootModule, DecisionTransformer):
         self.cfg.device, self.cfg.dtype = str(p.device), p.dtype
         return model
 
-    # ------------------------------------------------------------------ TL's model surface
-
     def set_use_attn_result(self, use_attn_result: bool) -> None:
         """Report each head's output at `blocks.{i}.attn.hook_result` (as TL's flag)."""
         self.cfg.use_attn_result = use_attn_result
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> torch.Tensor:
+        """The sum of the output biases of every layer before `layer` (TL's definition)."""
+        b_O = self.blocks[0].attn.b_O
+        bias = torch.zeros(self.cfg.d_model, device=b_O.device, dtype=b_O.dtype)
+        for block in self.blocks[:layer]:
+            bias = bias + block.attn.b_O
+            if include_mlp_biases:
+                bias = bias + block.mlp.b_out
+        if mlp_input:
+            bias = bias + self.blocks[layer].attn.b_O
+        return bias
+
+    def _stack(self, name: str) -> torch.Tensor:
+        parts = [getattr(b.attn if hasattr(b.attn, name) else b.mlp, name) for b in self.blocks]
+        return torch.stack(parts)
+
+    W_Q = property(lambda self: self._stack("W_Q"), doc="[n_layers, n_heads, d_model, d_head]")
+    W_K = property(lambda self: self._stack("W_K"), doc="[n_layers, n_heads, d_model, d_head]")
+    W_V = property(lambda self: self._stack("W_V"), doc="[n_layers, n_heads, d_model, d_head]")
+    W_O = property(lambda self: self._stack("W_O"), doc="[n_layers, n_heads, d_head, d_model]")
+    b_Q = property(lambda self: self._stack("b_Q"), doc="[n_layers, n_heads, d_head]")
+    b_K = property(lambda self: self._stack("b_K"), doc="[n_layers, n_heads, d_head]")
+    b_V = property(lambda self: self._stack("b_V"), doc="[n_layers, n_heads, d_head]")
+    b_O = property(lambda self: self._stack("b_O"), doc="[n_layers, d_model]")
+    W_in = property(lambda self: self._stack("W_in"), doc="[n_layers, d_model, d_mlp]")
+    W_out = property(lambda self: self._stack("W_out"), doc="[n_layers, d_mlp, d_model]")
+    b_in = property(lambda self: self._stack("b_in"), doc="[n_layers, d_mlp]")
+    b_out = property(lambda self: self._stack("b_out"), doc="[n_layers, d_model]")
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """W_Q @ W_K^T per layer and head: [n_layers, n_heads, d_model, d_model], factored."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """W_V @ W_O per layer and head: [n_layers, n_heads, d_model, d_model], factored."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+
+class HookedDecisionTransformer(HookedBlocks, HookedRootModule, DecisionTransformer):
+    """The dtzoo Decision Transformer as a TransformerLens `HookedRootModule`.
+
+    Same parameters (state_dict keys) and forward as `DecisionTransformer`, its hook names plus
+    TL's `hook_embed`, `*.hook_scale`, `*.hook_normalized` and `attn.hook_result`. Hook
+    functions are called as `fn(activation, hook=HookPoint)`; `run_with_cache` returns an
+    `ActivationCache` (`cache["resid_pre", 0]`, `cache["scale"]`, `cache.decompose_resid()`),
+    or a plain dict with `return_cache_object=False`.
+    """
+
+    cfg: HookedDTConfig
+
+    def __init__(self, cfg: DTConfig):
+        cfg = HookedDTConfig.from_dt(cfg) if not isinstance(cfg, HookedDTConfig) else cfg
+        DecisionTransformer.__init__(self, cfg)  # nn.Module.__init__ runs once, in there
+        self._add_tl_hooks(cfg)
+        del self.embed_ln.hook_normalized  # its output is the root's hook_embed
+        _insert_after(self, "embed_ln", "hook_embed", HookPoint())
+        self.embed_ln._out_hook = (self.hook_embed,)
+        self.setup()  # TransformerLens: names every module, builds mod_dict and hook_dict
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        """As DecisionTransformer's; the first argument may also be a `DTInput`."""
+        if args and isinstance(args[0], DTInput):
+            args = args[0].tensors + args[1:]
+        return DecisionTransformer.forward(self, *args, **kwargs)
+
+    # ------------------------------------------------------------------ TL's model surface
 
     def to_tokens(
         self,
@@ -360,35 +445,6 @@ class HookedDecisionTransformer(HookedRootModule, DecisionTransformer):
         d = directions[:, torch.as_tensor(actions, device=directions.device)]
         return d.movedim(0, -1)
 
-    def accumulated_bias(
-        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> torch.Tensor:
-        """The sum of the output biases of every layer before `layer` (TL's definition)."""
-        bias = torch.zeros(self.cfg.d_model, device=self.W_U.device, dtype=self.W_U.dtype)
-        for block in self.blocks[:layer]:
-            bias = bias + block.attn.b_O
-            if include_mlp_biases:
-                bias = bias + block.mlp.b_out
-        if mlp_input:
-            bias = bias + self.blocks[layer].attn.b_O
-        return bias
-
-    def _stack(self, name: str) -> torch.Tensor:
-        parts = [getattr(b.attn if hasattr(b.attn, name) else b.mlp, name) for b in self.blocks]
-        return torch.stack(parts)
-
-    W_Q = property(lambda self: self._stack("W_Q"), doc="[n_layers, n_heads, d_model, d_head]")
-    W_K = property(lambda self: self._stack("W_K"), doc="[n_layers, n_heads, d_model, d_head]")
-    W_V = property(lambda self: self._stack("W_V"), doc="[n_layers, n_heads, d_model, d_head]")
-    W_O = property(lambda self: self._stack("W_O"), doc="[n_layers, n_heads, d_head, d_model]")
-    b_Q = property(lambda self: self._stack("b_Q"), doc="[n_layers, n_heads, d_head]")
-    b_K = property(lambda self: self._stack("b_K"), doc="[n_layers, n_heads, d_head]")
-    b_V = property(lambda self: self._stack("b_V"), doc="[n_layers, n_heads, d_head]")
-    b_O = property(lambda self: self._stack("b_O"), doc="[n_layers, d_model]")
-    W_in = property(lambda self: self._stack("W_in"), doc="[n_layers, d_model, d_mlp]")
-    W_out = property(lambda self: self._stack("W_out"), doc="[n_layers, d_mlp, d_model]")
-    b_in = property(lambda self: self._stack("b_in"), doc="[n_layers, d_mlp]")
-    b_out = property(lambda self: self._stack("b_out"), doc="[n_layers, d_model]")
     W_U = property(
         lambda self: self.predict_action.weight.T,
         doc="[d_model, act_dim]: the action head (pre-tanh for continuous actions)",
@@ -396,23 +452,12 @@ class HookedDecisionTransformer(HookedRootModule, DecisionTransformer):
     b_U = property(lambda self: self.predict_action.bias, doc="[act_dim]")
     unembed = property(lambda self: self.predict_action, doc="TL's name for the readout")
 
-    @property
-    def QK(self) -> FactoredMatrix:
-        """W_Q @ W_K^T per layer and head: [n_layers, n_heads, d_model, d_model], factored."""
-        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
 
-    @property
-    def OV(self) -> FactoredMatrix:
-        """W_V @ W_O per layer and head: [n_layers, n_heads, d_model, d_model], factored."""
-        return FactoredMatrix(self.W_V, self.W_O)
-
-
-def to_transformer_lens(model: DecisionTransformer) -> HookedDecisionTransformer:
-    """A HookedDecisionTransformer with `model`'s weights (a copy), dtype, device and mode."""
-    if isinstance(model, HookedDecisionTransformer):
-        return model
+def hooked_copy(model: nn.Module, cls: type[HookedRootModule]) -> Any:
+    """`cls(model.cfg)` with `model`'s weights (a copy), dtype, device and mode, and its
+    ModelConfig (`.config`) where it has one: `hooked_copy(dt, HookedDecisionTransformer)`."""
     p = next(model.parameters())
-    hooked = HookedDecisionTransformer(model.cfg).to(device=p.device, dtype=p.dtype)
+    hooked = cls(model.cfg).to(device=p.device, dtype=p.dtype)
     hooked.load_state_dict(model.state_dict(), strict=True)
     if getattr(model, "config", None) is not None:
         hooked.config = model.config
@@ -420,8 +465,29 @@ def to_transformer_lens(model: DecisionTransformer) -> HookedDecisionTransformer
     return hooked.train(model.training)
 
 
-def load_hooked(model: str, revision: str = "main", **kwargs) -> HookedDecisionTransformer:
-    """`dtzoo.load(...)` as a HookedDecisionTransformer (eval mode, ModelConfig at `.config`).
+def to_transformer_lens(
+    model: DecisionTransformer | TrajectoryTransformer,
+) -> HookedDecisionTransformer | HookedTrajectoryTransformer:
+    """The model on TransformerLens, by family: a HookedDecisionTransformer for a DT, a
+    HookedTrajectoryTransformer (dtzoo.tt.hooked) for a TT; `model`'s weights (a copy), dtype,
+    device and mode. A model already hooked is returned as it is.
+
+    >>> hooked = to_transformer_lens(model)     # either family
+    """
+    if isinstance(model, TrajectoryTransformer):
+        from dtzoo.tt.hooked import to_transformer_lens as tt_to_transformer_lens
+
+        return tt_to_transformer_lens(model)
+    if isinstance(model, HookedDecisionTransformer):
+        return model
+    return hooked_copy(model, HookedDecisionTransformer)
+
+
+def load_hooked(
+    model: str, revision: str = "main", **kwargs
+) -> HookedDecisionTransformer | HookedTrajectoryTransformer:
+    """`dtzoo.load(...)` on TransformerLens (`to_transformer_lens`: by the model's family;
+    eval mode, ModelConfig at `.config`).
 
     >>> model = load_hooked("pendulum-1L-seed0")
     >>> actions, cache = model.run_with_cache(states, actions, rtg, timesteps)
@@ -433,9 +499,12 @@ def load_hooked(model: str, revision: str = "main", **kwargs) -> HookedDecisionT
 
 __all__: Sequence[str] = [
     "DTInput",
+    "HookedBlocks",
     "HookPoint",
     "HookedDTConfig",
     "HookedDecisionTransformer",
+    "TLConfigFields",
+    "hooked_copy",
     "load_hooked",
     "to_transformer_lens",
 ]

@@ -4,6 +4,9 @@
 >>> tt = tokenize(load_trajectories("dtzoo/pendulum/scripted-v0"))
 >>> result = train_tt(tt, TTRecipe(steps=2000), seed=0)
 >>> agent = TTAgent(result.model, result.model.cfg, tt.discretizer, action_space=space)
+
+On TransformerLens (the `interp` extra, so not imported here): `dtzoo.tt.hooked`, or
+`dtzoo.interp.to_transformer_lens(model)` for either family.
 """
 
 from dtzoo.tt.data import TTData, WindowSampler, discounted_values, tokenize, transitions

@@ -20,53 +20,62 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtzoo.model import ACTIVATIONS, Block, DecisionTransformer, HookPoint
+from dtzoo.architecture import Architecture, field_of, value_problem
+from dtzoo.model import Block, DecisionTransformer, HookPoint
 
 TOKEN_KINDS = ("observation", "action", "reward", "value")
 FAMILY = "trajectory-transformer"  # config.json's "family" (the DT's configs have none)
 _DIMS = ("observation_dim", "action_dim")
 
 
+def _tt_default(name: str, default: Any) -> Any:
+    """Architecture's field `name`, its bounds and choices kept, with the TT paper's default."""
+    return dataclasses.field(default=default, metadata=field_of(Architecture, name).metadata)
+
+
 @dataclass
-class TTConfig:
+class TTConfig(Architecture):
     """Architecture and loss of one Trajectory Transformer (the paper's gym settings).
 
+    The settings a DT shares (`Architecture`: context_len, d_model, n_heads, d_mlp,
+    activation, dropout) are inherited with their bounds and choices, which the registry and
+    __post_init__ check; three keep the paper's TT defaults (context 10, 4 heads, exact GELU).
     `context_len` counts transitions; the model sees at most `block_size` =
     context_len * transition_dim - 1 tokens (a window minus its last token, as in training).
     `d_mlp` and `activation` are what dtzoo.model.Block reads (the paper: 4 * d_model, GELU).
+    Only the dims are positional: `TTConfig(3, 1, n_layers=2)`.
     """
 
     observation_dim: int
     action_dim: int
+    _: KW_ONLY
     n_bins: int = 100
     n_layers: int = 4
-    n_heads: int = 4
-    d_model: int = 128
-    d_mlp: int = 512
-    context_len: int = 10
-    activation: str = "gelu_exact"
-    dropout: float = 0.1
+    n_heads: int = _tt_default("n_heads", 4)
+    context_len: int = _tt_default("context_len", 10)
+    activation: str = _tt_default("activation", "gelu_exact")
     action_weight: float = 5.0
     reward_weight: float = 1.0
     value_weight: float = 1.0
     discount: float = 0.99
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
-        if min(self.observation_dim, self.action_dim, self.n_bins, self.context_len) < 1:
-            raise ValueError("observation_dim, action_dim, n_bins and context_len must be >= 1")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {self.activation!r}: use one of {', '.join(ACTIVATIONS)}"
-            )
+        if min(self.observation_dim, self.action_dim, self.n_bins) < 1:
+            raise ValueError("observation_dim, action_dim and n_bins must be >= 1")
+        for f in dataclasses.fields(Architecture):  # the shared settings' bounds and choices
+            problem = value_problem(f, getattr(self, f.name))
+            if problem:
+                raise ValueError(f"{f.name} {problem}")
+        problem = self.arch_problem()
+        if problem:
+            raise ValueError(problem)
 
     @property
     def transition_dim(self) -> int:
@@ -82,7 +91,8 @@ class TTConfig:
         return self.n_bins
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field: `TTConfig(3, 1).to_dict()["n_bins"]` -> 100."""
+        """Every field, the shared Architecture settings first: `TTConfig(3, 1).to_dict()[
+        "n_bins"]` -> 100."""
         return dataclasses.asdict(self)
 
     @classmethod
