@@ -283,18 +283,6 @@ class Trainer:
         self.model.train()
 
     def save_resume_state(self) -> None:
-        from safetensors.torch import save as save_tensors
-
-        tensors = {
-            f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
-        }
-        opt = self.optim.state_dict()
-        for pid, state in opt["state"].items():
-            for k, v in state.items():
-                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
-        tensors["rng.torch"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {
             "step": self.step,
             "sampler": self.sampler.state(),
@@ -304,42 +292,16 @@ class Trainer:
             "pending_losses": self.pending,
             "log": self.log,
         }  # the rows so far: a damaged training_log.csv is rewritten
-        meta_json = json.dumps(meta)  # with the digest of it all: a flipped bit is caught
-        data = save_tensors(
-            tensors, metadata={"resume": meta_json, "sha256": resume_digest(meta_json, tensors)}
-        )
-        atomic_write_bytes(self.dir.resume_state(self.step), data)
-        for step, old in self.dir.resume_states():
-            if step != self.step:
-                old.unlink(missing_ok=True)
+        save_training_state(self.dir, self.model, self.optim, meta, self.device)
 
     def restore(self) -> int | None:
         """Load the newest resume state, if any; returns the step resumed from."""
         state = self.dir.newest_resume_state()
         if state is None:
             return None
-        meta, tensors = read_resume_state(state)
-        if meta["dataset_fingerprint"] != self.data.fingerprint:
-            raise TrainingError(
-                f"{self.spec.model_id}: the dataset {self.data.dataset_id!r} changed since this "
-                f"run started (fingerprint differs); delete {self.run} to train from scratch"
-            )
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt = self.optim.state_dict()
-        for pid in range(len(opt["param_groups"][0]["params"])):
-            opt["state"][pid] = {
-                k.split(".", 2)[2]: v.to(self.device)
-                for k, v in tensors.items()
-                if k.startswith(f"optim.{pid}.")
-            }
-        self.optim.load_state_dict(opt)
-        self.sched.load_state_dict(meta["scheduler"])
-        for group, lr in zip(self.optim.param_groups, self.sched.get_last_lr()):
-            group["lr"] = lr
+        meta = load_training_state(state, self.model, self.optim, self.sched, self.device)
+        check_fingerprint(meta, self.data, self.spec.model_id, self.run)
         self.sampler.set_state(meta["sampler"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.step = meta["step"]
         self.pending = list(meta.get("pending_losses", []))
         log_path = self.dir.log
@@ -385,6 +347,60 @@ def check_extendable(model_id: str, trained: int, steps: int, state: Path | None
         raise TrainingError(
             f"{model_id} is trained for {trained} steps but its resume state is gone, so it "
             f"cannot be extended to {steps}: delete {run} to train it again with --steps {steps}"
+        )
+
+
+def save_training_state(run: RunDir, model, optim, meta: dict, device: torch.device) -> None:
+    """`resume/state-<step>.safetensors` (no pickle): the model's and the optimiser's tensors,
+    torch's RNG, and `meta` (JSON: at least "step"; the scheduler, sampler and log), with a
+    digest of it all so a flipped bit is caught; older states are removed after."""
+    from safetensors.torch import save as save_tensors
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for pid, state in optim.state_dict()["state"].items():
+        for k, v in state.items():
+            tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    meta_json = json.dumps(meta)
+    data = save_tensors(
+        tensors, metadata={"resume": meta_json, "sha256": resume_digest(meta_json, tensors)}
+    )
+    atomic_write_bytes(run.resume_state(meta["step"]), data)
+    for step, old in run.resume_states():
+        if step != meta["step"]:
+            old.unlink(missing_ok=True)
+
+
+def load_training_state(path: Path, model, optim, sched, device: torch.device) -> dict:
+    """Restore the model, optimiser, scheduler and torch RNG from a resume state (checked
+    against its digest); returns its meta for the rest (sampler, log)."""
+    meta, tensors = read_resume_state(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt = optim.state_dict()
+    for pid in (p for group in opt["param_groups"] for p in group["params"]):
+        opt["state"][pid] = {
+            k.split(".", 2)[2]: v.to(device)
+            for k, v in tensors.items()
+            if k.startswith(f"optim.{pid}.")
+        }
+    optim.load_state_dict(opt)
+    sched.load_state_dict(meta["scheduler"])
+    for group, lr in zip(optim.param_groups, sched.get_last_lr()):
+        group["lr"] = lr
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    return meta
+
+
+def check_fingerprint(meta: dict, data: Trajectories, model_id: str, run: Path) -> None:
+    """A run resumes only on the data it started with."""
+    if meta["dataset_fingerprint"] != data.fingerprint:
+        raise TrainingError(
+            f"{model_id}: the dataset {data.dataset_id!r} changed since this run started "
+            f"(fingerprint differs); delete {run} to train from scratch"
         )
 
 

@@ -105,3 +105,27 @@ def test_a_tt_trains_evaluates_publishes_and_loads_like_a_dt(zoo_env, registry, 
     agent = dtzoo.make_agent(pulled)
     action = agent.act(torch.zeros(3).numpy())
     assert action.shape == (1,) and -2.0 <= float(action[0]) <= 2.0
+
+
+def test_an_interrupted_tt_run_resumes_bit_for_bit(zoo_env, registry):
+    from dtzoo import zoo
+    from dtzoo.modeldir import WEIGHTS, RunDir
+
+    spec = registry.resolve("pendulum-tt-1L-seed1")
+    run = RunDir.of(spec.model_id)
+    zoo.train_cell(spec, registry, device="cpu")
+    straight = (run.path / WEIGHTS).read_bytes()
+    shutil.rmtree(run.path)
+
+    def killed_at_25(step: int, total: int, loss: float) -> None:
+        if step == 25:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        zoo.train_cell(spec, registry, device="cpu", progress=killed_at_25)
+    assert not run.is_trained() and run.newest_resume_state() == run.resume_state(20)
+    result = zoo.train_cell(spec, registry, device="cpu")
+    assert result.resumed_from == 20
+    assert (run.path / WEIGHTS).read_bytes() == straight
+    steps = [int(line.split(",")[0]) for line in run.log.read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)) and steps[-1] == 40

@@ -13,14 +13,15 @@ returns (its results row has `target_return: null`).
     >>> model, config = load_model(result.path)           # a TrajectoryTransformer
     >>> returns, lengths = tt_rollout(model, config, seeds=[0, 1])
 
-A TT run that is interrupted starts again from step 0 (its training state is not saved); its
-checkpoints are replaced as the new run reaches them.
+Training state (model, AdamW, schedule, sampler and RNG) is saved with every checkpoint in
+`resume/`, as a DT's is: an interrupted TT run resumes from its last checkpoint bit for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -35,7 +36,7 @@ from dtzoo.tt.data import tokenize
 from dtzoo.tt.discretize import Discretizer
 from dtzoo.tt.model import TrajectoryTransformer, TTConfig
 from dtzoo.tt.plan import PlanSettings, TTAgent, rollout
-from dtzoo.tt.train import TTRecipe, lr_factor, train_tt
+from dtzoo.tt.train import TTRecipe, TTTraining, lr_factor, start_tt
 
 ProgressFn = Callable[[int, int, float], None]  # (step, total, loss)
 
@@ -93,24 +94,40 @@ def train_tt_cell(
     device: str = "auto",
     progress: ProgressFn | None = None,
 ):
-    """Train one TT cell into its run directory; returns dtzoo.train.TrainResult."""
+    """Train (or resume) one TT cell in its run directory; returns dtzoo.train.TrainResult.
+    At every checkpoint step the training state is saved as a DT's is (resume/, safetensors),
+    so a killed run continues bit for bit."""
     from dtzoo.data import check_matches_env, load_trajectories
-    from dtzoo.plots import learning_curve
-    from dtzoo.train import TrainResult, log_csv, pick_device
+    from dtzoo.train import (
+        TrainResult,
+        check_fingerprint,
+        load_training_state,
+        pick_device,
+        read_resume_state,
+    )
 
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise TrainingError(f"--steps {str(steps)[:30]}: must be from 1 to {MAX_STEPS}")
     run = RunDir.of(spec.model_id)
+    model_kw, recipe, plan, discretization = tt_settings(spec)
     trained = run.trained_steps()
     if trained is not None and steps and steps != trained:
         raise TrainingError(
-            f"{spec.model_id} is trained for {trained} steps and a Trajectory Transformer keeps "
-            f"no training state to extend it: delete {run.path} to train it with --steps {steps}"
+            f"{spec.model_id} is trained for {trained} steps; a Trajectory Transformer's "
+            f"learning rate decays over its whole run, so it is not extended: delete "
+            f"{run.path} to train it with --steps {steps}"
         )
-    run.remove_stale_temps()
+    if trained is None:  # (nothing else writes to an unfinished run)
+        run.remove_stale_temps()
+    state = run.newest_resume_state()
+    started = read_resume_state(state, tensors=False)[0]["total_steps"] if state else None
+    if started is not None and steps and steps != started:
+        raise TrainingError(
+            f"{spec.model_id}: this run was started with {started} steps; resume it with "
+            f"--steps {started}, or delete {run.path} to start over"
+        )
+    recipe = dataclasses.replace(recipe, steps=steps or started or recipe.steps)
     t0 = time.time()
-    model_kw, recipe, plan, discretization = tt_settings(spec)
-    recipe = dataclasses.replace(recipe, steps=steps or recipe.steps)
     data = load_trajectories(spec.env.dataset, spec.env.obs)
     check_matches_env(data, spec.env.gym_id, spec.env.obs)
     tt = tokenize(
@@ -121,45 +138,103 @@ def train_tt_cell(
     )
     cfg = TTConfig(observation_dim=tt.observation_dim, action_dim=tt.action_dim, **model_kw)
     _check_size(cfg, spec.model_id)
-
-    def config_at(step: int) -> ModelConfig:
-        return tt_model_config(spec, data, cfg, tt.discretizer, plan, recipe, step)
-
+    training = start_tt(tt, recipe, cfg, seed=spec.seed, device=pick_device(device))
+    log: list[dict] = []
+    pending: list[float] = []
+    if state is not None:
+        meta = load_training_state(
+            state, training.model, training.optim, training.sched, training.device
+        )
+        check_fingerprint(meta, data, spec.model_id, run.path)
+        training.sampler.set_state(meta["sampler"])
+        training.step, log, pending = meta["step"], meta["log"], meta["pending_losses"]
+    resumed = training.step if state is not None else None
+    cell = _TTCellLog(run, spec, data, cfg, tt.discretizer, plan, recipe, training, log, pending)
     keep = schedule.merged(spec.env.checkpoints).for_run(recipe.steps)
-    log, pending, log_every = [], [], max(1, recipe.steps // 100)
-
-    def on_loss(step: int, total: int, loss: float) -> None:
-        pending.append(loss)
-        if step % log_every == 0 or step == total:
-            lr = recipe.lr * lr_factor(step - 1, recipe)
-            row = {"step": step, "loss": float(np.mean(pending)), "lr": lr}
-            log.append({**row, "elapsed_s": round(time.time() - t0, 3), "val_loss": None})
-            pending.clear()
-            atomic_write_text(run.log, log_csv(log))
-        if progress:
-            progress(step, total, log[-1]["loss"] if log else float("nan"))
 
     def on_step(step: int, model: TrajectoryTransformer) -> None:
         if step in keep:
-            model.eval()
-            save_model(model, config_at(step), run.checkpoint(step).path)
-            model.train()
+            cell.checkpoint(step)
 
-    result = train_tt(
-        tt,
-        recipe,
-        cfg,
-        seed=spec.seed,
-        device=pick_device(device),
-        progress=on_loss,
-        on_step=on_step,
-    )
-    write_weights(result.model, run.file(WEIGHTS))
-    learning_curve(log, run.file(CURVE), title=spec.model_id)
-    atomic_write_json(run.file(CONFIG), config_at(recipe.steps).to_dict())
-    run.seal(new_weights=True)
+    if resumed is None and 0 in keep:
+        cell.checkpoint(0)
+    training.run(progress=cell.progress(progress), on_step=on_step)
+    cell.finish()
     final = log[-1]["loss"] if log else float("nan")
-    return TrainResult(spec.model_id, run.path, recipe.steps, None, final, time.time() - t0)
+    return TrainResult(spec.model_id, run.path, recipe.steps, resumed, final, time.time() - t0)
+
+
+@dataclass
+class _TTCellLog:
+    """What a TT cell writes while it trains: log rows, checkpoints with the training state,
+    the final model directory."""
+
+    run: RunDir
+    spec: ModelSpec
+    data: Any  # dtzoo.data.Trajectories
+    cfg: TTConfig
+    disc: Discretizer
+    plan: PlanSettings
+    recipe: TTRecipe
+    training: TTTraining
+    log: list[dict]  # training_log.csv's rows so far
+    pending: list[float]  # losses since the last row
+
+    def __post_init__(self) -> None:
+        self.log_every = max(1, self.recipe.steps // 100)
+        self.t0 = time.time() - (self.log[-1]["elapsed_s"] if self.log else 0.0)
+
+    def config_at(self, step: int) -> ModelConfig:
+        return tt_model_config(
+            self.spec, self.data, self.cfg, self.disc, self.plan, self.recipe, step
+        )
+
+    def progress(self, outer: ProgressFn | None) -> ProgressFn:
+        from dtzoo.train import log_csv
+
+        def on_loss(step: int, total: int, loss: float) -> None:
+            self.pending.append(loss)
+            if step % self.log_every == 0 or step == total:
+                lr = self.recipe.lr * lr_factor(step - 1, self.recipe)
+                row = {"step": step, "loss": float(np.mean(self.pending)), "lr": lr}
+                elapsed = round(time.time() - self.t0, 3)
+                self.log.append({**row, "elapsed_s": elapsed, "val_loss": None})
+                self.pending.clear()
+                atomic_write_text(self.run.log, log_csv(self.log))
+            if outer:
+                outer(step, total, self.log[-1]["loss"] if self.log else float("nan"))
+
+        return on_loss
+
+    def checkpoint(self, step: int) -> None:
+        """step<N>/ and the training state to resume from (the state after the directory)."""
+        from dtzoo.train import save_training_state
+
+        t = self.training
+        t.model.eval()
+        save_model(t.model, self.config_at(step), self.run.checkpoint(step).path)
+        t.model.train()
+        meta = {
+            "step": step,
+            "sampler": t.sampler.state(),
+            "scheduler": t.sched.state_dict(),
+            "dataset_fingerprint": self.data.fingerprint,
+            "total_steps": self.recipe.steps,
+            "pending_losses": list(self.pending),
+            "log": self.log,
+        }
+        save_training_state(self.run, t.model, t.optim, meta, t.device)
+
+    def finish(self) -> None:
+        """The final model directory at the top of the run (config.json last = trained)."""
+        from dtzoo.plots import learning_curve
+        from dtzoo.train import log_csv
+
+        write_weights(self.training.model, self.run.file(WEIGHTS))
+        atomic_write_text(self.run.log, log_csv(self.log))
+        learning_curve(self.log, self.run.file(CURVE), title=self.spec.model_id)
+        atomic_write_json(self.run.file(CONFIG), self.config_at(self.recipe.steps).to_dict())
+        self.run.seal(new_weights=True)
 
 
 def _check_size(cfg: TTConfig, where: str) -> None:

@@ -73,23 +73,55 @@ def make_optimizer(model: nn.Module, recipe: TTRecipe) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas)
 
 
-def train_tt(
+@dataclass
+class TTTraining:
+    """A TT being trained: the model, AdamW, the lr schedule and the window sampler, at `step`.
+    `run` goes on to `recipe.steps`; a caller that saved `optim`, `sched`, `sampler` and the
+    RNGs at some step can restore them and set `step` to continue exactly (dtzoo.tt.cell)."""
+
+    model: TrajectoryTransformer
+    optim: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    sampler: WindowSampler
+    recipe: TTRecipe
+    device: torch.device
+    step: int = 0
+
+    def run(self, progress: ProgressFn | None = None, on_step: StepFn | None = None) -> list[float]:
+        """Train from `step` to `recipe.steps`; returns the loss of every step taken."""
+        history: list[float] = []
+        self.model.train()
+        while self.step < self.recipe.steps:
+            batch = self.sampler.sample(self.recipe.batch_size)
+            batch = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+            loss = self.model.loss(batch["inputs"], batch["targets"], batch["mask"])
+            if not torch.isfinite(loss):
+                raise TrainingError(f"TT loss is {loss.item()} at step {self.step + 1}")
+            self.optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+            self.optim.step()
+            self.sched.step()
+            self.step += 1
+            history.append(loss.item())
+            if progress:
+                progress(self.step, self.recipe.steps, history[-1])
+            if on_step:
+                on_step(self.step, self.model)
+        self.model.eval()
+        return history
+
+
+def start_tt(
     data: TTData,
     recipe: TTRecipe | None = None,
     config: TTConfig | None = None,
     seed: int = 0,
     max_path_length: int | None = None,
     device: str | torch.device = "cpu",
-    progress: ProgressFn | None = None,
-    on_step: StepFn | None = None,
-) -> TTTrainResult:
-    """Train a TT on `data` (dtzoo.tt.data.tokenize); `config` defaults to the paper's
-    architecture for the data's dimensions and bins. The seed fixes the initialisation, the
-    windows drawn and dropout. `on_step(n, model)` runs before the first step (n = 0) and after
-    every step (n = 1..steps), e.g. to save `step<n>` checkpoints on a schedule.
-
-    >>> result = train_tt(tt_data, TTRecipe(steps=200, batch_size=32), seed=0)
-    """
+) -> TTTraining:
+    """A fresh TTTraining at step 0; `config` defaults to the paper's architecture for the
+    data's dimensions and bins. The seed fixes the initialisation, the windows and dropout."""
     recipe = recipe or TTRecipe()
     if config is None:
         config = TTConfig(
@@ -109,26 +141,27 @@ def train_tt(
     sampler = WindowSampler(data, config.context_len, max_path_length, seed=seed)
     optim = make_optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_factor(s, recipe))
-    history: list[float] = []
+    return TTTraining(model, optim, sched, sampler, recipe, device)
+
+
+def train_tt(
+    data: TTData,
+    recipe: TTRecipe | None = None,
+    config: TTConfig | None = None,
+    seed: int = 0,
+    max_path_length: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: ProgressFn | None = None,
+    on_step: StepFn | None = None,
+) -> TTTrainResult:
+    """Train a TT on `data` (dtzoo.tt.data.tokenize) from scratch (see `start_tt`).
+    `on_step(n, model)` runs before the first step (n = 0) and after every step
+    (n = 1..steps), e.g. to save `step<n>` checkpoints on a schedule.
+
+    >>> result = train_tt(tt_data, TTRecipe(steps=200, batch_size=32), seed=0)
+    """
+    training = start_tt(data, recipe, config, seed, max_path_length, device)
     if on_step:
-        on_step(0, model)
-    model.train()
-    for step in range(recipe.steps):
-        batch = {
-            k: torch.from_numpy(v).to(device) for k, v in sampler.sample(recipe.batch_size).items()
-        }
-        loss = model.loss(batch["inputs"], batch["targets"], batch["mask"])
-        if not torch.isfinite(loss):
-            raise TrainingError(f"TT loss is {loss.item()} at step {step + 1}")
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        optim.step()
-        sched.step()
-        history.append(loss.item())
-        if progress:
-            progress(step + 1, recipe.steps, history[-1])
-        if on_step:
-            on_step(step + 1, model)
-    model.eval()
-    return TTTrainResult(model=model, history=history)
+        on_step(0, training.model)
+    history = training.run(progress, on_step)
+    return TTTrainResult(model=training.model, history=history)
