@@ -172,7 +172,7 @@ def revisions_plot(report: dict, path: Path) -> None:
 
 def leaderboard_plot(rows: list[dict], path: Path) -> None:
     """Normalised score (mean ± std over seeds) against layers: one panel per env, one line per
-    target return."""
+    family and target return (a Trajectory Transformer's: its planned episodes)."""
     plt = _figure()
     envs = sorted({r["env"] for r in rows})
     fig, axes = plt.subplots(
@@ -180,12 +180,22 @@ def leaderboard_plot(rows: list[dict], path: Path) -> None:
     )
     for ax, env in zip(axes[0], envs):
         env_rows = [r for r in rows if r["env"] == env]
-        for target in sorted(
-            {r["target_return"] for r in env_rows if r["target_return"] is not None}, reverse=True
-        ):
+        lines = {
+            (r.get("family") or "dt", r["target_return"])
+            for r in env_rows
+            if r["score_mean"] is not None
+        }
+        # DT lines first, highest target first; then the other families
+        for family, target in sorted(lines, key=lambda k: (k[0], -(k[1] or 0))):
             line = sorted(
-                (r for r in env_rows if r["target_return"] == target), key=lambda r: r["layers"]
+                (
+                    r
+                    for r in env_rows
+                    if (r.get("family") or "dt", r["target_return"]) == (family, target)
+                ),
+                key=lambda r: r["layers"],
             )
+            label = "planned" if target is None else f"target {target:g}"
             # one seed has no spread: no error bar rather than a misleading zero
             ax.errorbar(
                 [r["layers"] for r in line],
@@ -193,7 +203,7 @@ def leaderboard_plot(rows: list[dict], path: Path) -> None:
                 yerr=[r["score_std"] or 0.0 for r in line],
                 marker="o",
                 capsize=3,
-                label=f"target {target:g}",
+                label=label if family == "dt" else f"{family}, {label}",
             )
         ax.set_title(env)
         ax.set_xlabel("layers")

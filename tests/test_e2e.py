@@ -81,7 +81,7 @@ def test_tiny_grid_end_to_end(zoo_env):
         .stdout.strip()
         .splitlines()
     )
-    assert csv_rows[0].startswith("env,layers,target_return") and len(csv_rows) == 9
+    assert csv_rows[0].startswith("env,family,layers,target_return") and len(csv_rows) == 9
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
