@@ -56,8 +56,10 @@ def load_model(model: str, revision: str, hub: Optional[str], org: Optional[str]
     """MODEL as a HookedDecisionTransformer, eval mode. Loaded before TransformerLens is
     imported (seconds), so a bad id fails fast."""
     from dtzoo.api import load
+    from dtzoo.families import require_dt
 
     net = load(model, revision=revision, hub=hub, org=org)
+    require_dt(net.config, "dtzoo interp")  # (its commands read return conditioning)
     from dtzoo.interp import to_transformer_lens
 
     return to_transformer_lens(net)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dtzoo.errors import UsageError
+from dtzoo.families import require_dt
 from dtzoo.modeldir import RunDir, revision_name, revision_step
 
 MAX_VAL_SEGMENTS = 256  # validation segments per log row: a fixed set, a few forwards
@@ -451,6 +452,7 @@ def probe_revisions(
 
 def _probe_inputs(model, config, source, hub, org, registry) -> tuple[dict, np.ndarray, dict]:
     """The fixed probe inputs: held-out data episodes, or rollouts of the final model."""
+    require_dt(config, "dtzoo interp probe")
     data, eps, where = probe_episodes(config, source)
     if data is None:  # rollouts of the final model (main): what the trained policy visits
         final = _load_revision(

@@ -11,3 +11,19 @@
 DT, TT = "decision-transformer", "trajectory-transformer"
 FAMILY_TAGS = {DT: None, TT: "tt"}  # what a model id shows before its layers
 FAMILIES = {"dt": DT, "tt": TT}  # the registry's `family:` values
+
+
+def require_dt(config, what: str) -> None:
+    """A one-line UsageError where `what` needs a Decision Transformer (return conditioning,
+    the transformers export, the DT's interpretability commands).
+
+    >>> require_dt(model.config, "--rtg-sweep")
+    """
+    from dtzoo.errors import UsageError
+
+    family = getattr(config, "family", DT)
+    if family != DT:
+        raise UsageError(
+            f"{what} works on Decision Transformers; {config.model_id} is a {family} "
+            "(see docs/tt.md for what it offers)"
+        )

@@ -20,7 +20,7 @@ from dtzoo.checkpoint import load_model, read_config
 from dtzoo.data import dataset_dir, dataset_exists, datasets_root
 from dtzoo.errors import DatasetError, DtzooError, UsageError
 from dtzoo.evals import report_dir
-from dtzoo.families import TT
+from dtzoo.families import TT, require_dt
 from dtzoo.fsutil import atomic_write_json, file_lock, read_json
 from dtzoo.hub import PublishResult, get_hub, repo_id
 from dtzoo.locate import ModelRef, content_hash, hub_repo_id, locate, org_for  # noqa: F401
@@ -249,6 +249,7 @@ def sweep_model(
     out = report_dir(ref)
     with file_lock(_eval_lock(ref)):
         net, config = load_model(ref.path)
+        require_dt(config, "--rtg-sweep")  # (a planner has no target return to sweep)
         report = rtg_sweep(
             net,
             config,
@@ -423,7 +424,8 @@ def export_model(
 
     src = resolve_model_dir(model, registry, revision, hub, org)
     if not write_transformers_dir(src, Path(out)):
-        net, _ = load_model(src)
+        net, config = load_model(src)
+        require_dt(config, "the transformers export")
         export_transformers(net, Path(out))  # raises the reason (image encoder, no transformers)
     return Path(out)
 
@@ -514,6 +516,7 @@ def collect(
         from dtzoo.agent import AgentPolicy
 
         net, config = load_model(resolve_model_dir(policy, registry))
+        require_dt(config, "a model as the collecting policy")
         if config.env["gym_id"] != env.gym_id:
             raise UsageError(f"{policy} acts in {config.env['gym_id']}, not {env.gym_id}")
         policy = AgentPolicy(net, config, target_return)

@@ -40,7 +40,7 @@ def make_test_registry(path: Path, steps: int = TEST_STEPS, episodes: int = 20) 
     reg["tt"] = {  # a Trajectory Transformer small enough to train and plan in seconds
         "model": {"n_bins": 20, "n_heads": 2, "d_model": 32, "d_mlp": 64, "context_len": 4},
         "train": {"steps": steps, "batch_size": 16, "warmup_steps": 10},
-        "plan": {"horizon": 2, "beam_width": 2, "n_expand": 1, "k_act": 4, "context_transitions": 2},
+        "plan": {"horizon": 2, "beam_width": 2, "n_expand": 1, "k_act": 4},
     }
     path.write_text(yaml.safe_dump(reg, sort_keys=False))
     return path
@@ -140,6 +140,42 @@ def run_cli(
             f"dtzoo {' '.join(args)} exited {proc.returncode}\n"
             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
+    return proc
+
+
+def run_inproc(
+    *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """`dtzoo ARGS` in this process: dtzoo.cli.main with sys.argv and the environment set, its
+    output captured (a subprocess costs ~1.5 s of imports). An exception other than SystemExit
+    that escapes main() comes back as a traceback on stderr with exit code -1."""
+    import contextlib
+    import io
+    import sys
+    import traceback
+
+    from dtzoo import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        for k, v in {**(env or {}), "COLUMNS": "200"}.items():
+            mp.setenv(k, v)
+        mp.setattr(sys, "argv", ["dtzoo", *args])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:  # noqa: BLE001 - what a user would see as a traceback
+            err.write(traceback.format_exc())
+            code = -1
+    proc = subprocess.CompletedProcess(["dtzoo", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"dtzoo {' '.join(args)} exited {code}\n{proc.stderr}")
     return proc
 
 

@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 
 from dtzoo.checkpoint import CONFIG, MANIFEST, WEIGHTS, save_model, verify, write_manifest
 from dtzoo.errors import CheckpointError, UsageError
-from tests.conftest import make_test_registry, run_cli
+from tests.conftest import make_test_registry, run_cli, run_inproc
 from tests.test_checkpoint import make_config, make_model
 
 MID = "pendulum-2L-seed3"  # the id of tests.test_checkpoint.make_config's model
@@ -949,42 +949,6 @@ def fingerprint_tree(*roots: Path) -> dict[str, bytes]:
             if p.is_file() and not p.is_symlink():
                 out[str(p)] = hashlib.sha256(p.read_bytes()).digest()
     return out
-
-
-def run_inproc(
-    *args: str, env: dict[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess:
-    """`dtzoo ARGS` in this process: dtzoo.cli.main with sys.argv and the environment set, its
-    output captured (a subprocess costs ~1.5 s of imports). An exception other than SystemExit
-    that escapes main() comes back as a traceback on stderr with exit code -1."""
-    import contextlib
-    import io
-    import sys
-    import traceback
-
-    from dtzoo import cli
-
-    out, err = io.StringIO(), io.StringIO()
-    with (
-        pytest.MonkeyPatch.context() as mp,
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-    ):
-        for k, v in {**(env or {}), "COLUMNS": "200"}.items():
-            mp.setenv(k, v)
-        mp.setattr(sys, "argv", ["dtzoo", *args])
-        try:
-            cli.main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:  # noqa: BLE001 - what a user would see as a traceback
-            err.write(traceback.format_exc())
-            code = -1
-    proc = subprocess.CompletedProcess(["dtzoo", *args], code, out.getvalue(), err.getvalue())
-    if check and code != 0:
-        raise AssertionError(f"dtzoo {' '.join(args)} exited {code}\n{proc.stderr}")
-    return proc
 
 
 def fmt(s: str, ctx: Ctx) -> str:

@@ -129,3 +129,23 @@ def test_an_interrupted_tt_run_resumes_bit_for_bit(zoo_env, registry):
     assert (run.path / WEIGHTS).read_bytes() == straight
     steps = [int(line.split(",")[0]) for line in run.log.read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) and steps[-1] == 40
+
+
+def test_dt_only_commands_say_so_in_one_line_for_a_tt(zoo_env, registry, tmp_path):
+    from tests.conftest import run_inproc as run_cli
+
+    run_cli("train", TT_ID, "--steps", "4", env=zoo_env)
+    for args in (
+        ("eval", TT_ID, "--rtg-sweep"),
+        ("export", TT_ID, "--out", str(tmp_path / "hf")),
+        ("interp", "attention", TT_ID),
+    ):
+        proc = run_cli(*args, env=zoo_env, check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        # one line: the command's error, or the cell's failure (a grid command goes on)
+        lines = [ln for ln in proc.stderr.splitlines() if "works on" in ln]
+        assert len(lines) == 1 and lines[0].startswith(("error:", f"{TT_ID} failed:")), (
+            args,
+            proc.stderr[-1500:],
+        )
+        assert f"works on Decision Transformers; {TT_ID} is a trajectory-transformer" in lines[0]
