@@ -25,7 +25,6 @@ from dtzoo.registry import Registry
 def staged_model_dir(src: Path, registry: Registry, org: str):
     """A temporary copy of model directory `src` as it is published: its files, a card naming
     `org`, and `transformers/` (the same model as a transformers DecisionTransformerModel)."""
-
     ModelDir(src).check_required_unchanged()  # corrupt weights are never published afresh
     (paths.home() / "staging").mkdir(parents=True, exist_ok=True)
     stage = make_temp_dir(paths.home() / "staging" / src.name)

@@ -1,4 +1,6 @@
-"""The zoo's operations on one model id: prepare, train, evaluate, publish, pull, state.
+"""The zoo's operations on one model: prepare, train, evaluate, sweep, publish, pull,
+revisions, export/import. (Where models stand: dtzoo.status; how a revision is staged for a
+hub: dtzoo.staging; running many cells: dtzoo.grid.)
 
 The CLI calls these and prints; tests and scripts can call them directly.
 
