@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dtzoo import paths
 from dtzoo.data import dataset_exists
 from dtzoo.fsutil import read_json
 from dtzoo.hub import get_hub
@@ -139,7 +138,7 @@ def remote_status(
             )
             continue
         status = "published" if mid in ids else "not in registry"
-        local = paths.run_dir(mid) / "eval.json"
+        local = RunDir.of(mid).file(EVAL)
         if (
             mid in ids
             and local.is_file()
