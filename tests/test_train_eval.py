@@ -358,12 +358,12 @@ def test_leaderboard_aggregates_seeds_and_renders_consistently(trained):
     assert len(md) == 2 + len(rows)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in md]
     assert len(cells[0]) == len(COLUMNS) and all(len(c) == len(COLUMNS) for c in cells)
-    assert cells[0][:4] == ["env", "layers", "target", "return"]
+    assert cells[0][:5] == ["env", "family", "layers", "target", "return"]
     assert set(md[1].replace("|", "").replace("-", "").replace(":", "")) == set()
     for line, row in zip(cells[2:], rows):
-        assert line[0] == "pendulum" and line[1] == "1" and float(line[2]) == row["target_return"]
-        assert line[3] == f"{row['return_mean']:.1f}" and line[4] == f"{row['return_std']:.1f}"
-        assert line[5] == f"{row['score_mean']:.1f}" and line[7] == "2" and line[9] == row["data"]
+        assert line[:3] == ["pendulum", "dt", "1"] and float(line[3]) == row["target_return"]
+        assert line[4] == f"{row['return_mean']:.1f}" and line[5] == f"{row['return_std']:.1f}"
+        assert line[6] == f"{row['score_mean']:.1f}" and line[8] == "2" and line[10] == row["data"]
     with pytest.raises(ValueError, match="unknown format"):
         render(rows, "html")
 
