@@ -28,7 +28,7 @@ from dtzoo.architecture import (
     setting,
     value_problem,
 )
-from dtzoo.errors import RegistryError, UsageError, closest
+from dtzoo.errors import DtzooError, RegistryError, UsageError, closest
 from dtzoo.families import DT, FAMILIES, FAMILY_TAGS, TT
 
 # always `fullmatch`: `$` also matches before a final newline, and "x-1L-seed0\n" would be a
@@ -697,9 +697,14 @@ class _Parser:
                     raise self.fail(sub, k, f"tt.{name}.{k} cannot be set in the registry")
             out[name] = self.dataclass_fields(sub, cls, f"tt.{name}")
             for k, v in out[name].items():
-                top = TT_LIMITS.get(k)
-                if top is not None and isinstance(v, (int, float)) and not 0 <= v <= top:
-                    raise self.fail(sub, k, f"tt.{name}.{k} must be from 0 to {top}, got {v}")
+                top, low = TT_LIMITS.get(k), int(k != "context_transitions")
+                if top is not None and isinstance(v, (int, float)) and not low <= v <= top:
+                    raise self.fail(sub, k, f"tt.{name}.{k} must be from {low} to {top}, got {v}")
+            try:  # what the settings check together (d_model / n_heads, plan_freq <= horizon)
+                dims = {"observation_dim": 1, "action_dim": 1} if cls is TTConfig else {}
+                cls(**dims, **out[name])
+            except (DtzooError, TypeError, ValueError) as e:
+                raise self.fail(node, name, f"tt.{name}: {e}") from None
         return out
 
     def env(self, key: str, node: Any, parent: _Map, default_episodes: int) -> EnvSpec:

@@ -30,7 +30,10 @@ def test_ids_grids_and_the_tt_block(registry, tmp_path):
 
     raw = yaml.safe_load(registry.path.read_text())
     for where, value, message in (
-        (("tt", "model", "n_bins"), 10**6, r"tt.model.n_bins must be from 0 to 1000"),
+        (("tt", "model", "n_bins"), 10**6, r"tt.model.n_bins must be from 1 to 1000"),
+        (("tt", "plan", "horizon"), 0, r"tt.plan.horizon must be from 1 to 1000"),
+        (("tt", "plan", "plan_freq"), 3, r"tt.plan: plan_freq 3 exceeds the horizon 2"),
+        (("tt", "model", "n_heads"), 3, r"tt.model: d_model 32 is not divisible by n_heads 3"),
         (("tt", "plan", "beam_size"), 4, r"unknown key 'beam_size' in tt.plan"),
         (("tt", "model", "observation_dim"), 3, r"cannot be set in the registry"),
         (("tt", "discretization"), "log", r"tt.discretization must be one of quantile, uniform"),
