@@ -671,10 +671,10 @@ class _Parser:
     def tt_settings(self, root: _Map) -> dict[str, Any]:
         """The `tt:` block: `model` (TTConfig), `train` (TTRecipe), `plan` (PlanSettings) keys
         and `discretization` (quantile | uniform) over the paper's defaults, each
-        checked against its dataclass field (imported only when the block is there: dtzoo.tt
-        needs torch) and bounded before anything is sized by it."""
-        from dtzoo.tt import PlanSettings, TTConfig, TTRecipe
+        checked against its dataclass field (dtzoo.tt.settings: no torch) and bounded before
+        anything is sized by it."""
         from dtzoo.tt.discretize import KINDS as DISCRETIZATIONS
+        from dtzoo.tt.settings import PlanSettings, TTConfig, TTRecipe
 
         node = self.mapping(root.get("tt"), "tt", root, "tt")
         blocks = {"model": TTConfig, "train": TTRecipe, "plan": PlanSettings}

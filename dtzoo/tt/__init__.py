@@ -9,11 +9,36 @@ On TransformerLens (the `interp` extra, so not imported here): `dtzoo.tt.hooked`
 `dtzoo.interp.to_transformer_lens(model)` for either family.
 """
 
-from dtzoo.tt.data import TTData, WindowSampler, discounted_values, tokenize, transitions
-from dtzoo.tt.discretize import Discretizer
-from dtzoo.tt.model import FAMILY, TOKEN_KINDS, TrajectoryTransformer, TTConfig
-from dtzoo.tt.plan import PlanSettings, TTAgent, beam_plan, greedy_decode, rollout
-from dtzoo.tt.train import TTRecipe, TTTrainResult, train_tt
+# Loaded on first use (PEP 562): dtzoo.tt.settings, which the registry reads, needs no torch.
+_WHERE = {
+    "TTData": "data",
+    "WindowSampler": "data",
+    "discounted_values": "data",
+    "tokenize": "data",
+    "transitions": "data",
+    "Discretizer": "discretize",
+    "TrajectoryTransformer": "model",
+    "FAMILY": "settings",
+    "TOKEN_KINDS": "settings",
+    "TTConfig": "settings",
+    "TTRecipe": "settings",
+    "PlanSettings": "settings",
+    "TTAgent": "plan",
+    "beam_plan": "plan",
+    "greedy_decode": "plan",
+    "rollout": "plan",
+    "TTTrainResult": "train",
+    "train_tt": "train",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'dtzoo.tt' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"dtzoo.tt.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "FAMILY",

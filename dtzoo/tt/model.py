@@ -18,128 +18,14 @@ transition_dim, predicts token p + 1 over n_bins + 1 classes.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import KW_ONLY, dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtzoo.architecture import Architecture, field_of, value_problem
 from dtzoo.model import Block, DecisionTransformer, HookPoint
-
-TOKEN_KINDS = ("observation", "action", "reward", "value")
-FAMILY = "trajectory-transformer"  # config.json's "family" (the DT's configs have none)
-_DIMS = ("observation_dim", "action_dim")
-
-
-def _tt_default(name: str, default: Any) -> Any:
-    """Architecture's field `name`, its bounds and choices kept, with the TT paper's default."""
-    return dataclasses.field(default=default, metadata=field_of(Architecture, name).metadata)
-
-
-@dataclass
-class TTConfig(Architecture):
-    """Architecture and loss of one Trajectory Transformer (the paper's gym settings).
-
-    The settings a DT shares (`Architecture`: context_len, d_model, n_heads, d_mlp,
-    activation, dropout) are inherited with their bounds and choices, which the registry and
-    __post_init__ check; three keep the paper's TT defaults (context 10, 4 heads, exact GELU).
-    `context_len` counts transitions; the model sees at most `block_size` =
-    context_len * transition_dim - 1 tokens (a window minus its last token, as in training).
-    `d_mlp` and `activation` are what dtzoo.model.Block reads (the paper: 4 * d_model, GELU).
-    Only the dims are positional: `TTConfig(3, 1, n_layers=2)`.
-    """
-
-    observation_dim: int
-    action_dim: int
-    _: KW_ONLY
-    n_bins: int = 100
-    n_layers: int = 4
-    n_heads: int = _tt_default("n_heads", 4)
-    context_len: int = _tt_default("context_len", 10)
-    activation: str = _tt_default("activation", "gelu_exact")
-    action_weight: float = 5.0
-    reward_weight: float = 1.0
-    value_weight: float = 1.0
-    discount: float = 0.99
-
-    def __post_init__(self) -> None:
-        if min(self.observation_dim, self.action_dim, self.n_bins) < 1:
-            raise ValueError("observation_dim, action_dim and n_bins must be >= 1")
-        for f in dataclasses.fields(Architecture):  # the shared settings' bounds and choices
-            problem = value_problem(f, getattr(self, f.name))
-            if problem:
-                raise ValueError(f"{f.name} {problem}")
-        problem = self.arch_problem()
-        if problem:
-            raise ValueError(problem)
-
-    @property
-    def transition_dim(self) -> int:
-        return self.observation_dim + self.action_dim + 2  # + reward, value
-
-    @property
-    def block_size(self) -> int:
-        return self.context_len * self.transition_dim - 1
-
-    @property
-    def stop_token(self) -> int:
-        """The token after an episode's end (every dimension), predicted like any other."""
-        return self.n_bins
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field, the shared Architecture settings first: `TTConfig(3, 1).to_dict()[
-        "n_bins"]` -> 100."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TTConfig":
-        """Inverse of to_dict (unknown keys are an error, so a typo is not silently ignored)."""
-        return cls(**d)
-
-    def architecture(self) -> dict[str, Any]:
-        """config.json's `architecture` block: every field but the dimensions, which
-        config.json keeps as `state_dim` / `act_dim` (as for the DT)."""
-        return {k: v for k, v in self.to_dict().items() if k not in _DIMS}
-
-    @classmethod
-    def from_architecture(
-        cls, arch: dict[str, Any], observation_dim: int, action_dim: int
-    ) -> "TTConfig":
-        """Inverse of architecture(): `TTConfig.from_architecture(arch, cfg.state_dim, ...)`."""
-        return cls(observation_dim=observation_dim, action_dim=action_dim, **arch)
-
-    def token_position(self, pos: int) -> tuple[int, str, int]:
-        """What flat position `pos` holds: (transition step, kind, dimension within the kind).
-        With obs 3, act 1 (6 tokens a step): `token_position(9)` -> (1, "action", 0)."""
-        if pos < 0:
-            raise ValueError(f"position must be >= 0, got {pos}")
-        step, i = divmod(pos, self.transition_dim)
-        if i < self.observation_dim:
-            return step, "observation", i
-        i -= self.observation_dim
-        if i < self.action_dim:
-            return step, "action", i
-        return step, ("reward", "value")[i - self.action_dim], 0
-
-    def position(self, step: int, kind: str, dim: int = 0) -> int:
-        """Inverse of token_position: `position(1, "action", 0)` -> 9 with obs 3, act 1."""
-        sizes = dict(zip(TOKEN_KINDS, (self.observation_dim, self.action_dim, 1, 1)))
-        if kind not in sizes or not 0 <= dim < sizes[kind]:
-            raise ValueError(f"no token ({kind!r}, dim {dim}); kinds: {', '.join(TOKEN_KINDS)}")
-        before = sum(sizes[k] for k in TOKEN_KINDS[: TOKEN_KINDS.index(kind)])
-        return step * self.transition_dim + before + dim
-
-    def loss_weights(self) -> torch.Tensor:
-        """(transition_dim,) weight of a target token of each dimension."""
-        return torch.tensor(
-            [1.0] * self.observation_dim
-            + [self.action_weight] * self.action_dim
-            + [self.reward_weight, self.value_weight]
-        )
+from dtzoo.tt.settings import FAMILY, TOKEN_KINDS, TTConfig  # noqa: F401 (re-exported)
 
 
 class EinLinear(nn.Module):

@@ -21,8 +21,6 @@ episode ended"); its probability still counts zero reward and value in the score
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,46 +32,7 @@ from dtzoo.errors import UsageError
 from dtzoo.model import _attend_heads, _lin, _ln, _mlp, hooks_attached
 from dtzoo.tt.discretize import Discretizer
 from dtzoo.tt.model import TrajectoryTransformer, TTConfig
-
-
-@dataclass
-class PlanSettings:
-    """Beam-search settings. The paper's gym defaults are horizon 15, beam_width 128,
-    n_expand 2, k_obs 1, k_act None (with a 0.6 cdf filter), 5 context transitions and a
-    5-transition window: 256 rows x 89 tokens of decoding per env step. These defaults (8 rows
-    x 21 tokens) plan one Pendulum-v1 episode in seconds on one CPU core, and fit the context
-    and the plan in the model's window (5 + 4 <= 10 transitions), so keys and values are
-    computed once per token of a plan (see `Decoder`)."""
-
-    horizon: int = 4
-    beam_width: int = 4
-    n_expand: int = 2
-    k_obs: int | None = 1  # None: sample from the whole distribution
-    k_act: int | None = 10
-    k_rew: int | None = 1
-    context_transitions: int = 5  # past transitions the agent puts before the observation
-    max_context_transitions: int | None = None  # the window the model sees (None: its own)
-    plan_freq: int = 1  # replan every `plan_freq` env steps; in between, follow the plan
-    seed: int = 0  # the sampling RNG's seed (reset with the agent)
-
-    def __post_init__(self) -> None:
-        sizes = (self.horizon, self.beam_width, self.n_expand, self.plan_freq)
-        if min(sizes) < 1 or self.context_transitions < 0:
-            raise UsageError(
-                "horizon, beam_width, n_expand and plan_freq must be >= 1, context_transitions >= 0"
-            )
-        if self.max_context_transitions is not None and self.max_context_transitions < 1:
-            raise UsageError("max_context_transitions must be >= 1 (or None)")
-        if self.plan_freq > self.horizon:
-            raise UsageError(f"plan_freq {self.plan_freq} exceeds the horizon {self.horizon}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """config.json's `planning` block: `PlanSettings().to_dict()["beam_width"]` -> 4."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PlanSettings":
-        return cls(**d)
+from dtzoo.tt.settings import PlanSettings
 
 
 def _max_block(model: TrajectoryTransformer, max_context_transitions: int | None) -> int:

@@ -20,23 +20,10 @@ from torch import nn
 from dtzoo.errors import TrainingError
 from dtzoo.tt.data import TTData, WindowSampler
 from dtzoo.tt.model import TrajectoryTransformer, TTConfig
+from dtzoo.tt.settings import TTRecipe
 
 ProgressFn = Callable[[int, int, float], None]  # (step, total, loss)
 StepFn = Callable[[int, "TrajectoryTransformer"], None]  # (steps done, model): checkpoints
-
-
-@dataclass
-class TTRecipe:
-    """The paper's optimisation settings (config/offline.py), counted in steps, not tokens."""
-
-    steps: int = 10_000
-    batch_size: int = 256
-    lr: float = 6e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.1
-    warmup_steps: int = 500
-    min_lr_fraction: float = 0.1  # cosine decay ends at 10% of lr
-    grad_clip: float = 1.0
 
 
 @dataclass
