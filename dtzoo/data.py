@@ -217,7 +217,20 @@ def _dataset_ref_scores(ds) -> dict[str, float] | None:
     return None if lo is None or hi is None else {"random": float(lo), "expert": float(hi)}
 
 
-class SegmentSampler:
+class SeededSampler:
+    """A sampler whose draws come from one numpy Generator, `rng`: its state saves into a
+    resume state and restores exactly."""
+
+    rng: np.random.Generator
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+class SegmentSampler(SeededSampler):
     """Samples DT training segments exactly as the DT paper's `get_batch`, but vectorised.
 
     Episodes are drawn in proportion to their length, a start uniformly within the episode,
@@ -250,12 +263,6 @@ class SegmentSampler:
         self.t_in_ep = np.arange(len(data.rewards)) - np.repeat(data.starts, data.lengths)
         self.p = data.lengths / data.lengths.sum()
         self.rng = np.random.default_rng(seed)
-
-    def state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of `batch_size` segments: `segments(*draw(batch_size))`."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dtzoo.data import Trajectories
+from dtzoo.data import SeededSampler, Trajectories
 from dtzoo.errors import DatasetError
 from dtzoo.tt.discretize import Discretizer
 
@@ -97,7 +97,7 @@ def tokenize(
     )
 
 
-class WindowSampler:
+class WindowSampler(SeededSampler):
     """Seeded windows of `context_len` transitions, flattened to the model's tokens.
 
     Every (episode, start) with start < length - 1 is equally likely (the paper's index list).
@@ -123,12 +123,6 @@ class WindowSampler:
         self.p = n_starts / n_starts.sum()
         self.stop = data.discretizer.n_bins
         self.rng = np.random.default_rng(seed)
-
-    def state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch: `windows(*draw(batch_size))`."""
