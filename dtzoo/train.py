@@ -331,6 +331,37 @@ class Trainer:
         self.dir.seal(new_weights=True)
 
 
+def run_length(run: RunDir, steps: int | None, extendable: bool = True) -> int | None:
+    """How long `train` of `run` goes: `--steps`, else an unfinished run's own length, else None
+    (the recipe's). Cleans an unfinished run's stale temps first, and refuses in one line a
+    `--steps` that does not fit: out of bounds, other than an unfinished run's, or other than a
+    finished run's where it cannot be extended (`extendable=False`: a family whose learning
+    rate schedule spans the run's length)."""
+    if steps is not None and not 1 <= steps <= MAX_STEPS:  # before anything sized by it
+        raise TrainingError(f"--steps {str(steps)[:30]}: must be from 1 to {MAX_STEPS}")
+    trained = run.trained_steps()
+    if trained is None:  # (nothing else writes to an unfinished run)
+        run.remove_stale_temps()
+    state = run.newest_resume_state()
+    started = read_resume_state(state, tensors=False)[0]["total_steps"] if state else None
+    if trained is not None and steps and steps != trained:
+        if not extendable:
+            raise TrainingError(
+                f"{run.name} is trained for {trained} steps; its learning rate decays over its "
+                f"whole run, so it is not extended: delete {run.path} to train it with "
+                f"--steps {steps}"
+            )
+        check_extendable(run.name, trained, steps, state)
+    elif state is not None:  # an unfinished run keeps the length it was started with
+        if steps and steps != started:
+            raise TrainingError(
+                f"{run.name}: this run was started with {started} steps; "
+                f"resume it with --steps {started}, or delete {run.path} to start over"
+            )
+        return started
+    return steps
+
+
 def check_extendable(model_id: str, trained: int, steps: int, state: Path | None) -> None:
     """`train --steps N` on a finished run continues it from its final resume state when
     N is larger (the same weights as training N steps at once: the learning-rate schedule does
@@ -470,8 +501,6 @@ def train_model(
     precision: str | None = None,
 ) -> TrainResult:
     """Train (or resume) one model. `precision` ("fp32" or "bf16") overrides the recipe's."""
-    if steps is not None and not 1 <= steps <= MAX_STEPS:  # before anything sized by it
-        raise TrainingError(f"--steps {str(steps)[:30]}: must be from 1 to {MAX_STEPS}")
     if precision:
         if precision not in PRECISIONS:
             raise TrainingError(f"unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
@@ -480,21 +509,7 @@ def train_model(
         )
     run = RunDir.of(spec.model_id)
     t0 = time.time()
-    trained = run.trained_steps()
-    if trained is None:  # (nothing else writes to an unfinished run)
-        run.remove_stale_temps()
-    state = run.newest_resume_state()
-    started = read_resume_state(state, tensors=False)[0]["total_steps"] if state else None
-    if trained is not None and steps and steps != trained:
-        check_extendable(spec.model_id, trained, steps, state)
-    elif state is not None:  # an unfinished run keeps the length it was started with
-        if steps and steps != started:
-            raise TrainingError(
-                f"{spec.model_id}: this run was started with {started} steps; "
-                f"resume it with --steps {started}, or delete {run.path} to start over"
-            )
-        steps = started
-    steps = steps or spec.recipe.steps
+    steps = run_length(run, steps) or spec.recipe.steps
     data = load_trajectories(spec.env.dataset, spec.env.obs)
     check_matches_env(data, spec.env.gym_id, spec.env.obs)  # before any step, not at eval
     trainer = Trainer(spec, data, steps, schedule, pick_device(device))

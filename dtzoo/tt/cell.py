@@ -31,7 +31,7 @@ from dtzoo.errors import TrainingError
 from dtzoo.families import TT
 from dtzoo.fsutil import atomic_write_json, atomic_write_text
 from dtzoo.modeldir import CONFIG, CURVE, WEIGHTS, RunDir
-from dtzoo.registry import MAX_STEPS, CheckpointSchedule, ModelSpec
+from dtzoo.registry import CheckpointSchedule, ModelSpec
 from dtzoo.tt.data import tokenize
 from dtzoo.tt.discretize import Discretizer
 from dtzoo.tt.model import TrajectoryTransformer, TTConfig
@@ -103,30 +103,14 @@ def train_tt_cell(
         check_fingerprint,
         load_training_state,
         pick_device,
-        read_resume_state,
+        run_length,
     )
 
-    if steps is not None and not 1 <= steps <= MAX_STEPS:
-        raise TrainingError(f"--steps {str(steps)[:30]}: must be from 1 to {MAX_STEPS}")
     run = RunDir.of(spec.model_id)
     model_kw, recipe, plan, discretization = tt_settings(spec)
-    trained = run.trained_steps()
-    if trained is not None and steps and steps != trained:
-        raise TrainingError(
-            f"{spec.model_id} is trained for {trained} steps; a Trajectory Transformer's "
-            f"learning rate decays over its whole run, so it is not extended: delete "
-            f"{run.path} to train it with --steps {steps}"
-        )
-    if trained is None:  # (nothing else writes to an unfinished run)
-        run.remove_stale_temps()
+    steps = run_length(run, steps, extendable=False)  # (its cosine schedule spans the run)
     state = run.newest_resume_state()
-    started = read_resume_state(state, tensors=False)[0]["total_steps"] if state else None
-    if started is not None and steps and steps != started:
-        raise TrainingError(
-            f"{spec.model_id}: this run was started with {started} steps; resume it with "
-            f"--steps {started}, or delete {run.path} to start over"
-        )
-    recipe = dataclasses.replace(recipe, steps=steps or started or recipe.steps)
+    recipe = dataclasses.replace(recipe, steps=steps or recipe.steps)
     t0 = time.time()
     data = load_trajectories(spec.env.dataset, spec.env.obs)
     check_matches_env(data, spec.env.gym_id, spec.env.obs)
