@@ -11,6 +11,7 @@
 DT, TT = "decision-transformer", "trajectory-transformer"
 FAMILY_TAGS = {DT: None, TT: "tt"}  # what a model id shows before its layers
 FAMILIES = {"dt": DT, "tt": TT}  # the registry's `family:` values
+SHORT_NAMES = {name: short for short, name in FAMILIES.items()}  # the leaderboard's column
 
 
 def require_dt(config, what: str) -> None:

@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 
 from dtzoo.errors import UsageError
-from dtzoo.families import FAMILIES
+from dtzoo.families import SHORT_NAMES
 from dtzoo.registry import family_of, parse_model_id
 
 COLUMNS = [
@@ -47,13 +47,10 @@ HEADERS = {
 EXTRA_COLUMNS = ["seeds_expected", "missing"]  # in csv and json: what a grid lacks
 
 
-TAG = {name: tag for tag, name in FAMILIES.items()}  # "trajectory-transformer" -> "tt"
-
-
 def _cell(report: dict) -> tuple[str, str, int] | None:
     """(env, family tag, layers) of a report: its own fields, else parsed from the model id."""
     mid = str(report.get("model_id"))
-    family = TAG.get(report.get("family") or family_of(mid), "?")
+    family = SHORT_NAMES.get(report.get("family") or family_of(mid), "?")
     if report.get("env") and report.get("layers"):
         return str(report["env"]), family, int(report["layers"])
     try:
@@ -137,7 +134,7 @@ def expected_cells(model_ids: list[str]) -> dict[tuple[str, str, int], list[str]
     out: dict[tuple[str, str, int], list[str]] = defaultdict(list)
     for mid in model_ids:
         env, layers, _ = parse_model_id(mid)
-        out[(env, TAG[family_of(mid)], layers)].append(mid)
+        out[(env, SHORT_NAMES[family_of(mid)], layers)].append(mid)
     return dict(out)
 
 
