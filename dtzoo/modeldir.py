@@ -77,27 +77,46 @@ def write_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _manifest_files(path: Path) -> dict[str, Any]:
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """manifest.json, with a `files` object (else a one-line CheckpointError)."""
     mpath = Path(path) / MANIFEST
     if not mpath.is_file():
         raise CheckpointError(f"{path}: missing {MANIFEST} (cannot verify the files)")
     try:
-        files = read_json(mpath)["files"]
+        manifest = read_json(mpath)
+        files = manifest["files"]
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{mpath}: unreadable manifest") from None
     if not isinstance(files, dict):
         raise CheckpointError(f"{mpath}: unreadable manifest")
-    return files
+    return manifest
 
 
-def verify(path: Path, only: tuple[str, ...] | None = None) -> None:
+def _entry_ok(meta: Any) -> bool:
+    """A manifest entry holds an integer size and a sha256 string."""
+    return (
+        isinstance(meta, dict)
+        and isinstance(meta.get("size"), int)
+        and isinstance(meta.get("sha256"), str)
+    )
+
+
+def _check_against(p: Path, meta: dict[str, Any]) -> None:
+    """`p` has the size and sha256 its manifest entry records."""
+    if p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
+        raise CheckpointError(f"{p}: sha256 mismatch (file is corrupt or was modified)")
+
+
+def verify(path: Path, only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Check every file the manifest lists (or just those in `only`): present, right size,
-    right sha256. `verify(run, only=REQUIRED_FILES)` checks what inference reads."""
+    right sha256; returns the manifest. `verify(run, only=REQUIRED_FILES)` checks what
+    inference reads."""
     path = Path(path)
     for name in REQUIRED_FILES:
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: missing {name}")
-    files = _manifest_files(path)
+    manifest = _read_manifest(path)
+    files = manifest["files"]
     for name, meta in files.items():
         if not _plain_name(name):  # "../x", "/etc/passwd", "a/b": never looked at
             raise CheckpointError(
@@ -105,20 +124,16 @@ def verify(path: Path, only: tuple[str, ...] | None = None) -> None:
             )
         if only is not None and name not in only:  # (a malformed name is refused all the same)
             continue
-        if not (
-            isinstance(meta, dict)
-            and isinstance(meta.get("size"), int)
-            and isinstance(meta.get("sha256"), str)
-        ):
+        if not _entry_ok(meta):
             raise CheckpointError(f"{path / MANIFEST}: unreadable manifest entry for {name}")
         p = path / name
         if not p.is_file():
             raise CheckpointError(f"{path}: {name} listed in the manifest is missing")
-        if p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
-            raise CheckpointError(f"{p}: sha256 mismatch (file is corrupt or was modified)")
+        _check_against(p, meta)
     for name in REQUIRED_FILES:
         if name not in files:
             raise CheckpointError(f"{path}: {name} is not covered by the manifest")
+    return manifest
 
 
 def _plain_name(name: object) -> bool:
@@ -201,8 +216,8 @@ class ModelDir:
             self.check_required_unchanged()
         return write_manifest(self.path)
 
-    def verify(self, only: tuple[str, ...] | None = None) -> None:
-        verify(self.path, only)
+    def verify(self, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+        return verify(self.path, only)
 
     def verify_sealed(self) -> dict[str, Any]:
         """`verify`, and every top-level file is in the manifest: the directory is exactly what
@@ -212,8 +227,7 @@ class ModelDir:
                 f"{self.path}: not sealed (no {MANIFEST}): call "
                 f"dtzoo.modeldir.ModelDir(path).seal() once its files are written"
             )
-        self.verify()
-        manifest = read_json(self.path / MANIFEST)
+        manifest = self.verify()
         for p in self.files():
             if p.parent == self.path and p.name != MANIFEST and p.name not in manifest["files"]:
                 raise CheckpointError(
@@ -225,17 +239,14 @@ class ModelDir:
         """Weights and config match the manifest, where there is one."""
         if not (self.path / MANIFEST).is_file():
             return
-        files = _manifest_files(self.path)
+        files = _read_manifest(self.path)["files"]
         for name in REQUIRED_FILES:
             meta, p = files.get(name), self.path / name
             if meta is None or not p.is_file():
                 continue
-            try:
-                same = p.stat().st_size == meta["size"] and sha256_file(p) == meta["sha256"]
-            except (KeyError, TypeError):
-                raise CheckpointError(f"{self.path / MANIFEST}: unreadable manifest") from None
-            if not same:
-                raise CheckpointError(f"{p}: sha256 mismatch (file is corrupt or was modified)")
+            if not _entry_ok(meta):
+                raise CheckpointError(f"{self.path / MANIFEST}: unreadable manifest")
+            _check_against(p, meta)
 
     def content_hash(self) -> str:
         """A 40-hex id of the weights and config (their sha256 sums in the manifest)."""
