@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dtzoo import paths
 from dtzoo.card import build_model_card
-from dtzoo.checkpoint import load_model
+from dtzoo.checkpoint import load_model, read_config
 from dtzoo.families import DT
 from dtzoo.fsutil import atomic_write_json, atomic_write_text, make_temp_dir, read_json
 from dtzoo.modeldir import CARD, MANIFEST, ModelDir
@@ -50,9 +50,9 @@ def write_transformers_dir(model_dir: Path, out: Path) -> bool:
     from dtzoo.convert import MissingDependencyError, export_transformers
     from dtzoo.errors import CheckpointError
 
+    if read_config(model_dir).family != DT:  # transformers has no Trajectory Transformer
+        return False  # (decided before the weights are read)
     net, config = load_model(model_dir)
-    if config.family != DT:  # transformers has no Trajectory Transformer
-        return False
     try:
         export_transformers(net, out)
     except (CheckpointError, MissingDependencyError):
